@@ -1,0 +1,161 @@
+//! The wire format between portwatch's kernel programs and its userspace.
+//!
+//! Everything here is `#[repr(C)]` plain data: the eBPF side writes it into
+//! the ring buffer, userspace reads the same bytes back. Changing a layout is a
+//! change to both sides at once, which is why the types live in one crate.
+#![no_std]
+
+/// What failed.
+pub const KIND_CONNECT: u8 = 1;
+pub const KIND_BIND: u8 = 2;
+
+/// Which kind of probe saw the failure.
+pub const PROBE_FEXIT: u8 = 1;
+pub const PROBE_KPROBE: u8 = 2;
+pub const PROBE_TRACEPOINT: u8 = 3;
+
+/// `FailureEvent::flags`: which optional fields the kernel side could fill.
+pub const F_SADDR: u16 = 1 << 0;
+pub const F_SPORT: u16 = 1 << 1;
+pub const F_DADDR: u16 = 1 << 2;
+pub const F_DPORT: u16 = 1 << 3;
+pub const F_PROTO: u16 = 1 << 4;
+pub const F_NETNS: u16 = 1 << 5;
+/// The socket itself was read at the failure (its bound port is in `sk_num`).
+pub const F_SOCK: u16 = 1 << 6;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+pub const EADDRINUSE: i32 = 98;
+pub const EADDRNOTAVAIL: i32 = 99;
+
+pub const COMM_LEN: usize = 16;
+
+/// One connect()/bind() failure, as the kernel side saw it.
+///
+/// Ports are in host byte order; addresses are in network byte order, IPv4 in
+/// the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailureEvent {
+    /// `bpf_ktime_get_boot_ns()` at the failure (CLOCK_BOOTTIME).
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    /// Inode number of the network namespace (valid with `F_NETNS`).
+    pub netns: u32,
+    /// The negative errno returned.
+    pub ret: i32,
+    pub kind: u8,
+    pub probe: u8,
+    /// IPPROTO_* of the socket (valid with `F_PROTO`).
+    pub proto: u16,
+    pub flags: u16,
+    pub family: u16,
+    /// Source port: the address asked for by bind(), the socket's bound port for connect().
+    pub sport: u16,
+    pub dport: u16,
+    /// The socket's own bound port at the failure (valid with `F_SOCK`).
+    pub sk_num: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+    pub _reserved: u32,
+}
+
+pub const FAILURE_EVENT_SIZE: usize = core::mem::size_of::<FailureEvent>();
+
+impl FailureEvent {
+    pub const fn zeroed() -> Self {
+        FailureEvent {
+            ts_ns: 0,
+            cgroup_id: 0,
+            pid: 0,
+            tid: 0,
+            uid: 0,
+            netns: 0,
+            ret: 0,
+            kind: 0,
+            probe: 0,
+            proto: 0,
+            flags: 0,
+            family: 0,
+            sport: 0,
+            dport: 0,
+            sk_num: 0,
+            _pad: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            comm: [0; COMM_LEN],
+            _reserved: 0,
+        }
+    }
+}
+
+/// `Offsets::valid` bits: which groups of offsets userspace found in the
+/// running kernel's BTF. A group that is not valid is never dereferenced.
+pub const OFF_NETNS: u32 = 1 << 0;
+pub const OFF_FILES: u32 = 1 << 1;
+pub const OFF_SOCK: u32 = 1 << 2;
+pub const OFF_SOCK_NET: u32 = 1 << 3;
+
+/// Kernel struct member offsets (bytes), read by userspace from the running
+/// kernel's BTF at start-up and handed to the programs as a global.
+///
+/// Rust eBPF gets no CO-RE relocations with the pinned toolchain, so these
+/// replace them: a field read is `base + offset` with the running kernel's
+/// own offset, never one baked in at build time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    pub valid: u32,
+    // task -> netns inode: task_struct.nsproxy -> nsproxy.net_ns -> net.ns.inum
+    pub task_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
+    pub net_ns_inum: u32,
+    // task -> fd -> socket: task_struct.files -> files_struct.fdt -> fdtable.fd[fd]
+    //   -> file.private_data (struct socket *) -> socket.sk
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_file: u32,
+    pub socket_sk: u32,
+    // struct sock / sock_common
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_net: u32,
+    pub sk_protocol: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both are repr(C) plain integers and byte arrays with no padding
+    // holes that could carry uninitialised bytes into the kernel.
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::FailureEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_layout_is_stable() {
+        // The eBPF side and userspace must agree on this; a change here is a
+        // wire-format change.
+        assert_eq!(FAILURE_EVENT_SIZE, 104);
+        assert_eq!(core::mem::align_of::<FailureEvent>(), 8);
+        assert_eq!(core::mem::size_of::<Offsets>(), 21 * 4);
+    }
+}

@@ -1,0 +1,285 @@
+//! Stage 1: load the kernel programs and attach each hook with the best
+//! backend the running kernel offers (fexit -> kprobe -> tracepoint), or the
+//! one `--backend` forces.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    programs::{kprobe::KProbeLinkId, FExit, KProbe, TracePoint},
+    Btf as AyaBtf, Ebpf, EbpfLoader,
+};
+
+use crate::{btf::Btf, event::Probe, offsets, system};
+
+/// The compiled kernel programs, embedded at build time.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Connect,
+    Bind,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Connect => "connect",
+            Hook::Bind => "bind",
+        }
+    }
+}
+
+/// What one hook got, for the start-up report.
+#[derive(Debug, Clone)]
+pub struct HookReport {
+    pub hook: Hook,
+    pub probe: Probe,
+    /// Where it attached, e.g. "inet_hash_connect, inet6_hash_connect".
+    pub target: String,
+    /// Why better backends were passed over.
+    pub skipped: Vec<(Probe, String)>,
+}
+
+pub struct Options {
+    /// `None`: automatic choice.
+    pub backend: Option<Probe>,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ringbuf_bytes: u32,
+}
+
+pub struct Attached {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookReport>,
+    /// Things the operator should know (tracefs mounted, offsets missing).
+    pub notes: Vec<String>,
+}
+
+pub fn attach(opts: &Options) -> Result<Attached> {
+    system::check_privileges()?;
+    system::raise_memlock();
+    let mut notes = vec![];
+
+    let btf = Btf::from_sys_fs()?;
+    let (offs, missing) = offsets::from_btf(&btf);
+    for m in missing {
+        notes.push(format!("kernel BTF lacks a field, some event details will be null: {m}"));
+    }
+    let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF")?;
+
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&aya_btf))
+        .override_global("OFFSETS", &offs, true)
+        .map_max_entries("EVENTS", opts.ringbuf_bytes)
+        .load(EBPF_OBJECT)
+        .map_err(|e| explain_load_error(anyhow!(e)))?;
+
+    if let Some(logger) = aya_log::EbpfLogger::init(&mut ebpf).ok() {
+        crate::source::spawn_ebpf_logger(logger);
+    }
+
+    let mut hooks = vec![];
+    for hook in [Hook::Connect, Hook::Bind] {
+        hooks.push(attach_hook(&mut ebpf, &btf, &aya_btf, hook, opts.backend, &mut notes)?);
+    }
+    Ok(Attached { ebpf, hooks, notes })
+}
+
+fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
+    let s = format!("{e:#}");
+    if s.contains("Operation not permitted") || s.contains("EPERM") {
+        anyhow!("the kernel refused to load portwatch's eBPF programs (permission denied): {s}")
+    } else {
+        e.context("loading portwatch's eBPF programs")
+    }
+}
+
+fn attach_hook(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    aya_btf: &AyaBtf,
+    hook: Hook,
+    forced: Option<Probe>,
+    notes: &mut Vec<String>,
+) -> Result<HookReport> {
+    let order: &[Probe] = match forced {
+        Some(p) => match p {
+            Probe::Fexit => &[Probe::Fexit],
+            Probe::Kprobe => &[Probe::Kprobe],
+            Probe::Tracepoint => &[Probe::Tracepoint],
+        },
+        None => &[Probe::Fexit, Probe::Kprobe, Probe::Tracepoint],
+    };
+    let mut skipped = vec![];
+    for &probe in order {
+        let res = match probe {
+            Probe::Fexit => attach_fexit(ebpf, btf, aya_btf, hook),
+            Probe::Kprobe => attach_kprobe(ebpf, btf, hook),
+            Probe::Tracepoint => attach_tracepoint(ebpf, hook, notes),
+        };
+        match res {
+            Ok(target) => return Ok(HookReport { hook, probe, target, skipped }),
+            Err(e) => skipped.push((probe, format!("{e:#}"))),
+        }
+    }
+    let why = skipped
+        .iter()
+        .map(|(p, e)| format!("{}: {e}", p.name()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    match forced {
+        Some(p) => bail!("--backend {} is not available for the {} hook on this kernel ({why})", p.name(), hook.name()),
+        None => bail!("no backend could attach the {} hook on this kernel ({why})", hook.name()),
+    }
+}
+
+/// Which kernel functions a hook probes, as found in BTF.
+struct Targets {
+    /// (function, fexit program, kprobe entry program)
+    fns: Vec<(&'static str, &'static str, &'static str)>,
+}
+
+fn targets(btf: &Btf, hook: Hook) -> Result<Targets> {
+    let mut fns = vec![];
+    match hook {
+        Hook::Connect => {
+            for f in ["inet_hash_connect", "inet6_hash_connect"] {
+                match btf.func_params(f) {
+                    Some(2) => fns.push((f, if f == "inet_hash_connect" { "pw_fx_conn4" } else { "pw_fx_conn6" }, "pw_kp_connect")),
+                    Some(n) => bail!("{f} takes {n} arguments on this kernel, expected 2"),
+                    None => bail!("{f} is not in the kernel's BTF"),
+                }
+            }
+        }
+        Hook::Bind => {
+            match (btf.func_params("__inet_bind"), btf.func_params("inet_bind_sk")) {
+                (Some(4), _) => fns.push(("__inet_bind", "pw_fx_bind4", "pw_kp_bind")),
+                (_, Some(3)) => fns.push(("inet_bind_sk", "pw_fx_bind3", "pw_kp_bind")),
+                _ => bail!("neither __inet_bind(4 args) nor inet_bind_sk(3 args) is in the kernel's BTF"),
+            }
+            match btf.func_params("inet6_bind") {
+                Some(3) => fns.push(("inet6_bind", "pw_fx_bind6", "pw_kp_bind6")),
+                _ => bail!("inet6_bind(3 args) is not in the kernel's BTF"),
+            }
+        }
+    }
+    Ok(Targets { fns })
+}
+
+fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, aya_btf: &AyaBtf, hook: Hook) -> Result<String> {
+    let t = targets(btf, hook)?;
+    let mut names = vec![];
+    let mut loaded: Vec<&str> = vec![];
+    let mut res = Ok(());
+    for (func, prog, _) in &t.fns {
+        res = (|| -> Result<()> {
+            let p: &mut FExit = ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the object"))?
+                .try_into()?;
+            p.load(func, aya_btf)
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("loading fexit program for {func}"))?;
+            loaded.push(prog);
+            p.attach().map_err(|e| anyhow!(e)).with_context(|| format!("attaching fexit to {func}"))?;
+            Ok(())
+        })();
+        if res.is_err() {
+            break;
+        }
+        names.push(*func);
+    }
+    if let Err(e) = res {
+        // Never leave half a hook attached: the fallback would double-report.
+        for prog in loaded {
+            if let Some(p) = ebpf.program_mut(prog) {
+                let p: Result<&mut FExit, _> = p.try_into();
+                if let Ok(p) = p {
+                    let _ = p.unload();
+                }
+            }
+        }
+        return Err(e);
+    }
+    Ok(names.join(", "))
+}
+
+fn load_kprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut KProbe> {
+    let p: &mut KProbe = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?;
+    if p.fd().is_err() {
+        p.load().map_err(|e| anyhow!(e)).with_context(|| format!("loading {name}"))?;
+    }
+    Ok(p)
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
+    let t = targets(btf, hook)?;
+    let mut names = vec![];
+    // Links made so far, detached again if a later one fails (the
+    // kretprobe program is shared with the other hook, so no unload).
+    let mut links: Vec<(&str, KProbeLinkId)> = vec![];
+    let mut res = Ok(());
+    for (func, _, entry) in &t.fns {
+        for prog in [*entry, "pw_kret"] {
+            match load_kprobe(ebpf, prog).and_then(|p| {
+                p.attach(func, 0).map_err(|e| anyhow!(e)).with_context(|| format!("attaching {prog} to {func}"))
+            }) {
+                Ok(id) => links.push((prog, id)),
+                Err(e) => {
+                    res = Err(e);
+                    break;
+                }
+            }
+        }
+        if res.is_err() {
+            break;
+        }
+        names.push(*func);
+    }
+    if let Err(e) = res {
+        for (prog, id) in links {
+            if let Ok(p) = load_kprobe(ebpf, prog) {
+                let _ = p.detach(id);
+            }
+        }
+        return Err(e);
+    }
+    Ok(names.join(", "))
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, hook: Hook, notes: &mut Vec<String>) -> Result<String> {
+    if let Some(n) = system::ensure_tracefs()? {
+        notes.push(n);
+    }
+    let (enter, exit, sys) = match hook {
+        Hook::Connect => ("pw_tp_conn_enter", "pw_tp_conn_exit", "connect"),
+        Hook::Bind => ("pw_tp_bind_enter", "pw_tp_bind_exit", "bind"),
+    };
+    let mut res = Ok(());
+    for (prog, tp) in [(enter, format!("sys_enter_{sys}")), (exit, format!("sys_exit_{sys}"))] {
+        res = (|| -> Result<()> {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the object"))?
+                .try_into()?;
+            p.load().map_err(|e| anyhow!(e)).with_context(|| format!("loading {prog}"))?;
+            p.attach("syscalls", &tp)
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("attaching to tracepoint syscalls:{tp}"))?;
+            Ok(())
+        })();
+        if res.is_err() {
+            break;
+        }
+    }
+    if let Err(e) = res {
+        for prog in [enter, exit] {
+            if let Some(Ok(p)) = ebpf.program_mut(prog).map(<&mut TracePoint>::try_from) {
+                let _ = p.unload();
+            }
+        }
+        return Err(e);
+    }
+    Ok(format!("syscalls:sys_enter_{sys} + sys_exit_{sys}"))
+}

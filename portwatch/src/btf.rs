@@ -1,0 +1,347 @@
+//! A small reader for the kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//!
+//! Only what portwatch needs: struct member offsets (through anonymous
+//! unions and nested structs, by dotted path) and functions with their
+//! parameter count. The programs get no CO-RE relocations from rustc, so
+//! these offsets are how a field read stays right on every kernel.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context as _, Result};
+
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Debug, Clone)]
+struct Member {
+    name: u32,
+    ty: u32,
+    /// Offset in bits; `None` for a bitfield not on a byte boundary.
+    bit_offset: u32,
+    bitfield: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Type {
+    Struct { name: u32, members: Vec<Member> },
+    /// typedef / const / volatile / restrict / type tag: points at another type.
+    Alias(u32),
+    Func { name: u32, proto: u32 },
+    FuncProto { params: u32 },
+    Other,
+}
+
+/// Parsed kernel BTF: enough to find offsets and functions.
+pub struct Btf {
+    types: Vec<Type>, // index = type id; 0 is void
+    strings: Vec<u8>,
+    structs: HashMap<String, u32>,
+    funcs: HashMap<String, u32>,
+}
+
+fn u32_at(b: &[u8], off: usize) -> Result<u32> {
+    let s = b.get(off..off + 4).context("BTF truncated")?;
+    Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+impl Btf {
+    pub fn from_sys_fs() -> Result<Btf> {
+        let path = "/sys/kernel/btf/vmlinux";
+        let data = std::fs::read(path).with_context(|| {
+            format!("cannot read {path}: this kernel has no BTF (CONFIG_DEBUG_INFO_BTF)")
+        })?;
+        Btf::parse(&data).with_context(|| format!("cannot parse {path}"))
+    }
+
+    pub fn parse(b: &[u8]) -> Result<Btf> {
+        if b.len() < 24 {
+            bail!("too short for a BTF header");
+        }
+        let magic = u16::from_le_bytes([b[0], b[1]]);
+        if magic != 0xeb9f {
+            bail!("bad BTF magic {magic:#x} (big-endian BTF is not supported)");
+        }
+        let hdr_len = u32_at(b, 4)? as usize;
+        let type_off = u32_at(b, 8)? as usize;
+        let type_len = u32_at(b, 12)? as usize;
+        let str_off = u32_at(b, 16)? as usize;
+        let str_len = u32_at(b, 20)? as usize;
+        let tbase = hdr_len + type_off;
+        let sbase = hdr_len + str_off;
+        let tsec = b.get(tbase..tbase + type_len).context("BTF type section out of bounds")?;
+        let strings = b.get(sbase..sbase + str_len).context("BTF string section out of bounds")?.to_vec();
+
+        let mut types = vec![Type::Other];
+        let mut p = 0usize;
+        while p < tsec.len() {
+            let name = u32_at(tsec, p)?;
+            let info = u32_at(tsec, p + 4)?;
+            let size_or_type = u32_at(tsec, p + 8)?;
+            p += 12;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            let t = match kind {
+                KIND_STRUCT | KIND_UNION => {
+                    let mut members = Vec::with_capacity(vlen);
+                    for i in 0..vlen {
+                        let m = p + 12 * i;
+                        let off = u32_at(tsec, m + 8)?;
+                        let (bit_offset, bitfield) = if kind_flag {
+                            (off & 0xff_ffff, off >> 24 != 0)
+                        } else {
+                            (off, false)
+                        };
+                        members.push(Member { name: u32_at(tsec, m)?, ty: u32_at(tsec, m + 4)?, bit_offset, bitfield });
+                    }
+                    p += 12 * vlen;
+                    Type::Struct { name, members }
+                }
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => {
+                    p += 4;
+                    Type::Other
+                }
+                KIND_ARRAY => {
+                    p += 12;
+                    Type::Other
+                }
+                KIND_ENUM => {
+                    p += 8 * vlen;
+                    Type::Other
+                }
+                KIND_ENUM64 | KIND_DATASEC => {
+                    p += 12 * vlen;
+                    Type::Other
+                }
+                KIND_FUNC_PROTO => {
+                    p += 8 * vlen;
+                    Type::FuncProto { params: vlen as u32 }
+                }
+                KIND_FUNC => Type::Func { name, proto: size_or_type },
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    Type::Alias(size_or_type)
+                }
+                KIND_PTR | KIND_FWD | KIND_FLOAT => Type::Other,
+                k => bail!("unknown BTF kind {k} at type {}", types.len()),
+            };
+            types.push(t);
+        }
+        let mut btf = Btf { types, strings, structs: HashMap::new(), funcs: HashMap::new() };
+        for (id, t) in btf.types.iter().enumerate() {
+            match t {
+                Type::Struct { name, members } if *name != 0 && !members.is_empty() => {
+                    let n = btf.str_at(*name).to_string();
+                    btf.structs.entry(n).or_insert(id as u32);
+                }
+                Type::Func { name, .. } => {
+                    let n = btf.str_at(*name).to_string();
+                    btf.funcs.entry(n).or_insert(id as u32);
+                }
+                _ => {}
+            }
+        }
+        Ok(btf)
+    }
+
+    fn str_at(&self, off: u32) -> &str {
+        let s = self.strings.get(off as usize..).unwrap_or(&[]);
+        let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
+        std::str::from_utf8(&s[..end]).unwrap_or("")
+    }
+
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.types.get(id as usize) {
+                Some(Type::Alias(next)) => id = *next,
+                _ => break,
+            }
+        }
+        id
+    }
+
+    /// Finds `name` in the members of type `id`, looking into anonymous
+    /// struct/union members. Returns (bit offset, member type).
+    fn find_member(&self, id: u32, name: &str) -> Option<(u32, u32, bool)> {
+        let Type::Struct { members, .. } = self.types.get(self.resolve(id) as usize)? else {
+            return None;
+        };
+        for m in members {
+            if m.name != 0 && self.str_at(m.name) == name {
+                return Some((m.bit_offset, m.ty, m.bitfield));
+            }
+        }
+        for m in members {
+            if m.name == 0 {
+                if let Some((off, ty, bf)) = self.find_member(m.ty, name) {
+                    return Some((m.bit_offset + off, ty, bf));
+                }
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `path` (dotted, e.g. `"__sk_common.skc_num"`) inside
+    /// `struct name`.
+    pub fn offset_of(&self, strukt: &str, path: &str) -> Result<u32> {
+        let mut id = *self
+            .structs
+            .get(strukt)
+            .with_context(|| format!("struct {strukt} not in the kernel's BTF"))?;
+        let mut bits = 0u32;
+        for part in path.split('.') {
+            let (off, ty, bitfield) = self
+                .find_member(id, part)
+                .with_context(|| format!("no member {part} in struct {strukt} (path {path})"))?;
+            if bitfield {
+                bail!("{strukt}.{path} is a bitfield on this kernel");
+            }
+            bits += off;
+            id = ty;
+        }
+        if bits % 8 != 0 {
+            bail!("{strukt}.{path} is not byte aligned");
+        }
+        Ok(bits / 8)
+    }
+
+    /// Number of parameters of kernel function `name`, if BTF knows it.
+    pub fn func_params(&self, name: &str) -> Option<u32> {
+        let id = *self.funcs.get(name)?;
+        let Type::Func { proto, .. } = &self.types[id as usize] else { return None };
+        match self.types.get(*proto as usize)? {
+            Type::FuncProto { params } => Some(*params),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds a BTF blob by hand: enough to test the parser without a kernel.
+    pub struct Builder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    impl Builder {
+        pub fn new() -> Self {
+            Builder { types: vec![], strings: vec![0], next_id: 1 }
+        }
+        fn s(&mut self, name: &str) -> u32 {
+            if name.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            off
+        }
+        fn head(&mut self, name: &str, kind: u32, vlen: u32, kflag: bool, size_or_type: u32) -> u32 {
+            let n = self.s(name);
+            let info = (kind << 24) | vlen | if kflag { 1 << 31 } else { 0 };
+            for v in [n, info, size_or_type] {
+                self.types.extend_from_slice(&v.to_le_bytes());
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        }
+        pub fn int(&mut self, name: &str, size: u32) -> u32 {
+            let id = self.head(name, KIND_INT, 0, false, size);
+            self.types.extend_from_slice(&(size * 8).to_le_bytes());
+            id
+        }
+        pub fn ptr(&mut self, to: u32) -> u32 {
+            self.head("", KIND_PTR, 0, false, to)
+        }
+        pub fn typedef(&mut self, name: &str, to: u32) -> u32 {
+            self.head(name, KIND_TYPEDEF, 0, false, to)
+        }
+        /// members: (name, type, bit offset, bitfield size)
+        pub fn strukt(&mut self, name: &str, union: bool, size: u32, members: &[(&str, u32, u32, u32)]) -> u32 {
+            let kflag = members.iter().any(|m| m.3 != 0);
+            let kind = if union { KIND_UNION } else { KIND_STRUCT };
+            let id = self.head(name, kind, members.len() as u32, kflag, size);
+            for &(mname, ty, off, bf) in members {
+                let n = self.s(mname);
+                let off = if kflag { (bf << 24) | off } else { off };
+                for v in [n, ty, off] {
+                    self.types.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            id
+        }
+        pub fn func(&mut self, name: &str, params: &[u32]) -> u32 {
+            let proto = self.head("", KIND_FUNC_PROTO, params.len() as u32, false, 0);
+            for &p in params {
+                self.types.extend_from_slice(&0u32.to_le_bytes());
+                self.types.extend_from_slice(&p.to_le_bytes());
+            }
+            self.head(name, KIND_FUNC, 0, false, proto)
+        }
+        pub fn build(&self) -> Vec<u8> {
+            let mut out = vec![];
+            out.extend_from_slice(&0xeb9fu16.to_le_bytes());
+            out.push(1);
+            out.push(0);
+            for v in [24u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    #[test]
+    fn offsets_through_anonymous_members_and_paths() {
+        let mut b = Builder::new();
+        let u32t = b.int("unsigned int", 4);
+        let u16t = b.int("unsigned short", 2);
+        let inner = b.strukt("", false, 8, &[("skc_daddr", u32t, 0, 0), ("skc_rcv_saddr", u32t, 32, 0)]);
+        let un = b.strukt("", true, 8, &[("skc_addrpair", u32t, 0, 0), ("", inner, 0, 0)]);
+        let common = b.strukt("sock_common", false, 16, &[("", un, 0, 0), ("skc_num", u16t, 96, 0)]);
+        let td = b.typedef("sock_common_t", common);
+        let _sock = b.strukt("sock", false, 64, &[("pad", u32t, 0, 0), ("__sk_common", td, 64, 0), ("sk_protocol", u16t, 256, 0), ("bits", u32t, 260, 3)]);
+        let p = b.ptr(u32t);
+        b.func("__inet_bind", &[p, p, u32t, u32t]);
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(btf.offset_of("sock_common", "skc_rcv_saddr").unwrap(), 4);
+        assert_eq!(btf.offset_of("sock", "__sk_common.skc_rcv_saddr").unwrap(), 12);
+        assert_eq!(btf.offset_of("sock", "__sk_common.skc_num").unwrap(), 20);
+        assert_eq!(btf.offset_of("sock", "sk_protocol").unwrap(), 32);
+        assert!(btf.offset_of("sock", "bits").is_err(), "bitfields are refused");
+        assert!(btf.offset_of("sock", "nope").is_err());
+        assert!(btf.offset_of("nosuch", "x").is_err());
+        assert_eq!(btf.func_params("__inet_bind"), Some(4));
+        assert_eq!(btf.func_params("inet_bind_sk"), None);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(Btf::parse(&[]).is_err());
+        assert!(Btf::parse(&[0u8; 64]).is_err());
+        let mut blob = Builder::new().build();
+        blob[12] = 0xff; // type_len past the end
+        assert!(Btf::parse(&blob).is_err());
+    }
+}

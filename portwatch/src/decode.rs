@@ -1,0 +1,203 @@
+//! Stage 3: raw ring-buffer bytes -> `Event`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{bail, Result};
+use portwatch_common::*;
+
+use crate::event::{Errno, Event, Family, Kind, Probe, Proto};
+
+/// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// realtime - boottime, in ns, measured at start-up.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        let read = |id| {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            unsafe { libc::clock_gettime(id, &mut ts) };
+            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        };
+        // Bracket the realtime read to halve the error of the two reads.
+        let b0 = read(libc::CLOCK_BOOTTIME);
+        let rt = read(libc::CLOCK_REALTIME);
+        let b1 = read(libc::CLOCK_BOOTTIME);
+        Clock { offset_ns: rt - (b0 + b1) / 2 }
+    }
+    #[cfg(test)]
+    pub fn fixed(offset_ns: i128) -> Clock {
+        Clock { offset_ns }
+    }
+    pub fn wall_ns(&self, boot_ns: u64) -> u64 {
+        (boot_ns as i128 + self.offset_ns).max(0) as u64
+    }
+}
+
+fn ip(family: Option<Family>, bytes: &[u8; 16]) -> Option<IpAddr> {
+    match family? {
+        Family::Ipv4 => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+        Family::Ipv6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+    }
+}
+
+/// Decodes one ring-buffer record. Errors on a record of the wrong size or
+/// with values the kernel side never writes.
+pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event> {
+    if bytes.len() < FAILURE_EVENT_SIZE {
+        bail!("short record: {} bytes, expected {FAILURE_EVENT_SIZE}", bytes.len());
+    }
+    // SAFETY: FailureEvent is repr(C) plain data; read_unaligned copes with
+    // any alignment of the ring buffer slice.
+    let raw: FailureEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    from_raw(&raw, clock)
+}
+
+pub fn from_raw(raw: &FailureEvent, clock: &Clock) -> Result<Event> {
+    let kind = match raw.kind {
+        KIND_CONNECT => Kind::Connect,
+        KIND_BIND => Kind::Bind,
+        k => bail!("unknown event kind {k}"),
+    };
+    let probe = match raw.probe {
+        PROBE_FEXIT => Probe::Fexit,
+        PROBE_KPROBE => Probe::Kprobe,
+        PROBE_TRACEPOINT => Probe::Tracepoint,
+        p => bail!("unknown probe {p}"),
+    };
+    let Some(errno) = Errno::from_ret(raw.ret) else {
+        bail!("unexpected return value {}", raw.ret);
+    };
+    let family = match raw.family {
+        AF_INET => Some(Family::Ipv4),
+        AF_INET6 => Some(Family::Ipv6),
+        _ => None,
+    };
+    let has = |f: u16| raw.flags & f != 0;
+    let proto = has(F_PROTO).then(|| match raw.proto {
+        6 => Proto::Tcp,
+        17 => Proto::Udp,
+        132 => Proto::Sctp,
+        262 => Proto::Mptcp,
+        _ => Proto::Other,
+    });
+    let comm_len = raw.comm.iter().position(|&c| c == 0).unwrap_or(raw.comm.len());
+    Ok(Event {
+        time_ns: clock.wall_ns(raw.ts_ns),
+        kind,
+        errno,
+        ret: raw.ret,
+        pid: raw.pid,
+        tid: raw.tid,
+        comm: String::from_utf8_lossy(&raw.comm[..comm_len]).into_owned(),
+        uid: raw.uid,
+        cgroup_id: raw.cgroup_id,
+        netns: has(F_NETNS).then_some(raw.netns),
+        proto,
+        family,
+        saddr: if has(F_SADDR) { ip(family, &raw.saddr) } else { None },
+        sport: has(F_SPORT).then_some(raw.sport),
+        daddr: if has(F_DADDR) { ip(family, &raw.daddr) } else { None },
+        dport: has(F_DPORT).then_some(raw.dport),
+        sock_port: has(F_SOCK).then_some(raw.sk_num),
+        probe,
+        port_range: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn raw_connect_v4() -> FailureEvent {
+        let mut r = FailureEvent::zeroed();
+        r.ts_ns = 5_000;
+        r.cgroup_id = 77;
+        r.pid = 100;
+        r.tid = 101;
+        r.uid = 0;
+        r.netns = 4026532000;
+        r.ret = -99;
+        r.kind = KIND_CONNECT;
+        r.probe = PROBE_TRACEPOINT;
+        r.proto = 6;
+        r.family = AF_INET;
+        r.dport = 7100;
+        r.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        r.flags = F_DADDR | F_DPORT | F_PROTO | F_NETNS | F_SOCK;
+        r.comm[..4].copy_from_slice(b"curl");
+        r
+    }
+
+    fn bytes_of(r: &FailureEvent) -> Vec<u8> {
+        let p = r as *const FailureEvent as *const u8;
+        unsafe { std::slice::from_raw_parts(p, FAILURE_EVENT_SIZE) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_a_connect_failure() {
+        let ev = decode(&bytes_of(&raw_connect_v4()), &Clock::fixed(1_000_000_000)).unwrap();
+        assert_eq!(ev.kind, Kind::Connect);
+        assert_eq!(ev.errno, Errno::EADDRNOTAVAIL);
+        assert_eq!(ev.ret, -99);
+        assert_eq!((ev.pid, ev.tid), (100, 101));
+        assert_eq!(ev.comm, "curl");
+        assert_eq!(ev.time_ns, 1_000_005_000);
+        assert_eq!(ev.netns, Some(4026532000));
+        assert_eq!(ev.proto, Some(Proto::Tcp));
+        assert_eq!(ev.family, Some(Family::Ipv4));
+        assert_eq!(ev.daddr, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(ev.dport, Some(7100));
+        assert_eq!(ev.saddr, None, "no F_SADDR: the kernel did not say");
+        assert_eq!(ev.sport, None);
+        assert_eq!(ev.sock_port, Some(0));
+        assert_eq!(ev.probe, Probe::Tracepoint);
+    }
+
+    #[test]
+    fn decodes_ipv6_bind_with_address() {
+        let mut r = raw_connect_v4();
+        r.kind = KIND_BIND;
+        r.ret = -98;
+        r.probe = PROBE_FEXIT;
+        r.family = AF_INET6;
+        r.saddr = "::1".parse::<Ipv6Addr>().unwrap().octets();
+        r.sport = 8080;
+        r.flags = F_SADDR | F_SPORT;
+        let ev = from_raw(&r, &Clock::fixed(0)).unwrap();
+        assert_eq!(ev.kind, Kind::Bind);
+        assert_eq!(ev.errno, Errno::EADDRINUSE);
+        assert_eq!(ev.saddr, Some("::1".parse().unwrap()));
+        assert_eq!(ev.sport, Some(8080));
+        assert_eq!(ev.daddr, None);
+        assert_eq!(ev.netns, None);
+        assert_eq!(ev.proto, None);
+        assert_eq!(ev.probe, Probe::Fexit);
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert!(decode(&[0u8; 10], &Clock::fixed(0)).is_err());
+        let mut r = raw_connect_v4();
+        r.ret = -111;
+        assert!(from_raw(&r, &Clock::fixed(0)).is_err());
+        let mut r = raw_connect_v4();
+        r.kind = 9;
+        assert!(from_raw(&r, &Clock::fixed(0)).is_err());
+        let mut r = raw_connect_v4();
+        r.probe = 0;
+        assert!(from_raw(&r, &Clock::fixed(0)).is_err());
+    }
+
+    #[test]
+    fn clock_converts_boot_to_wall() {
+        let c = Clock::now();
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        let boot = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128;
+        assert!((c.wall_ns(boot) as i128 - wall).abs() < 50_000_000);
+    }
+}

@@ -1,0 +1,103 @@
+//! The decoded event: what every stage after `decode` works with.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Connect,
+    Bind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum Errno {
+    #[serde(rename = "EADDRNOTAVAIL")]
+    #[value(name = "EADDRNOTAVAIL", alias = "eaddrnotavail", alias = "99")]
+    EADDRNOTAVAIL,
+    #[serde(rename = "EADDRINUSE")]
+    #[value(name = "EADDRINUSE", alias = "eaddrinuse", alias = "98")]
+    EADDRINUSE,
+}
+
+impl Errno {
+    pub fn from_ret(ret: i32) -> Option<Errno> {
+        match -ret {
+            portwatch_common::EADDRNOTAVAIL => Some(Errno::EADDRNOTAVAIL),
+            portwatch_common::EADDRINUSE => Some(Errno::EADDRINUSE),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Errno::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+            Errno::EADDRINUSE => "EADDRINUSE",
+        }
+    }
+}
+
+/// Which kind of probe saw an event; also the `--backend` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Probe {
+    Fexit,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Probe {
+    pub fn name(self) -> &'static str {
+        match self {
+            Probe::Fexit => "fexit",
+            Probe::Kprobe => "kprobe",
+            Probe::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Mptcp,
+    Sctp,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// One connect()/bind() failure, decoded and (after `enrich`) annotated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Nanoseconds since the Unix epoch (UTC).
+    pub time_ns: u64,
+    pub kind: Kind,
+    pub errno: Errno,
+    pub ret: i32,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub netns: Option<u32>,
+    pub proto: Option<Proto>,
+    pub family: Option<Family>,
+    pub saddr: Option<IpAddr>,
+    pub sport: Option<u16>,
+    pub daddr: Option<IpAddr>,
+    pub dport: Option<u16>,
+    /// The socket's own bound port when the kernel side read the socket
+    /// (0: no port was bound).
+    pub sock_port: Option<u16>,
+    pub probe: Probe,
+    /// Filled by `enrich`: the netns's `ip_local_port_range`.
+    pub port_range: Option<(u16, u16)>,
+}

@@ -1,0 +1,47 @@
+//! portwatch: ephemeral port exhaustion, seen from the kernel.
+//!
+//! The trace pipeline, one module per stage:
+//! attach -> source (ring buffer) -> decode -> enrich -> filter -> output.
+
+mod attach;
+mod btf;
+mod cli;
+mod decode;
+mod enrich;
+mod event;
+mod filter;
+mod netns;
+mod offsets;
+mod output;
+mod source;
+mod system;
+mod trace;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    // Bad arguments: clap prints its message and exits 2.
+    let cli = cli::Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portwatch: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let res = rt.block_on(async {
+        match cli.command {
+            cli::Command::Trace(args) => trace::run(args).await.map(|_| ()),
+        }
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portwatch: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Kernel struct offsets for the programs, from the running kernel's BTF.
+
+use portwatch_common::{Offsets, OFF_FILES, OFF_NETNS, OFF_SOCK, OFF_SOCK_NET};
+
+use crate::btf::Btf;
+
+/// Looks every offset up; a group with any field missing is marked invalid
+/// (the programs then skip it) and named in the returned notes.
+pub fn from_btf(btf: &Btf) -> (Offsets, Vec<String>) {
+    let mut o = Offsets::default();
+    let mut notes = vec![];
+    let mut group = |flag: u32, name: &str, fields: &mut [(&mut u32, &str, &str)]| {
+        let mut ok = true;
+        for (slot, strukt, path) in fields.iter_mut() {
+            match btf.offset_of(strukt, path) {
+                Ok(off) => **slot = off,
+                Err(e) => {
+                    notes.push(format!("{name}: {e:#}"));
+                    ok = false;
+                }
+            }
+        }
+        if ok {
+            o.valid |= flag;
+        }
+    };
+    let mut t = Offsets::default();
+    group(OFF_NETNS, "netns of task", &mut [
+        (&mut t.task_nsproxy, "task_struct", "nsproxy"),
+        (&mut t.nsproxy_net_ns, "nsproxy", "net_ns"),
+        (&mut t.net_ns_inum, "net", "ns.inum"),
+    ]);
+    group(OFF_FILES, "socket of fd", &mut [
+        (&mut t.task_files, "task_struct", "files"),
+        (&mut t.files_fdt, "files_struct", "fdt"),
+        (&mut t.fdt_max_fds, "fdtable", "max_fds"),
+        (&mut t.fdt_fd, "fdtable", "fd"),
+        (&mut t.file_private_data, "file", "private_data"),
+        (&mut t.socket_file, "socket", "file"),
+        (&mut t.socket_sk, "socket", "sk"),
+    ]);
+    group(OFF_SOCK, "socket fields", &mut [
+        (&mut t.skc_daddr, "sock", "__sk_common.skc_daddr"),
+        (&mut t.skc_rcv_saddr, "sock", "__sk_common.skc_rcv_saddr"),
+        (&mut t.skc_dport, "sock", "__sk_common.skc_dport"),
+        (&mut t.skc_num, "sock", "__sk_common.skc_num"),
+        (&mut t.skc_family, "sock", "__sk_common.skc_family"),
+        (&mut t.skc_v6_daddr, "sock", "__sk_common.skc_v6_daddr"),
+        (&mut t.skc_v6_rcv_saddr, "sock", "__sk_common.skc_v6_rcv_saddr"),
+        (&mut t.sk_protocol, "sock", "sk_protocol"),
+        (&mut t.socket_sk, "socket", "sk"),
+    ]);
+    group(OFF_SOCK_NET, "netns of socket", &mut [
+        (&mut t.skc_net, "sock", "__sk_common.skc_net.net"),
+        (&mut t.net_ns_inum, "net", "ns.inum"),
+    ]);
+    // The socket's netns needs the socket fields too.
+    if o.valid & OFF_SOCK == 0 {
+        o.valid &= !OFF_SOCK_NET;
+    }
+    let valid = o.valid;
+    o = t;
+    o.valid = valid;
+    (o, notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_kernel_has_every_offset() {
+        // Every kernel portwatch supports has BTF with these fields; if this
+        // fails the programs would silently lose netns / socket details.
+        let Ok(btf) = Btf::from_sys_fs() else {
+            panic!("no /sys/kernel/btf/vmlinux on this machine: portwatch needs kernel BTF");
+        };
+        let (o, notes) = from_btf(&btf);
+        assert!(notes.is_empty(), "missing offsets: {notes:?}");
+        assert_eq!(o.valid, OFF_NETNS | OFF_FILES | OFF_SOCK | OFF_SOCK_NET);
+        // skc_daddr starts struct sock on every kernel since 2.6.
+        assert_eq!(o.skc_daddr, 0);
+        assert_eq!(o.skc_rcv_saddr, 4);
+        assert!(o.skc_num > 0 && o.sk_protocol > o.skc_num);
+    }
+}

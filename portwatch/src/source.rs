@@ -1,0 +1,70 @@
+//! Stage 2: records out of the kernel's ring buffer, and the count of those
+//! the kernel side could not reserve.
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    Ebpf,
+};
+use tokio::io::unix::AsyncFd;
+
+pub struct Source {
+    ring: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+impl Source {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Source> {
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
+        // SAFETY: the AsyncFd owns the RingBuf, which owns the fd: it stays open
+        // for as long as it is registered.
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e))?;
+        Ok(Source { ring, lost })
+    }
+
+    /// Waits until records are ready, then hands every ready one to `f`.
+    pub async fn next_batch(&mut self, mut f: impl FnMut(&[u8])) -> Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            f(&item);
+        }
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Hands every record ready now to `f`, without waiting.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            f(&item);
+        }
+    }
+
+    /// Events the kernel side dropped since start (ring buffer full, or no
+    /// room to track a thread between entry and return).
+    pub fn lost_total(&self) -> Result<u64> {
+        let mut sum = 0;
+        for idx in 0..2u32 {
+            sum += self.lost.get(&idx, 0)?.iter().sum::<u64>();
+        }
+        Ok(sum)
+    }
+}
+
+/// Forwards the programs' aya-log records to the `log` crate (RUST_LOG).
+pub fn spawn_ebpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    tokio::spawn(async move {
+        // SAFETY: as above, the logger owns its ring buffer's fd.
+        let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }) else {
+            return;
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else { return };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
