@@ -117,7 +117,7 @@ fn attach_hook(
         };
         match res {
             Ok(target) => return Ok(HookReport { hook, probe, target, skipped }),
-            Err(e) => skipped.push((probe, format!("{e:#}"))),
+            Err(e) => skipped.push((probe, short_reason(probe, &e))),
         }
     }
     let why = skipped
@@ -128,6 +128,20 @@ fn attach_hook(
     match forced {
         Some(p) => bail!("--backend {} is not available for the {} hook on this kernel ({why})", p.name(), hook.name()),
         None => bail!("no backend could attach the {} hook on this kernel ({why})", hook.name()),
+    }
+}
+
+/// Why a backend is unavailable, in words an operator can act on.
+fn short_reason(probe: Probe, e: &anyhow::Error) -> String {
+    let full = format!("{e:#}");
+    match probe {
+        Probe::Fexit if full.contains("Operation not permitted") => {
+            "the kernel refuses to load fexit programs (EPERM)".into()
+        }
+        Probe::Kprobe if full.contains("event_source/devices/kprobe") => {
+            "the kernel has no kprobes (CONFIG_KPROBES off)".into()
+        }
+        _ => full,
     }
 }
 
@@ -219,6 +233,11 @@ fn attach_kprobe(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
     // Links made so far, detached again if a later one fails (the
     // kretprobe program is shared with the other hook, so no unload).
     let mut links: Vec<(&str, KProbeLinkId)> = vec![];
+    let was_loaded = |ebpf: &mut Ebpf, prog: &str| {
+        ebpf.program_mut(prog).and_then(|p| <&mut KProbe>::try_from(p).ok()).is_some_and(|p| p.fd().is_ok())
+    };
+    let fresh: Vec<&str> =
+        [t.fns[0].2, t.fns[t.fns.len() - 1].2, "pw_kret"].into_iter().filter(|p| !was_loaded(ebpf, p)).collect();
     let mut res = Ok(());
     for (func, _, entry) in &t.fns {
         for prog in [*entry, "pw_kret"] {
@@ -241,6 +260,14 @@ fn attach_kprobe(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
         for (prog, id) in links {
             if let Ok(p) = load_kprobe(ebpf, prog) {
                 let _ = p.detach(id);
+            }
+        }
+        // Programs this attempt loaded and nothing uses: unload them too.
+        for prog in fresh {
+            if let Some(Ok(p)) = ebpf.program_mut(prog).map(<&mut KProbe>::try_from) {
+                if p.fd().is_ok() {
+                    let _ = p.unload();
+                }
             }
         }
         return Err(e);

@@ -1,0 +1,202 @@
+//! pwclient: the workload portwatch's integration tests provoke failures
+//! with. Real sockets, real errnos; one line on stdout per attempt.
+//!
+//! ```text
+//! pwclient [--wait] [--hold] STEP...
+//!   listen ADDR PORT           listen (SO_REUSEADDR) and keep the listener
+//!   fill ADDR PORT N           N connects that must succeed, kept open
+//!   connect ADDR PORT [N]      N connect attempts (default 1): "ok SPORT" / "err ERRNO"
+//!   bind ADDR PORT             one bind() attempt:               "ok PORT" / "err ERRNO"
+//!   timeout ADDR PORT          a connect that times out (full accept queue, 1 SYN retry)
+//! --wait: read one line from stdin before the first step (lets a test start
+//!         a tracer filtered on this pid first).
+//! --hold: after the last step print "holding" and keep every socket until
+//!         stdin closes.
+//! ```
+//! Run it inside a test network namespace (`ip netns exec`).
+
+use std::{
+    io::{BufRead, Write},
+    mem,
+    net::{IpAddr, SocketAddr},
+};
+
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn socket(addr: &SocketAddr) -> i32 {
+    let fam = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let fd = unsafe { libc::socket(fam, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    fd
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn set_int(fd: i32, level: i32, opt: i32, v: i32) {
+    let rc = unsafe { libc::setsockopt(fd, level, opt, &v as *const i32 as *const _, 4) };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+fn local_port(fd: i32) -> u16 {
+    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    unsafe { libc::getsockname(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut len) };
+    // sin_port and sin6_port sit at the same offset.
+    let sin = unsafe { &*(&ss as *const _ as *const libc::sockaddr_in) };
+    u16::from_be(sin.sin_port)
+}
+
+fn do_connect(fd: i32, addr: &SocketAddr) -> Result<(), i32> {
+    let (ss, len) = sockaddr(addr);
+    let rc = unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+fn do_bind(fd: i32, addr: &SocketAddr) -> Result<(), i32> {
+    let (ss, len) = sockaddr(addr);
+    let rc = unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+fn listen(addr: &SocketAddr, backlog: i32) -> i32 {
+    let fd = socket(addr);
+    set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    do_bind(fd, addr).unwrap_or_else(|e| panic!("listen bind {addr}: errno {e}"));
+    assert_eq!(unsafe { libc::listen(fd, backlog) }, 0);
+    fd
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut wait = false;
+    let mut hold = false;
+    while let Some(a) = args.first() {
+        match a.as_str() {
+            "--wait" => wait = true,
+            "--hold" => hold = true,
+            _ => break,
+        }
+        args.remove(0);
+    }
+    let out = std::io::stdout();
+    let say = |s: String| {
+        let mut o = out.lock();
+        writeln!(o, "{s}").unwrap();
+        o.flush().unwrap();
+    };
+    if wait {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).unwrap();
+    }
+    let mut keep: Vec<i32> = vec![];
+    let mut i = 0;
+    while i < args.len() {
+        let step = args[i].as_str();
+        let ip: IpAddr = args.get(i + 1).and_then(|s| s.parse().ok()).expect("ADDR");
+        let port: u16 = args.get(i + 2).and_then(|s| s.parse().ok()).expect("PORT");
+        let addr = SocketAddr::new(ip, port);
+        i += 3;
+        let mut count = || -> usize {
+            match args.get(i).and_then(|s| s.parse().ok()) {
+                Some(n) => {
+                    i += 1;
+                    n
+                }
+                None => 1,
+            }
+        };
+        match step {
+            "listen" => keep.push(listen(&addr, 128)),
+            "fill" => {
+                for _ in 0..count() {
+                    let fd = socket(&addr);
+                    do_connect(fd, &addr).unwrap_or_else(|e| panic!("fill connect {addr}: errno {e}"));
+                    keep.push(fd);
+                }
+                say("filled".into());
+            }
+            "connect" => {
+                for _ in 0..count() {
+                    let fd = socket(&addr);
+                    match do_connect(fd, &addr) {
+                        Ok(()) => {
+                            say(format!("ok {}", local_port(fd)));
+                            keep.push(fd);
+                        }
+                        Err(e) => {
+                            say(format!("err {e}"));
+                            unsafe { libc::close(fd) };
+                        }
+                    }
+                }
+            }
+            "bind" => {
+                let fd = socket(&addr);
+                match do_bind(fd, &addr) {
+                    Ok(()) => {
+                        say(format!("ok {}", local_port(fd)));
+                        keep.push(fd);
+                    }
+                    Err(e) => say(format!("err {e}")),
+                }
+            }
+            "timeout" => {
+                // Accept queue of one, filled and never accepted, and no
+                // SYN cookies in the test netns: the next SYN is dropped.
+                let l = listen(&addr, 0);
+                let first = socket(&addr);
+                do_connect(first, &addr).expect("first connect");
+                let fd = socket(&addr);
+                set_int(fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, 1);
+                match do_connect(fd, &addr) {
+                    Ok(()) => say("ok".into()),
+                    Err(e) => say(format!("err {e}")),
+                }
+                keep.extend([l, first, fd]);
+            }
+            s => panic!("unknown step {s}"),
+        }
+    }
+    if hold {
+        say("holding".into());
+        let mut sink = String::new();
+        while std::io::stdin().lock().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+    }
+    drop(keep);
+}

@@ -1,0 +1,297 @@
+//! Harness for the privileged integration tests: real network namespaces,
+//! the real portwatch binary, real clients. Needs root; fails loudly without.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub fn portwatch_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portwatch"))
+}
+
+/// `cargo test` builds examples next to the binaries' directory.
+pub fn pwclient_bin() -> PathBuf {
+    let p = portwatch_bin().parent().unwrap().join("examples/pwclient");
+    assert!(p.exists(), "{} missing: run the tests through cargo test (which builds examples)", p.display());
+    p
+}
+
+pub fn require_root() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the integration tests load BPF programs and create network namespaces: run them as root (cargo xtask test does)"
+    );
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A network namespace made for one test, deleted on drop.
+pub struct Netns {
+    pub name: String,
+    pub inode: u64,
+}
+
+impl Netns {
+    /// A netns with `lo` up and `ip_local_port_range` set to `lo..=hi`
+    /// (keep the size even: the kernel's pairwise scan makes odd sizes flaky).
+    pub fn new(tag: &str, range: (u16, u16)) -> Netns {
+        require_root();
+        let name = format!("pwt-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { inode: std::fs::metadata(format!("/run/netns/{name}")).unwrap().ino(), name };
+        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        ns.sysctl("net/ipv4/ip_local_port_range", &format!("{} {}", range.0, range.1));
+        ns
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        run(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", &format!("echo '{value}' > /proc/sys/{key}")]));
+    }
+
+    /// A command run inside this netns.
+    pub fn cmd(&self, prog: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(prog);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A running pwclient; its sockets live until it is dropped.
+pub struct Client {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    pub pid: u32,
+}
+
+impl Client {
+    /// Starts `pwclient args` in `ns` and waits for `ready` on its stdout
+    /// (None: don't wait).
+    pub fn start(ns: &Netns, args: &[&str], ready: Option<&str>) -> Client {
+        let mut child = ns
+            .cmd(pwclient_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let pid = child.id(); // `ip netns exec` execs the program: same pid.
+        let mut c = Client { stdin: child.stdin.take(), child, lines: rx, pid };
+        if let Some(r) = ready {
+            c.wait_line(r);
+        }
+        c
+    }
+
+    /// Lines until one equals `want`; returns those before it.
+    pub fn wait_line(&mut self, want: &str) -> Vec<String> {
+        let mut seen = vec![];
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) if l == want => return seen,
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("pwclient never printed {want:?}; got {seen:?}"),
+            }
+        }
+    }
+
+    pub fn go(&mut self) {
+        let s = self.stdin.as_mut().unwrap();
+        s.write_all(b"go\n").unwrap();
+        s.flush().unwrap();
+    }
+
+    /// Closes stdin (releases held sockets) and waits; returns all output.
+    pub fn finish(mut self) -> Vec<String> {
+        self.stdin.take();
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "pwclient failed: {st}");
+        self.lines.try_iter().collect()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.stdin.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs pwclient to completion in `ns`; returns its output lines.
+pub fn client_once(ns: &Netns, args: &[&str]) -> Vec<String> {
+    let out = ns.cmd(pwclient_bin()).args(args).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "pwclient {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+/// A running `portwatch trace`.
+pub struct Tracer {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tracer {
+    /// Starts `portwatch args...` and waits until it says it is attached.
+    pub fn start(args: &[&str]) -> Tracer {
+        Self::start_with(args, true)
+    }
+
+    /// With `read_stdout` false, `child.stdout` is left to the test.
+    pub fn start_with(args: &[&str], read_stdout: bool) -> Tracer {
+        require_root();
+        let mut child = Command::new(portwatch_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        if read_stdout {
+            let stdout = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let errs = Arc::new(Mutex::new(vec![]));
+        let (atx, arx) = mpsc::channel();
+        let e2 = errs.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if l.contains("attached;") {
+                    let _ = atx.send(());
+                }
+                e2.lock().unwrap().push(l);
+            }
+        });
+        let mut t = Tracer { child, lines: rx, stderr: errs };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if arx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                break;
+            }
+            if let Ok(Some(st)) = t.child.try_wait() {
+                panic!("portwatch exited {st} before attaching: {:?}", t.stderr.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "portwatch did not attach in 60 s: {:?}", t.stderr.lock().unwrap());
+        }
+        t
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// JSON events seen so far in netns `inode`, waiting until `n` have
+    /// arrived (or 10 s), then a little longer to catch any extra ones.
+    pub fn events_in(&mut self, inode: u64, n: usize, all: &mut Vec<Value>) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mine = |all: &Vec<Value>| all.iter().filter(|v| v["netns"].as_u64() == Some(inode)).cloned().collect::<Vec<_>>();
+        while mine(all).len() < n && Instant::now() < deadline {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                all.push(serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")));
+            }
+        }
+        // Anything that would be wrongly extra arrives with the rest.
+        let settle = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < settle {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                all.push(serde_json::from_str(&l).unwrap());
+            }
+        }
+        mine(all)
+    }
+
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGINT, then the exit status (within 10 s).
+    pub fn stop(mut self) -> (ExitStatus, Vec<String>) {
+        self.signal(libc::SIGINT);
+        self.wait()
+    }
+
+    pub fn wait(&mut self) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return (st, self.stderr.lock().unwrap().clone());
+            }
+            assert!(Instant::now() < deadline, "portwatch did not exit within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts the fields every event carries.
+pub fn assert_common(ev: &Value, kind: &str, errno: &str, pid: u32, comm: &str, ns: &Netns, range: (u16, u16)) {
+    assert_eq!(ev["schema"], 1, "{ev}");
+    assert_eq!(ev["kind"], kind, "{ev}");
+    assert_eq!(ev["errno"], errno, "{ev}");
+    let ret = if errno == "EADDRNOTAVAIL" { -99 } else { -98 };
+    assert_eq!(ev["ret"], ret, "{ev}");
+    assert_eq!(ev["pid"], pid, "{ev}");
+    assert_eq!(ev["tid"], pid, "single-threaded client: {ev}");
+    assert_eq!(ev["comm"], comm, "{ev}");
+    assert_eq!(ev["uid"], 0, "{ev}");
+    assert_eq!(ev["netns"], ns.inode, "{ev}");
+    assert_eq!(ev["port_range"], serde_json::json!([range.0, range.1]), "{ev}");
+    assert!(ev["cgroup_id"].as_u64().is_some(), "{ev}");
+    assert!(["fexit", "kprobe", "tracepoint"].contains(&ev["probe"].as_str().unwrap()), "{ev}");
+    assert!(ev["pod"].is_null(), "{ev}");
+    let t = ev["time"].as_str().unwrap();
+    assert_eq!(t.len(), 27, "RFC 3339 with microseconds: {t}");
+    assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+}
