@@ -328,3 +328,42 @@ fn startup_names_the_backend_of_each_hook() {
         assert!(["fexit", "kprobe", "tracepoint"].iter().any(|b| line.contains(&format!("{hook}{b} on "))), "{line}");
     }
 }
+
+/// A fresh machine has no tracefs mounted; portwatch mounts it and says so.
+/// Run in a private mount namespace so the host's mounts are untouched.
+#[test]
+fn mounts_tracefs_when_missing() {
+    require_root();
+    let script = format!(
+        "umount /sys/kernel/debug/tracing 2>/dev/null; umount /sys/kernel/tracing 2>/dev/null; \
+         if grep -q ' tracefs ' /proc/self/mounts; then echo still-mounted; exit 9; fi; \
+         exec {} trace --json --backend tracepoint",
+        portwatch_bin().display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut v = vec![];
+        for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let attached = l.contains("attached;");
+            v.push(l);
+            if attached {
+                break;
+            }
+        }
+        v
+    })
+    .join()
+    .unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let st = child.wait().unwrap();
+    assert!(lines.iter().any(|l| l == "portwatch: tracefs was not mounted; mounted it at /sys/kernel/tracing"), "{lines:?}");
+    assert!(lines.last().unwrap().contains("attached;"), "{lines:?}");
+    assert_eq!(st.code(), Some(0));
+}

@@ -1,1 +1,228 @@
-fn main(){}
+//! Developer tasks: `cargo xtask setup | build | run | test`.
+//!
+//! Everything comes from Debian packages and crates.io, pinned, and every
+//! step checks before it acts, so a second `setup` takes about a second.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+/// Debian's rustc ships the library source `-Z build-std=core` needs.
+const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
+/// What the tests drive: namespaces, the article's clients, bpftool for
+/// checking that nothing stays loaded, setpriv for the non-root case.
+const TEST_PKGS: &[&str] = &["iproute2", "curl", "busybox-static", "bpftool", "util-linux"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_LIB: &str = "/usr/lib/x86_64-linux-gnu/libLLVM.so.22.1";
+/// Name under which Debian's compiler is registered with rustup.
+const EBPF_TOOLCHAIN: &str = "debian-1.96";
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain (Debian rustc + rust-src, bpf-linker) and test tools.
+    Setup,
+    /// Build the release binary at target/release/portwatch (eBPF object embedded).
+    Build {
+        /// Debug build instead.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Set up, build, and run portwatch as root: `cargo xtask run -- trace --json`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build and run every test (unit and privileged integration tests).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cache_dir() -> PathBuf {
+    let base = env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("portwatch")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: $ {}", show(cmd));
+    let st = cmd.status().with_context(|| format!("running {}", show(cmd)))?;
+    if !st.success() {
+        bail!("{} failed: {st}", show(cmd));
+    }
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program().to_string_lossy().into_owned())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// With `sudo` in front when not root (apt, the tests and portwatch need root).
+fn privileged(prog: impl AsRef<std::ffi::OsStr>) -> Command {
+    if is_root() {
+        Command::new(prog)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(prog);
+        c
+    }
+}
+
+fn missing_packages(pkgs: &[&str]) -> Vec<String> {
+    pkgs.iter()
+        .filter(|p| {
+            let st = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]));
+            !st.is_some_and(|s| s.contains("install ok installed"))
+        })
+        .map(|p| p.to_string())
+        .collect()
+}
+
+fn apt_install(pkgs: &[String]) -> Result<()> {
+    if pkgs.is_empty() {
+        return Ok(());
+    }
+    run(privileged("apt-get").args(["update", "-qq"]))?;
+    run(privileged("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(pkgs))
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+}
+
+fn setup() -> Result<()> {
+    let t0 = Instant::now();
+    let mut pkgs = missing_packages(TOOLCHAIN_PKGS);
+    pkgs.extend(missing_packages(TEST_PKGS));
+    apt_install(&pkgs)?;
+
+    // rustup runs the eBPF build through `rustup run <toolchain> cargo`.
+    if let Some(list) = output(Command::new("rustup").args(["toolchain", "list"])) {
+        if !list.lines().any(|l| l.split_whitespace().next() == Some(EBPF_TOOLCHAIN)) {
+            run(Command::new("rustup").args(["toolchain", "link", EBPF_TOOLCHAIN, "/usr"]))?;
+        }
+    }
+
+    let linker = cargo_home().join("bin/bpf-linker");
+    let have = output(Command::new(&linker).arg("--version")).unwrap_or_default();
+    if !have.contains(BPF_LINKER_VERSION) {
+        if !Path::new(LLVM_LIB).exists() {
+            bail!("{LLVM_LIB} is missing: Debian's rustc-web should have brought LLVM 22");
+        }
+        // bpf-linker links against LLVM_PREFIX/lib/libLLVM.so: point it at
+        // the LLVM 22 that Debian's rustc itself uses.
+        let prefix = cache_dir().join("llvm-22");
+        std::fs::create_dir_all(prefix.join("lib"))?;
+        let so = prefix.join("lib/libLLVM.so");
+        if std::fs::read_link(&so).ok().as_deref() != Some(Path::new(LLVM_LIB)) {
+            let _ = std::fs::remove_file(&so);
+            std::os::unix::fs::symlink(LLVM_LIB, &so)?;
+        }
+        run(Command::new("/usr/bin/cargo")
+            .env("LLVM_PREFIX", &prefix)
+            .env("CARGO_HOME", cargo_home())
+            .args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+            .args(["--no-default-features", "--features", "llvm-22"]))?;
+    }
+    eprintln!("xtask: setup done in {:.1} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `cargo` with what the eBPF build needs in its environment.
+fn cargo() -> Command {
+    let mut c = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c.env("RUSTC_BOOTSTRAP", "1");
+    c.env("PORTWATCH_EBPF_TOOLCHAIN", EBPF_TOOLCHAIN);
+    let bin = cargo_home().join("bin");
+    let path = env::var_os("PATH").unwrap_or_default();
+    let mut paths: Vec<PathBuf> = vec![bin];
+    paths.extend(env::split_paths(&path));
+    c.env("PATH", env::join_paths(paths).unwrap());
+    c
+}
+
+fn build(release: bool) -> Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "--package", "portwatch"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    let bin = workspace_root().join("target").join(if release { "release" } else { "debug" }).join("portwatch");
+    eprintln!("xtask: built {}", bin.display());
+    Ok(bin)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the integration tests load BPF programs and make network namespaces: run `cargo xtask test` as root");
+    }
+    // Unit tests of every host crate, then portwatch's own (unit and
+    // integration); `cargo test` builds the pwclient example they drive.
+    let mut c = cargo();
+    c.args(["test", "--package", "portwatch-common", "--package", "xtask", "--package", "portwatch"]);
+    if !args.is_empty() {
+        c.arg("--").args(args);
+    }
+    run(&mut c)
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup(),
+        Cmd::Build { debug } => {
+            setup()?;
+            build(!debug).map(|_| ())
+        }
+        Cmd::Run { args } => {
+            setup()?;
+            let bin = build(true)?;
+            let st = privileged(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
+            std::process::exit(st.code().unwrap_or(1));
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            test(&args)
+        }
+    }
+}
