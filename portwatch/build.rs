@@ -20,7 +20,8 @@ fn main() -> anyhow::Result<()> {
     // `cargo xtask setup` registers Debian's rustc (which ships rust-src for
     // -Z build-std) as a rustup toolchain under this name.
     println!("cargo:rerun-if-env-changed=PORTWATCH_EBPF_TOOLCHAIN");
-    let toolchain = std::env::var("PORTWATCH_EBPF_TOOLCHAIN").unwrap_or_else(|_| "debian-1.96".into());
+    let toolchain =
+        std::env::var("PORTWATCH_EBPF_TOOLCHAIN").unwrap_or_else(|_| "debian-1.96".into());
     let toolchain: &'static str = Box::leak(toolchain.into_boxed_str());
     aya_build::build_ebpf(
         [aya_build::Package {

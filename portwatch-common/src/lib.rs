@@ -156,6 +156,6 @@ mod tests {
         // wire-format change.
         assert_eq!(FAILURE_EVENT_SIZE, 104);
         assert_eq!(core::mem::align_of::<FailureEvent>(), 8);
-        assert_eq!(core::mem::size_of::<Offsets>(), 21 * 4);
+        assert_eq!(core::mem::size_of::<Offsets>(), 20 * 4);
     }
 }

@@ -24,17 +24,16 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-        bpf_probe_read_user_buf,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
     },
     macros::{fexit, kprobe, kretprobe, map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use portwatch_common::{
-    FailureEvent, Offsets, AF_INET, AF_INET6, EADDRINUSE, EADDRNOTAVAIL, F_DADDR, F_DPORT,
-    F_NETNS, F_PROTO, F_SADDR, F_SOCK, F_SPORT, KIND_BIND, KIND_CONNECT, OFF_FILES, OFF_NETNS,
-    OFF_SOCK, OFF_SOCK_NET, PROBE_FEXIT, PROBE_KPROBE, PROBE_TRACEPOINT,
+    FailureEvent, Offsets, AF_INET, AF_INET6, EADDRINUSE, EADDRNOTAVAIL, F_DADDR, F_DPORT, F_NETNS,
+    F_PROTO, F_SADDR, F_SOCK, F_SPORT, KIND_BIND, KIND_CONNECT, OFF_FILES, OFF_NETNS, OFF_SOCK,
+    OFF_SOCK_NET, PROBE_FEXIT, PROBE_KPROBE, PROBE_TRACEPOINT,
 };
 
 /// Set by userspace before load (`EbpfLoader::set_global`).
@@ -266,7 +265,13 @@ fn read_sockaddr(addr: u64, len: u32, user: bool) -> Option<SockAddr> {
     }
     let mut buf = [0u8; 28];
     // Read only what the caller gave: a short sockaddr_in is legal.
-    let n = if len >= 28 { 28 } else if len >= 16 { 16 } else { 2 };
+    let n = if len >= 28 {
+        28
+    } else if len >= 16 {
+        16
+    } else {
+        2
+    };
     let dst = &mut buf[..n];
     let ok = unsafe {
         if user {

@@ -28,7 +28,9 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as u16,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
@@ -39,7 +41,9 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as u16,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: 0,
             };
             unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
@@ -50,7 +54,11 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 }
 
 fn socket(addr: &SocketAddr) -> i32 {
-    let fam = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let fam = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     let fd = unsafe { libc::socket(fam, libc::SOCK_STREAM, 0) };
     assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
     fd
@@ -146,7 +154,8 @@ fn main() {
             "fill" => {
                 for _ in 0..count() {
                     let fd = socket(&addr);
-                    do_connect(fd, &addr).unwrap_or_else(|e| panic!("fill connect {addr}: errno {e}"));
+                    do_connect(fd, &addr)
+                        .unwrap_or_else(|e| panic!("fill connect {addr}: errno {e}"));
                     keep.push(fd);
                 }
                 say("filled".into());
@@ -196,7 +205,12 @@ fn main() {
     if hold {
         say("holding".into());
         let mut sink = String::new();
-        while std::io::stdin().lock().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+        while std::io::stdin()
+            .lock()
+            .read_line(&mut sink)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {}
     }
     drop(keep);
 }

@@ -61,7 +61,9 @@ pub fn attach(opts: &Options) -> Result<Attached> {
     let btf = Btf::from_sys_fs()?;
     let (offs, missing) = offsets::from_btf(&btf);
     for m in missing {
-        notes.push(format!("kernel BTF lacks a field, some event details will be null: {m}"));
+        notes.push(format!(
+            "kernel BTF lacks a field, some event details will be null: {m}"
+        ));
     }
     let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF")?;
 
@@ -72,13 +74,20 @@ pub fn attach(opts: &Options) -> Result<Attached> {
         .load(EBPF_OBJECT)
         .map_err(|e| explain_load_error(anyhow!(e)))?;
 
-    if let Some(logger) = aya_log::EbpfLogger::init(&mut ebpf).ok() {
+    if let Ok(logger) = aya_log::EbpfLogger::init(&mut ebpf) {
         crate::source::spawn_ebpf_logger(logger);
     }
 
     let mut hooks = vec![];
     for hook in [Hook::Connect, Hook::Bind] {
-        hooks.push(attach_hook(&mut ebpf, &btf, &aya_btf, hook, opts.backend, &mut notes)?);
+        hooks.push(attach_hook(
+            &mut ebpf,
+            &btf,
+            &aya_btf,
+            hook,
+            opts.backend,
+            &mut notes,
+        )?);
     }
     Ok(Attached { ebpf, hooks, notes })
 }
@@ -116,7 +125,14 @@ fn attach_hook(
             Probe::Tracepoint => attach_tracepoint(ebpf, hook, notes),
         };
         match res {
-            Ok(target) => return Ok(HookReport { hook, probe, target, skipped }),
+            Ok(target) => {
+                return Ok(HookReport {
+                    hook,
+                    probe,
+                    target,
+                    skipped,
+                })
+            }
             Err(e) => skipped.push((probe, short_reason(probe, &e))),
         }
     }
@@ -126,8 +142,15 @@ fn attach_hook(
         .collect::<Vec<_>>()
         .join("; ");
     match forced {
-        Some(p) => bail!("--backend {} is not available for the {} hook on this kernel ({why})", p.name(), hook.name()),
-        None => bail!("no backend could attach the {} hook on this kernel ({why})", hook.name()),
+        Some(p) => bail!(
+            "--backend {} is not available for the {} hook on this kernel ({why})",
+            p.name(),
+            hook.name()
+        ),
+        None => bail!(
+            "no backend could attach the {} hook on this kernel ({why})",
+            hook.name()
+        ),
     }
 }
 
@@ -157,17 +180,30 @@ fn targets(btf: &Btf, hook: Hook) -> Result<Targets> {
         Hook::Connect => {
             for f in ["inet_hash_connect", "inet6_hash_connect"] {
                 match btf.func_params(f) {
-                    Some(2) => fns.push((f, if f == "inet_hash_connect" { "pw_fx_conn4" } else { "pw_fx_conn6" }, "pw_kp_connect")),
+                    Some(2) => fns.push((
+                        f,
+                        if f == "inet_hash_connect" {
+                            "pw_fx_conn4"
+                        } else {
+                            "pw_fx_conn6"
+                        },
+                        "pw_kp_connect",
+                    )),
                     Some(n) => bail!("{f} takes {n} arguments on this kernel, expected 2"),
                     None => bail!("{f} is not in the kernel's BTF"),
                 }
             }
         }
         Hook::Bind => {
-            match (btf.func_params("__inet_bind"), btf.func_params("inet_bind_sk")) {
+            match (
+                btf.func_params("__inet_bind"),
+                btf.func_params("inet_bind_sk"),
+            ) {
                 (Some(4), _) => fns.push(("__inet_bind", "pw_fx_bind4", "pw_kp_bind")),
                 (_, Some(3)) => fns.push(("inet_bind_sk", "pw_fx_bind3", "pw_kp_bind")),
-                _ => bail!("neither __inet_bind(4 args) nor inet_bind_sk(3 args) is in the kernel's BTF"),
+                _ => bail!(
+                    "neither __inet_bind(4 args) nor inet_bind_sk(3 args) is in the kernel's BTF"
+                ),
             }
             match btf.func_params("inet6_bind") {
                 Some(3) => fns.push(("inet6_bind", "pw_fx_bind6", "pw_kp_bind6")),
@@ -193,7 +229,9 @@ fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, aya_btf: &AyaBtf, hook: Hook) -> Res
                 .map_err(|e| anyhow!(e))
                 .with_context(|| format!("loading fexit program for {func}"))?;
             loaded.push(prog);
-            p.attach().map_err(|e| anyhow!(e)).with_context(|| format!("attaching fexit to {func}"))?;
+            p.attach()
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("attaching fexit to {func}"))?;
             Ok(())
         })();
         if res.is_err() {
@@ -222,7 +260,9 @@ fn load_kprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut KProbe> {
         .with_context(|| format!("program {name} missing from the object"))?
         .try_into()?;
     if p.fd().is_err() {
-        p.load().map_err(|e| anyhow!(e)).with_context(|| format!("loading {name}"))?;
+        p.load()
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("loading {name}"))?;
     }
     Ok(p)
 }
@@ -234,15 +274,21 @@ fn attach_kprobe(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
     // kretprobe program is shared with the other hook, so no unload).
     let mut links: Vec<(&str, KProbeLinkId)> = vec![];
     let was_loaded = |ebpf: &mut Ebpf, prog: &str| {
-        ebpf.program_mut(prog).and_then(|p| <&mut KProbe>::try_from(p).ok()).is_some_and(|p| p.fd().is_ok())
+        ebpf.program_mut(prog)
+            .and_then(|p| <&mut KProbe>::try_from(p).ok())
+            .is_some_and(|p| p.fd().is_ok())
     };
-    let fresh: Vec<&str> =
-        [t.fns[0].2, t.fns[t.fns.len() - 1].2, "pw_kret"].into_iter().filter(|p| !was_loaded(ebpf, p)).collect();
+    let fresh: Vec<&str> = [t.fns[0].2, t.fns[t.fns.len() - 1].2, "pw_kret"]
+        .into_iter()
+        .filter(|p| !was_loaded(ebpf, p))
+        .collect();
     let mut res = Ok(());
     for (func, _, entry) in &t.fns {
         for prog in [*entry, "pw_kret"] {
             match load_kprobe(ebpf, prog).and_then(|p| {
-                p.attach(func, 0).map_err(|e| anyhow!(e)).with_context(|| format!("attaching {prog} to {func}"))
+                p.attach(func, 0)
+                    .map_err(|e| anyhow!(e))
+                    .with_context(|| format!("attaching {prog} to {func}"))
             }) {
                 Ok(id) => links.push((prog, id)),
                 Err(e) => {
@@ -284,13 +330,18 @@ fn attach_tracepoint(ebpf: &mut Ebpf, hook: Hook, notes: &mut Vec<String>) -> Re
         Hook::Bind => ("pw_tp_bind_enter", "pw_tp_bind_exit", "bind"),
     };
     let mut res = Ok(());
-    for (prog, tp) in [(enter, format!("sys_enter_{sys}")), (exit, format!("sys_exit_{sys}"))] {
+    for (prog, tp) in [
+        (enter, format!("sys_enter_{sys}")),
+        (exit, format!("sys_exit_{sys}")),
+    ] {
         res = (|| -> Result<()> {
             let p: &mut TracePoint = ebpf
                 .program_mut(prog)
                 .with_context(|| format!("program {prog} missing from the object"))?
                 .try_into()?;
-            p.load().map_err(|e| anyhow!(e)).with_context(|| format!("loading {prog}"))?;
+            p.load()
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("loading {prog}"))?;
             p.attach("syscalls", &tp)
                 .map_err(|e| anyhow!(e))
                 .with_context(|| format!("attaching to tracepoint syscalls:{tp}"))?;

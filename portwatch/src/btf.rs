@@ -40,11 +40,19 @@ struct Member {
 
 #[derive(Debug, Clone)]
 enum Type {
-    Struct { name: u32, members: Vec<Member> },
+    Struct {
+        name: u32,
+        members: Vec<Member>,
+    },
     /// typedef / const / volatile / restrict / type tag: points at another type.
     Alias(u32),
-    Func { name: u32, proto: u32 },
-    FuncProto { params: u32 },
+    Func {
+        name: u32,
+        proto: u32,
+    },
+    FuncProto {
+        params: u32,
+    },
     Other,
 }
 
@@ -85,8 +93,13 @@ impl Btf {
         let str_len = u32_at(b, 20)? as usize;
         let tbase = hdr_len + type_off;
         let sbase = hdr_len + str_off;
-        let tsec = b.get(tbase..tbase + type_len).context("BTF type section out of bounds")?;
-        let strings = b.get(sbase..sbase + str_len).context("BTF string section out of bounds")?.to_vec();
+        let tsec = b
+            .get(tbase..tbase + type_len)
+            .context("BTF type section out of bounds")?;
+        let strings = b
+            .get(sbase..sbase + str_len)
+            .context("BTF string section out of bounds")?
+            .to_vec();
 
         let mut types = vec![Type::Other];
         let mut p = 0usize;
@@ -109,7 +122,12 @@ impl Btf {
                         } else {
                             (off, false)
                         };
-                        members.push(Member { name: u32_at(tsec, m)?, ty: u32_at(tsec, m + 4)?, bit_offset, bitfield });
+                        members.push(Member {
+                            name: u32_at(tsec, m)?,
+                            ty: u32_at(tsec, m + 4)?,
+                            bit_offset,
+                            bitfield,
+                        });
                     }
                     p += 12 * vlen;
                     Type::Struct { name, members }
@@ -132,9 +150,14 @@ impl Btf {
                 }
                 KIND_FUNC_PROTO => {
                     p += 8 * vlen;
-                    Type::FuncProto { params: vlen as u32 }
+                    Type::FuncProto {
+                        params: vlen as u32,
+                    }
                 }
-                KIND_FUNC => Type::Func { name, proto: size_or_type },
+                KIND_FUNC => Type::Func {
+                    name,
+                    proto: size_or_type,
+                },
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     Type::Alias(size_or_type)
                 }
@@ -143,7 +166,12 @@ impl Btf {
             };
             types.push(t);
         }
-        let mut btf = Btf { types, strings, structs: HashMap::new(), funcs: HashMap::new() };
+        let mut btf = Btf {
+            types,
+            strings,
+            structs: HashMap::new(),
+            funcs: HashMap::new(),
+        };
         for (id, t) in btf.types.iter().enumerate() {
             match t {
                 Type::Struct { name, members } if *name != 0 && !members.is_empty() => {
@@ -215,7 +243,7 @@ impl Btf {
             bits += off;
             id = ty;
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             bail!("{strukt}.{path} is not byte aligned");
         }
         Ok(bits / 8)
@@ -224,7 +252,9 @@ impl Btf {
     /// Number of parameters of kernel function `name`, if BTF knows it.
     pub fn func_params(&self, name: &str) -> Option<u32> {
         let id = *self.funcs.get(name)?;
-        let Type::Func { proto, .. } = &self.types[id as usize] else { return None };
+        let Type::Func { proto, .. } = &self.types[id as usize] else {
+            return None;
+        };
         match self.types.get(*proto as usize)? {
             Type::FuncProto { params } => Some(*params),
             _ => None,
@@ -245,7 +275,11 @@ pub(crate) mod tests {
 
     impl Builder {
         pub fn new() -> Self {
-            Builder { types: vec![], strings: vec![0], next_id: 1 }
+            Builder {
+                types: vec![],
+                strings: vec![0],
+                next_id: 1,
+            }
         }
         fn s(&mut self, name: &str) -> u32 {
             if name.is_empty() {
@@ -256,7 +290,14 @@ pub(crate) mod tests {
             self.strings.push(0);
             off
         }
-        fn head(&mut self, name: &str, kind: u32, vlen: u32, kflag: bool, size_or_type: u32) -> u32 {
+        fn head(
+            &mut self,
+            name: &str,
+            kind: u32,
+            vlen: u32,
+            kflag: bool,
+            size_or_type: u32,
+        ) -> u32 {
             let n = self.s(name);
             let info = (kind << 24) | vlen | if kflag { 1 << 31 } else { 0 };
             for v in [n, info, size_or_type] {
@@ -277,7 +318,13 @@ pub(crate) mod tests {
             self.head(name, KIND_TYPEDEF, 0, false, to)
         }
         /// members: (name, type, bit offset, bitfield size)
-        pub fn strukt(&mut self, name: &str, union: bool, size: u32, members: &[(&str, u32, u32, u32)]) -> u32 {
+        pub fn strukt(
+            &mut self,
+            name: &str,
+            union: bool,
+            size: u32,
+            members: &[(&str, u32, u32, u32)],
+        ) -> u32 {
             let kflag = members.iter().any(|m| m.3 != 0);
             let kind = if union { KIND_UNION } else { KIND_STRUCT };
             let id = self.head(name, kind, members.len() as u32, kflag, size);
@@ -303,7 +350,13 @@ pub(crate) mod tests {
             out.extend_from_slice(&0xeb9fu16.to_le_bytes());
             out.push(1);
             out.push(0);
-            for v in [24u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
+            for v in [
+                24u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
             out.extend_from_slice(&self.types);
@@ -317,19 +370,50 @@ pub(crate) mod tests {
         let mut b = Builder::new();
         let u32t = b.int("unsigned int", 4);
         let u16t = b.int("unsigned short", 2);
-        let inner = b.strukt("", false, 8, &[("skc_daddr", u32t, 0, 0), ("skc_rcv_saddr", u32t, 32, 0)]);
-        let un = b.strukt("", true, 8, &[("skc_addrpair", u32t, 0, 0), ("", inner, 0, 0)]);
-        let common = b.strukt("sock_common", false, 16, &[("", un, 0, 0), ("skc_num", u16t, 96, 0)]);
+        let inner = b.strukt(
+            "",
+            false,
+            8,
+            &[("skc_daddr", u32t, 0, 0), ("skc_rcv_saddr", u32t, 32, 0)],
+        );
+        let un = b.strukt(
+            "",
+            true,
+            8,
+            &[("skc_addrpair", u32t, 0, 0), ("", inner, 0, 0)],
+        );
+        let common = b.strukt(
+            "sock_common",
+            false,
+            16,
+            &[("", un, 0, 0), ("skc_num", u16t, 96, 0)],
+        );
         let td = b.typedef("sock_common_t", common);
-        let _sock = b.strukt("sock", false, 64, &[("pad", u32t, 0, 0), ("__sk_common", td, 64, 0), ("sk_protocol", u16t, 256, 0), ("bits", u32t, 260, 3)]);
+        let _sock = b.strukt(
+            "sock",
+            false,
+            64,
+            &[
+                ("pad", u32t, 0, 0),
+                ("__sk_common", td, 64, 0),
+                ("sk_protocol", u16t, 256, 0),
+                ("bits", u32t, 260, 3),
+            ],
+        );
         let p = b.ptr(u32t);
         b.func("__inet_bind", &[p, p, u32t, u32t]);
         let btf = Btf::parse(&b.build()).unwrap();
         assert_eq!(btf.offset_of("sock_common", "skc_rcv_saddr").unwrap(), 4);
-        assert_eq!(btf.offset_of("sock", "__sk_common.skc_rcv_saddr").unwrap(), 12);
+        assert_eq!(
+            btf.offset_of("sock", "__sk_common.skc_rcv_saddr").unwrap(),
+            12
+        );
         assert_eq!(btf.offset_of("sock", "__sk_common.skc_num").unwrap(), 20);
         assert_eq!(btf.offset_of("sock", "sk_protocol").unwrap(), 32);
-        assert!(btf.offset_of("sock", "bits").is_err(), "bitfields are refused");
+        assert!(
+            btf.offset_of("sock", "bits").is_err(),
+            "bitfields are refused"
+        );
         assert!(btf.offset_of("sock", "nope").is_err());
         assert!(btf.offset_of("nosuch", "x").is_err());
         assert_eq!(btf.func_params("__inet_bind"), Some(4));

@@ -5,7 +5,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::event::{Errno, Probe};
 
 #[derive(Parser, Debug)]
-#[command(name = "portwatch", version, about = "See ephemeral port exhaustion as it happens: connect()/bind() failures with EADDRNOTAVAIL / EADDRINUSE, traced with eBPF.")]
+#[command(
+    name = "portwatch",
+    version,
+    about = "See ephemeral port exhaustion as it happens: connect()/bind() failures with EADDRNOTAVAIL / EADDRINUSE, traced with eBPF."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -74,7 +78,22 @@ mod tests {
 
     #[test]
     fn parses_trace_options() {
-        let Command::Trace(t) = parse(&["trace", "--json", "--pid", "7", "--comm", "curl", "--errno", "EADDRINUSE", "--dport", "80", "--backend", "kprobe"]).unwrap().command;
+        let Command::Trace(t) = parse(&[
+            "trace",
+            "--json",
+            "--pid",
+            "7",
+            "--comm",
+            "curl",
+            "--errno",
+            "EADDRINUSE",
+            "--dport",
+            "80",
+            "--backend",
+            "kprobe",
+        ])
+        .unwrap()
+        .command;
         assert!(t.json);
         assert_eq!(t.pid, Some(7));
         assert_eq!(t.comm.as_deref(), Some("curl"));

@@ -17,7 +17,10 @@ pub struct Clock {
 impl Clock {
     pub fn now() -> Clock {
         let read = |id| {
-            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
             unsafe { libc::clock_gettime(id, &mut ts) };
             ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
         };
@@ -25,7 +28,9 @@ impl Clock {
         let b0 = read(libc::CLOCK_BOOTTIME);
         let rt = read(libc::CLOCK_REALTIME);
         let b1 = read(libc::CLOCK_BOOTTIME);
-        Clock { offset_ns: rt - (b0 + b1) / 2 }
+        Clock {
+            offset_ns: rt - (b0 + b1) / 2,
+        }
     }
     #[cfg(test)]
     pub fn fixed(offset_ns: i128) -> Clock {
@@ -38,7 +43,9 @@ impl Clock {
 
 fn ip(family: Option<Family>, bytes: &[u8; 16]) -> Option<IpAddr> {
     match family? {
-        Family::Ipv4 => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+        Family::Ipv4 => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
         Family::Ipv6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
     }
 }
@@ -47,7 +54,10 @@ fn ip(family: Option<Family>, bytes: &[u8; 16]) -> Option<IpAddr> {
 /// with values the kernel side never writes.
 pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event> {
     if bytes.len() < FAILURE_EVENT_SIZE {
-        bail!("short record: {} bytes, expected {FAILURE_EVENT_SIZE}", bytes.len());
+        bail!(
+            "short record: {} bytes, expected {FAILURE_EVENT_SIZE}",
+            bytes.len()
+        );
     }
     // SAFETY: FailureEvent is repr(C) plain data; read_unaligned copes with
     // any alignment of the ring buffer slice.
@@ -76,14 +86,18 @@ pub fn from_raw(raw: &FailureEvent, clock: &Clock) -> Result<Event> {
         _ => None,
     };
     let has = |f: u16| raw.flags & f != 0;
-    let proto = has(F_PROTO).then(|| match raw.proto {
+    let proto = has(F_PROTO).then_some(match raw.proto {
         6 => Proto::Tcp,
         17 => Proto::Udp,
         132 => Proto::Sctp,
         262 => Proto::Mptcp,
         _ => Proto::Other,
     });
-    let comm_len = raw.comm.iter().position(|&c| c == 0).unwrap_or(raw.comm.len());
+    let comm_len = raw
+        .comm
+        .iter()
+        .position(|&c| c == 0)
+        .unwrap_or(raw.comm.len());
     Ok(Event {
         time_ns: clock.wall_ns(raw.ts_ns),
         kind,
@@ -97,9 +111,17 @@ pub fn from_raw(raw: &FailureEvent, clock: &Clock) -> Result<Event> {
         netns: has(F_NETNS).then_some(raw.netns),
         proto,
         family,
-        saddr: if has(F_SADDR) { ip(family, &raw.saddr) } else { None },
+        saddr: if has(F_SADDR) {
+            ip(family, &raw.saddr)
+        } else {
+            None
+        },
         sport: has(F_SPORT).then_some(raw.sport),
-        daddr: if has(F_DADDR) { ip(family, &raw.daddr) } else { None },
+        daddr: if has(F_DADDR) {
+            ip(family, &raw.daddr)
+        } else {
+            None
+        },
         dport: has(F_DPORT).then_some(raw.dport),
         sock_port: has(F_SOCK).then_some(raw.sk_num),
         probe,
@@ -194,10 +216,16 @@ mod tests {
     #[test]
     fn clock_converts_boot_to_wall() {
         let c = Clock::now();
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
         let boot = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128;
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128;
         assert!((c.wall_ns(boot) as i128 - wall).abs() < 50_000_000);
     }
 }

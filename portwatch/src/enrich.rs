@@ -27,7 +27,9 @@ impl Enricher {
     }
 
     pub fn enrich(&mut self, ev: &mut Event) {
-        ev.port_range = ev.netns.and_then(|ino| self.port_range(ino, &[ev.tid, ev.pid]));
+        ev.port_range = ev
+            .netns
+            .and_then(|ino| self.port_range(ino, &[ev.tid, ev.pid]));
     }
 
     fn port_range(&mut self, ino: u32, pids: &[u32]) -> Option<(u16, u16)> {
@@ -37,7 +39,9 @@ impl Enricher {
             }
         }
         let r = if self.netns.is_own(ino) {
-            std::fs::read_to_string(PORT_RANGE).ok().and_then(|s| parse_port_range(&s))
+            std::fs::read_to_string(PORT_RANGE)
+                .ok()
+                .and_then(|s| parse_port_range(&s))
         } else {
             self.netns
                 .get(ino, pids)

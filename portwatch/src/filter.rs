@@ -28,18 +28,59 @@ mod tests {
     fn each_filter_selects() {
         let ev = sample_event();
         assert!(Filter::default().matches(&ev));
-        assert!(Filter { pid: Some(ev.pid), ..Default::default() }.matches(&ev));
-        assert!(!Filter { pid: Some(ev.pid + 1), ..Default::default() }.matches(&ev));
-        assert!(Filter { comm: Some("curl".into()), ..Default::default() }.matches(&ev));
-        assert!(!Filter { comm: Some("cur".into()), ..Default::default() }.matches(&ev));
-        assert!(Filter { errno: Some(Errno::EADDRNOTAVAIL), ..Default::default() }.matches(&ev));
-        assert!(!Filter { errno: Some(Errno::EADDRINUSE), ..Default::default() }.matches(&ev));
-        assert!(Filter { dport: Some(7100), ..Default::default() }.matches(&ev));
-        assert!(!Filter { dport: Some(7101), ..Default::default() }.matches(&ev));
+        assert!(Filter {
+            pid: Some(ev.pid),
+            ..Default::default()
+        }
+        .matches(&ev));
+        assert!(!Filter {
+            pid: Some(ev.pid + 1),
+            ..Default::default()
+        }
+        .matches(&ev));
+        assert!(Filter {
+            comm: Some("curl".into()),
+            ..Default::default()
+        }
+        .matches(&ev));
+        assert!(!Filter {
+            comm: Some("cur".into()),
+            ..Default::default()
+        }
+        .matches(&ev));
+        assert!(Filter {
+            errno: Some(Errno::EADDRNOTAVAIL),
+            ..Default::default()
+        }
+        .matches(&ev));
+        assert!(!Filter {
+            errno: Some(Errno::EADDRINUSE),
+            ..Default::default()
+        }
+        .matches(&ev));
+        assert!(Filter {
+            dport: Some(7100),
+            ..Default::default()
+        }
+        .matches(&ev));
+        assert!(!Filter {
+            dport: Some(7101),
+            ..Default::default()
+        }
+        .matches(&ev));
         let mut bind = ev.clone();
         bind.dport = None;
-        assert!(!Filter { dport: Some(7100), ..Default::default() }.matches(&bind));
+        assert!(!Filter {
+            dport: Some(7100),
+            ..Default::default()
+        }
+        .matches(&bind));
         // Filters combine with AND.
-        assert!(!Filter { pid: Some(ev.pid), comm: Some("wget".into()), ..Default::default() }.matches(&ev));
+        assert!(!Filter {
+            pid: Some(ev.pid),
+            comm: Some("wget".into()),
+            ..Default::default()
+        }
+        .matches(&ev));
     }
 }

@@ -25,7 +25,10 @@ fn main() -> ExitCode {
     // Bad arguments: clap prints its message and exits 2.
     let cli = cli::Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("portwatch: cannot start the async runtime: {e}");

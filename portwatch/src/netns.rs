@@ -55,7 +55,8 @@ impl NetnsHandles {
             let f = self.find(ino, pids)?;
             if self.handles.len() >= MAX_HANDLES {
                 let now = Instant::now();
-                self.handles.retain(|_, (_, t)| now.duration_since(*t) < HANDLE_TTL);
+                self.handles
+                    .retain(|_, (_, t)| now.duration_since(*t) < HANDLE_TTL);
                 if self.handles.len() >= MAX_HANDLES {
                     self.handles.clear();
                 }

@@ -25,35 +25,55 @@ pub fn from_btf(btf: &Btf) -> (Offsets, Vec<String>) {
         }
     };
     let mut t = Offsets::default();
-    group(OFF_NETNS, "netns of task", &mut [
-        (&mut t.task_nsproxy, "task_struct", "nsproxy"),
-        (&mut t.nsproxy_net_ns, "nsproxy", "net_ns"),
-        (&mut t.net_ns_inum, "net", "ns.inum"),
-    ]);
-    group(OFF_FILES, "socket of fd", &mut [
-        (&mut t.task_files, "task_struct", "files"),
-        (&mut t.files_fdt, "files_struct", "fdt"),
-        (&mut t.fdt_max_fds, "fdtable", "max_fds"),
-        (&mut t.fdt_fd, "fdtable", "fd"),
-        (&mut t.file_private_data, "file", "private_data"),
-        (&mut t.socket_file, "socket", "file"),
-        (&mut t.socket_sk, "socket", "sk"),
-    ]);
-    group(OFF_SOCK, "socket fields", &mut [
-        (&mut t.skc_daddr, "sock", "__sk_common.skc_daddr"),
-        (&mut t.skc_rcv_saddr, "sock", "__sk_common.skc_rcv_saddr"),
-        (&mut t.skc_dport, "sock", "__sk_common.skc_dport"),
-        (&mut t.skc_num, "sock", "__sk_common.skc_num"),
-        (&mut t.skc_family, "sock", "__sk_common.skc_family"),
-        (&mut t.skc_v6_daddr, "sock", "__sk_common.skc_v6_daddr"),
-        (&mut t.skc_v6_rcv_saddr, "sock", "__sk_common.skc_v6_rcv_saddr"),
-        (&mut t.sk_protocol, "sock", "sk_protocol"),
-        (&mut t.socket_sk, "socket", "sk"),
-    ]);
-    group(OFF_SOCK_NET, "netns of socket", &mut [
-        (&mut t.skc_net, "sock", "__sk_common.skc_net.net"),
-        (&mut t.net_ns_inum, "net", "ns.inum"),
-    ]);
+    group(
+        OFF_NETNS,
+        "netns of task",
+        &mut [
+            (&mut t.task_nsproxy, "task_struct", "nsproxy"),
+            (&mut t.nsproxy_net_ns, "nsproxy", "net_ns"),
+            (&mut t.net_ns_inum, "net", "ns.inum"),
+        ],
+    );
+    group(
+        OFF_FILES,
+        "socket of fd",
+        &mut [
+            (&mut t.task_files, "task_struct", "files"),
+            (&mut t.files_fdt, "files_struct", "fdt"),
+            (&mut t.fdt_max_fds, "fdtable", "max_fds"),
+            (&mut t.fdt_fd, "fdtable", "fd"),
+            (&mut t.file_private_data, "file", "private_data"),
+            (&mut t.socket_file, "socket", "file"),
+            (&mut t.socket_sk, "socket", "sk"),
+        ],
+    );
+    group(
+        OFF_SOCK,
+        "socket fields",
+        &mut [
+            (&mut t.skc_daddr, "sock", "__sk_common.skc_daddr"),
+            (&mut t.skc_rcv_saddr, "sock", "__sk_common.skc_rcv_saddr"),
+            (&mut t.skc_dport, "sock", "__sk_common.skc_dport"),
+            (&mut t.skc_num, "sock", "__sk_common.skc_num"),
+            (&mut t.skc_family, "sock", "__sk_common.skc_family"),
+            (&mut t.skc_v6_daddr, "sock", "__sk_common.skc_v6_daddr"),
+            (
+                &mut t.skc_v6_rcv_saddr,
+                "sock",
+                "__sk_common.skc_v6_rcv_saddr",
+            ),
+            (&mut t.sk_protocol, "sock", "sk_protocol"),
+            (&mut t.socket_sk, "socket", "sk"),
+        ],
+    );
+    group(
+        OFF_SOCK_NET,
+        "netns of socket",
+        &mut [
+            (&mut t.skc_net, "sock", "__sk_common.skc_net.net"),
+            (&mut t.net_ns_inum, "net", "ns.inum"),
+        ],
+    );
     // The socket's netns needs the socket fields too.
     if o.valid & OFF_SOCK == 0 {
         o.valid &= !OFF_SOCK_NET;

@@ -123,8 +123,16 @@ impl<W: Write> Sink for JsonSink<W> {
         writeln!(self.out, "{}", json_line(ev))
     }
     fn lost(&mut self, count: u64) -> io::Result<()> {
-        let j = JsonLost { schema: SCHEMA_VERSION, kind: "lost", count };
-        writeln!(self.out, "{}", serde_json::to_string(&j).expect("serializes"))
+        let j = JsonLost {
+            schema: SCHEMA_VERSION,
+            kind: "lost",
+            count,
+        };
+        writeln!(
+            self.out,
+            "{}",
+            serde_json::to_string(&j).expect("serializes")
+        )
     }
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
@@ -139,7 +147,11 @@ pub struct TableSink<W: Write> {
 
 impl<W: Write> TableSink<W> {
     pub fn new(out: W) -> Self {
-        TableSink { out, header_done: false, explained: HashSet::new() }
+        TableSink {
+            out,
+            header_done: false,
+            explained: HashSet::new(),
+        }
     }
 }
 
@@ -157,7 +169,10 @@ fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> String {
 
 fn range_words(r: Option<(u16, u16)>) -> String {
     match r {
-        Some((lo, hi)) => format!("ip_local_port_range {lo}-{hi} ({} ports)", hi as u32 - lo as u32 + 1),
+        Some((lo, hi)) => format!(
+            "ip_local_port_range {lo}-{hi} ({} ports)",
+            hi as u32 - lo as u32 + 1
+        ),
         None => "ip_local_port_range (unreadable)".into(),
     }
 }
@@ -203,12 +218,27 @@ impl<W: Write> Sink for TableSink<W> {
         if !self.header_done {
             writeln!(
                 self.out,
-                "{:<15} {:>7} {:<15} {:<7} {:<13} {:<5} {:<22} {:<22} {:<10} {:<11} {}",
-                "TIME(UTC)", "PID", "COMM", "KIND", "ERRNO", "PROTO", "SOURCE", "DESTINATION", "NETNS", "RANGE", "PROBE"
+                "{:<15} {:>7} {:<15} {:<7} {:<13} {:<5} {:<22} {:<22} {:<10} {:<11} PROBE",
+                "TIME(UTC)",
+                "PID",
+                "COMM",
+                "KIND",
+                "ERRNO",
+                "PROTO",
+                "SOURCE",
+                "DESTINATION",
+                "NETNS",
+                "RANGE"
             )?;
             self.header_done = true;
         }
-        let proto = ev.proto.map(|p| serde_json::to_value(p).unwrap().as_str().unwrap_or("?").to_string());
+        let proto = ev.proto.map(|p| {
+            serde_json::to_value(p)
+                .unwrap()
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        });
         let (src, dst) = match ev.kind {
             Kind::Connect => (endpoint(ev.saddr, ev.sport), endpoint(ev.daddr, ev.dport)),
             Kind::Bind => (endpoint(ev.saddr, ev.sport), "-".to_string()),
@@ -219,23 +249,38 @@ impl<W: Write> Sink for TableSink<W> {
             clock_of(ev.time_ns),
             ev.pid,
             ev.comm,
-            if ev.kind == Kind::Connect { "connect" } else { "bind" },
+            if ev.kind == Kind::Connect {
+                "connect"
+            } else {
+                "bind"
+            },
             ev.errno.name(),
             proto.as_deref().unwrap_or("-"),
             src,
             dst,
-            ev.netns.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
-            ev.port_range.map(|(a, b)| format!("{a}-{b}")).unwrap_or_else(|| "-".into()),
+            ev.netns
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+            ev.port_range
+                .map(|(a, b)| format!("{a}-{b}"))
+                .unwrap_or_else(|| "-".into()),
             ev.probe.name(),
         )?;
-        let key = (ev.kind, ev.errno, ev.kind == Kind::Bind && ev.sport.unwrap_or(0) == 0);
+        let key = (
+            ev.kind,
+            ev.errno,
+            ev.kind == Kind::Bind && ev.sport.unwrap_or(0) == 0,
+        );
         if self.explained.insert(key) {
             writeln!(self.out, "  \u{2514} {}", hint(ev))?;
         }
         Ok(())
     }
     fn lost(&mut self, count: u64) -> io::Result<()> {
-        writeln!(self.out, "!! {count} events lost (ring buffer full); see --ringbuf-size")
+        writeln!(
+            self.out,
+            "!! {count} events lost (ring buffer full); see --ringbuf-size"
+        )
     }
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
@@ -273,9 +318,18 @@ pub(crate) mod tests {
     #[test]
     fn rfc3339() {
         assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339_micros(1_795_421_553_123_456_789), "2026-11-23T08:12:33.123456Z");
-        assert_eq!(rfc3339_micros(951_782_400_000_001_000), "2000-02-29T00:00:00.000001Z");
-        assert_eq!(rfc3339_micros(4_107_542_399_999_999_999), "2100-02-28T23:59:59.999999Z");
+        assert_eq!(
+            rfc3339_micros(1_795_421_553_123_456_789),
+            "2026-11-23T08:12:33.123456Z"
+        );
+        assert_eq!(
+            rfc3339_micros(951_782_400_000_001_000),
+            "2000-02-29T00:00:00.000001Z"
+        );
+        assert_eq!(
+            rfc3339_micros(4_107_542_399_999_999_999),
+            "2100-02-28T23:59:59.999999Z"
+        );
     }
 
     #[test]
@@ -299,7 +353,10 @@ pub(crate) mod tests {
     fn json_lost_record() {
         let mut buf = vec![];
         JsonSink::new(&mut buf).lost(7).unwrap();
-        assert_eq!(String::from_utf8(buf).unwrap(), "{\"schema\":1,\"kind\":\"lost\",\"count\":7}\n");
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "{\"schema\":1,\"kind\":\"lost\",\"count\":7}\n"
+        );
     }
 
     #[test]
@@ -323,11 +380,22 @@ pub(crate) mod tests {
         assert_eq!(lines.len(), 6, "{s}");
         assert!(lines[0].starts_with("TIME(UTC)"));
         assert!(lines[1].starts_with("08:12:33.123456"));
-        assert!(lines[1].contains("curl") && lines[1].contains("EADDRNOTAVAIL") && lines[1].contains("127.0.0.1:7100"));
+        assert!(
+            lines[1].contains("curl")
+                && lines[1].contains("EADDRNOTAVAIL")
+                && lines[1].contains("127.0.0.1:7100")
+        );
         assert!(lines[1].contains("41000-41003") && lines[1].contains("tracepoint"));
-        assert!(lines[2].contains("ephemeral ports toward 127.0.0.1:7100 are used up"), "{}", lines[2]);
+        assert!(
+            lines[2].contains("ephemeral ports toward 127.0.0.1:7100 are used up"),
+            "{}",
+            lines[2]
+        );
         assert!(lines[2].contains("41000-41003 (4 ports)"));
-        assert!(!lines[3].contains('\u{2514}'), "second identical event gets no hint");
+        assert!(
+            !lines[3].contains('\u{2514}'),
+            "second identical event gets no hint"
+        );
         assert!(lines[4].contains("bind") && lines[4].contains("EADDRINUSE"));
         assert!(lines[5].contains("port 7100 is already taken"));
         // Columns line up: DESTINATION starts at the same place in header and rows.

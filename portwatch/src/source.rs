@@ -58,11 +58,15 @@ impl Source {
 pub fn spawn_ebpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     tokio::spawn(async move {
         // SAFETY: as above, the logger owns its ring buffer's fd.
-        let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }) else {
+        let Ok(mut fd) =
+            (unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) })
+        else {
             return;
         };
         loop {
-            let Ok(mut guard) = fd.readable_mut().await else { return };
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
             guard.get_inner_mut().flush();
             guard.clear_ready();
         }

@@ -11,7 +11,8 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 fn effective_caps() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let line = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -34,9 +35,15 @@ pub fn check_privileges() -> Result<()> {
 
 /// Lifts RLIMIT_MEMLOCK: before Linux 5.11 every BPF map is charged to it.
 pub fn raise_memlock() {
-    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
-        log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -58,14 +65,26 @@ pub fn ensure_tracefs() -> Result<Option<String>> {
     }
     let target = "/sys/kernel/tracing";
     if !Path::new(target).is_dir() {
-        bail!("tracefs is not mounted and {target} does not exist (kernel without CONFIG_TRACING?)");
+        bail!(
+            "tracefs is not mounted and {target} does not exist (kernel without CONFIG_TRACING?)"
+        );
     }
     let src = c"tracefs";
     let tgt = std::ffi::CString::new(target).unwrap();
-    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
         bail!("tracefs is not mounted and mounting it at {target} failed: {e}");
     }
-    Ok(Some(format!("tracefs was not mounted; mounted it at {target}")))
+    Ok(Some(format!(
+        "tracefs was not mounted; mounted it at {target}"
+    )))
 }

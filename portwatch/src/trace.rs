@@ -30,7 +30,11 @@ fn is_broken_pipe(e: &io::Error) -> bool {
 }
 
 pub async fn run(args: TraceArgs) -> Result<End> {
-    let Attached { mut ebpf, hooks, notes } = attach::attach(&attach::Options {
+    let Attached {
+        mut ebpf,
+        hooks,
+        notes,
+    } = attach::attach(&attach::Options {
         backend: args.backend.0,
         ringbuf_bytes: args.ringbuf_size * 1024,
     })?;
@@ -43,15 +47,33 @@ pub async fn run(args: TraceArgs) -> Result<End> {
             .iter()
             .map(|(p, why)| format!("{} unavailable: {why}", p.name()))
             .collect::<Vec<_>>();
-        let tail = if skipped.is_empty() { String::new() } else { format!(" [{}]", skipped.join("; ")) };
-        eprintln!("portwatch: {} hook: {} on {}{tail}", h.hook.name(), h.probe.name(), h.target);
+        let tail = if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", skipped.join("; "))
+        };
+        eprintln!(
+            "portwatch: {} hook: {} on {}{tail}",
+            h.hook.name(),
+            h.probe.name(),
+            h.target
+        );
     }
     let mut source = Source::new(&mut ebpf)?;
     let clock = Clock::now();
     let mut enricher = Enricher::new();
-    let filter = Filter { pid: args.pid, comm: args.comm.clone(), errno: args.errno, dport: args.dport };
+    let filter = Filter {
+        pid: args.pid,
+        comm: args.comm.clone(),
+        errno: args.errno,
+        dport: args.dport,
+    };
     let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-    let mut sink: Box<dyn Sink> = if args.json { Box::new(JsonSink::new(stdout)) } else { Box::new(TableSink::new(stdout)) };
+    let mut sink: Box<dyn Sink> = if args.json {
+        Box::new(JsonSink::new(stdout))
+    } else {
+        Box::new(TableSink::new(stdout))
+    };
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -74,17 +96,18 @@ pub async fn run(args: TraceArgs) -> Result<End> {
         }
         sink.flush()
     };
-    let report_lost = |sink: &mut Box<dyn Sink>, source: &Source, seen: &mut u64| -> io::Result<()> {
-        let total = source.lost_total().unwrap_or(*seen);
-        if total > *seen {
-            let n = total - *seen;
-            *seen = total;
-            eprintln!("portwatch: {n} events lost (kernel ring buffer full; {total} in all)");
-            sink.lost(n)?;
-            sink.flush()?;
-        }
-        Ok(())
-    };
+    let report_lost =
+        |sink: &mut Box<dyn Sink>, source: &Source, seen: &mut u64| -> io::Result<()> {
+            let total = source.lost_total().unwrap_or(*seen);
+            if total > *seen {
+                let n = total - *seen;
+                *seen = total;
+                eprintln!("portwatch: {n} events lost (kernel ring buffer full; {total} in all)");
+                sink.lost(n)?;
+                sink.flush()?;
+            }
+            Ok(())
+        };
 
     let end = loop {
         let res = tokio::select! {
@@ -106,7 +129,8 @@ pub async fn run(args: TraceArgs) -> Result<End> {
     if let End::Signal = end {
         // What the kernel wrote before the signal still goes out.
         source.drain(|b| batch.push(b.to_vec()));
-        let _ = process(&mut batch, &mut sink).and_then(|_| report_lost(&mut sink, &source, &mut lost_seen));
+        let _ = process(&mut batch, &mut sink)
+            .and_then(|_| report_lost(&mut sink, &source, &mut lost_seen));
     }
     drop(source);
     // Dropping the loader detaches every link and unloads every program.

@@ -40,12 +40,20 @@ fn exhaustion(addr: &str, family: &str) {
     let mut t = trace(&[]);
     // 4 connects fill the range; the next 2 fail with EADDRNOTAVAIL (99).
     let out = client_once(&ns, &["listen", addr, "7100", "connect", addr, "7100", "6"]);
-    assert_eq!(out.iter().filter(|l| l.starts_with("ok ")).count(), 4, "{out:?}");
+    assert_eq!(
+        out.iter().filter(|l| l.starts_with("ok ")).count(),
+        4,
+        "{out:?}"
+    );
     assert_eq!(out.iter().filter(|l| *l == "err 99").count(), 2, "{out:?}");
     let mut all = vec![];
     // The client has exited; its pid comes from the events, checked below.
     let evs = t.events_in(ns.inode, 2, &mut all);
-    assert_eq!(evs.len(), 2, "exactly the two failures, nothing for the 4 successes: {evs:?}");
+    assert_eq!(
+        evs.len(),
+        2,
+        "exactly the two failures, nothing for the 4 successes: {evs:?}"
+    );
     let pid = evs[0]["pid"].as_u64().unwrap() as u32;
     for ev in &evs {
         assert_common(ev, "connect", "EADDRNOTAVAIL", pid, "pwclient", &ns, RANGE);
@@ -72,7 +80,21 @@ fn connect_exhaustion_ipv6() {
 #[test]
 fn connect_failure_pid_matches_the_client() {
     let ns = Netns::new("pid", RANGE);
-    let mut c = Client::start(&ns, &["--wait", "--hold", "listen", "127.0.0.1", "7100", "connect", "127.0.0.1", "7100", "5"], None);
+    let mut c = Client::start(
+        &ns,
+        &[
+            "--wait",
+            "--hold",
+            "listen",
+            "127.0.0.1",
+            "7100",
+            "connect",
+            "127.0.0.1",
+            "7100",
+            "5",
+        ],
+        None,
+    );
     let pid_s = c.pid.to_string();
     let mut t = trace(&["--pid", &pid_s]);
     c.go();
@@ -81,8 +103,19 @@ fn connect_failure_pid_matches_the_client() {
     let mut all = vec![];
     let evs = t.events_in(ns.inode, 1, &mut all);
     assert_eq!(evs.len(), 1, "{evs:?}");
-    assert_common(&evs[0], "connect", "EADDRNOTAVAIL", c.pid, "pwclient", &ns, RANGE);
-    assert!(all.iter().all(|e| e["pid"] == c.pid), "--pid lets nothing else through: {all:?}");
+    assert_common(
+        &evs[0],
+        "connect",
+        "EADDRNOTAVAIL",
+        c.pid,
+        "pwclient",
+        &ns,
+        RANGE,
+    );
+    assert!(
+        all.iter().all(|e| e["pid"] == c.pid),
+        "--pid lets nothing else through: {all:?}"
+    );
     drop(c);
     assert!(t.stop().0.success());
 }
@@ -123,7 +156,24 @@ fn bind_autobind_exhausted_and_address_not_local() {
     let mut t = trace(&[]);
     // Every range port held by a connected socket: bind(ip, 0) has nothing
     // to give (EADDRINUSE); a foreign address gives EADDRNOTAVAIL.
-    let out = client_once(&ns, &["listen", "127.0.0.1", "7100", "fill", "127.0.0.1", "7100", "4", "bind", "127.0.0.1", "0", "bind", "192.0.2.1", "7300"]);
+    let out = client_once(
+        &ns,
+        &[
+            "listen",
+            "127.0.0.1",
+            "7100",
+            "fill",
+            "127.0.0.1",
+            "7100",
+            "4",
+            "bind",
+            "127.0.0.1",
+            "0",
+            "bind",
+            "192.0.2.1",
+            "7300",
+        ],
+    );
     assert_eq!(out, vec!["filled", "err 98", "err 99"]);
     let mut all = vec![];
     let evs = t.events_in(ns.inode, 2, &mut all);
@@ -131,7 +181,15 @@ fn bind_autobind_exhausted_and_address_not_local() {
     let pid = evs[0]["pid"].as_u64().unwrap() as u32;
     assert_common(&evs[0], "bind", "EADDRINUSE", pid, "pwclient", &ns, RANGE);
     assert_eq!(evs[0]["sport"], 0, "bind asked for any port: {}", evs[0]);
-    assert_common(&evs[1], "bind", "EADDRNOTAVAIL", pid, "pwclient", &ns, RANGE);
+    assert_common(
+        &evs[1],
+        "bind",
+        "EADDRNOTAVAIL",
+        pid,
+        "pwclient",
+        &ns,
+        RANGE,
+    );
     assert_eq!(evs[1]["saddr"], "192.0.2.1");
     assert_eq!(evs[1]["sport"], 7300);
     assert!(t.stop().0.success());
@@ -143,12 +201,38 @@ fn other_errnos_and_successes_are_not_reported() {
     ns.sysctl("net/ipv4/tcp_syncookies", "0");
     let mut t = trace(&[]);
     // ECONNREFUSED (111), ETIMEDOUT (110), and successful connects and binds.
-    let out = client_once(&ns, &["connect", "127.0.0.1", "7999", "timeout", "127.0.0.1", "7300", "listen", "127.0.0.1", "7100", "connect", "127.0.0.1", "7100", "2", "bind", "127.0.0.1", "7400"]);
+    let out = client_once(
+        &ns,
+        &[
+            "connect",
+            "127.0.0.1",
+            "7999",
+            "timeout",
+            "127.0.0.1",
+            "7300",
+            "listen",
+            "127.0.0.1",
+            "7100",
+            "connect",
+            "127.0.0.1",
+            "7100",
+            "2",
+            "bind",
+            "127.0.0.1",
+            "7400",
+        ],
+    );
     assert_eq!(out[0], "err 111", "{out:?}");
     assert_eq!(out[1], "err 110", "{out:?}");
-    assert!(out[2].starts_with("ok ") && out[3].starts_with("ok ") && out[4] == "ok 7400", "{out:?}");
+    assert!(
+        out[2].starts_with("ok ") && out[3].starts_with("ok ") && out[4] == "ok 7400",
+        "{out:?}"
+    );
     // Then one real failure, as a marker that the tracer was seeing this netns.
-    let out = client_once(&ns, &["listen", "127.0.0.1", "7500", "bind", "127.0.0.1", "7500"]);
+    let out = client_once(
+        &ns,
+        &["listen", "127.0.0.1", "7500", "bind", "127.0.0.1", "7500"],
+    );
     assert_eq!(out, vec!["err 98"]);
     let mut all = vec![];
     let evs = t.events_in(ns.inode, 1, &mut all);
@@ -162,17 +246,50 @@ fn other_errnos_and_successes_are_not_reported() {
 fn curl_wget_and_nc_hit_the_exhausted_range() {
     let ns = Netns::new("tools", RANGE);
     let mut t = trace(&[]);
-    let holder = Client::start(&ns, &["--hold", "listen", "127.0.0.1", "7100", "fill", "127.0.0.1", "7100", "4"], Some("holding"));
+    let holder = Client::start(
+        &ns,
+        &[
+            "--hold",
+            "listen",
+            "127.0.0.1",
+            "7100",
+            "fill",
+            "127.0.0.1",
+            "7100",
+            "4",
+        ],
+        Some("holding"),
+    );
     let tool = |args: &[&str]| {
-        let out = ns.cmd(args[0]).args(&args[1..]).stdin(std::process::Stdio::null()).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = ns
+            .cmd(args[0])
+            .args(&args[1..])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (rc, err) = tool(&["curl", "-sS", "--max-time", "5", "http://127.0.0.1:7100/"]);
     assert_eq!(rc, Some(7), "{err}");
     assert!(err.contains("Couldn't connect to server"), "{err}");
-    let (rc, err) = tool(&["busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:7100/"]);
+    let (rc, err) = tool(&[
+        "busybox",
+        "wget",
+        "-q",
+        "-O",
+        "/dev/null",
+        "http://127.0.0.1:7100/",
+    ]);
     assert_eq!(rc, Some(1), "{err}");
-    assert!(err.contains("wget: can't connect to remote host (127.0.0.1): Cannot assign requested address"), "{err}");
+    assert!(
+        err.contains(
+            "wget: can't connect to remote host (127.0.0.1): Cannot assign requested address"
+        ),
+        "{err}"
+    );
     // Debian's busybox nc has no bind option: it fails in connect().
     let (rc, err) = tool(&["busybox", "nc", "127.0.0.1", "7100"]);
     assert_eq!(rc, Some(1), "{err}");
@@ -198,7 +315,30 @@ fn filters_select_events() {
     let ns = Netns::new("filt", RANGE);
     let mut by_errno = trace(&["--errno", "EADDRINUSE", "--comm", "pwclient"]);
     let mut by_dport = trace(&["--dport", "7100"]);
-    client_once(&ns, &["listen", "127.0.0.1", "7100", "listen", "127.0.0.1", "7101", "fill", "127.0.0.1", "7100", "4", "connect", "127.0.0.1", "7100", "connect", "127.0.0.1", "7101", "bind", "127.0.0.1", "7100"]);
+    client_once(
+        &ns,
+        &[
+            "listen",
+            "127.0.0.1",
+            "7100",
+            "listen",
+            "127.0.0.1",
+            "7101",
+            "fill",
+            "127.0.0.1",
+            "7100",
+            "4",
+            "connect",
+            "127.0.0.1",
+            "7100",
+            "connect",
+            "127.0.0.1",
+            "7101",
+            "bind",
+            "127.0.0.1",
+            "7100",
+        ],
+    );
     let mut all = vec![];
     let e = by_errno.events_in(ns.inode, 1, &mut all);
     assert_eq!(e.len(), 1, "{e:?}");
@@ -206,7 +346,10 @@ fn filters_select_events() {
     let mut all = vec![];
     let d = by_dport.events_in(ns.inode, 1, &mut all);
     assert_eq!(d.len(), 1, "{d:?}");
-    assert_eq!((d[0]["kind"].as_str(), d[0]["dport"].as_u64()), (Some("connect"), Some(7100)));
+    assert_eq!(
+        (d[0]["kind"].as_str(), d[0]["dport"].as_u64()),
+        (Some("connect"), Some(7100))
+    );
     assert!(by_errno.stop().0.success());
     assert!(by_dport.stop().0.success());
 }
@@ -218,19 +361,32 @@ fn reader_closing_stdout_exits_zero_quietly() {
     let ns = Netns::new("head", RANGE);
     let mut t = Tracer::start_with(&["trace", "--json"], false);
     let mut out = std::io::BufReader::new(t.child.stdout.take().unwrap());
-    client_once(&ns, &["listen", "127.0.0.1", "7100", "bind", "127.0.0.1", "7100"]);
+    client_once(
+        &ns,
+        &["listen", "127.0.0.1", "7100", "bind", "127.0.0.1", "7100"],
+    );
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
     assert!(first.contains("\"kind\":\"bind\""), "{first}");
     // Close the read end of the pipe, as head does, then make more events.
     drop(out);
     for _ in 0..3 {
-        client_once(&ns, &["listen", "127.0.0.1", "7101", "bind", "127.0.0.1", "7101"]);
+        client_once(
+            &ns,
+            &["listen", "127.0.0.1", "7101", "bind", "127.0.0.1", "7101"],
+        );
     }
     let (st, stderr) = t.wait();
     assert_eq!(st.code(), Some(0), "{stderr:?}");
-    let after: Vec<&String> = stderr.iter().skip_while(|l| !l.contains("attached;")).skip(1).collect();
-    assert!(after.is_empty(), "nothing on stderr after attaching: {after:?}");
+    let after: Vec<&String> = stderr
+        .iter()
+        .skip_while(|l| !l.contains("attached;"))
+        .skip(1)
+        .collect();
+    assert!(
+        after.is_empty(),
+        "nothing on stderr after attaching: {after:?}"
+    );
 }
 
 #[test]
@@ -238,14 +394,23 @@ fn sigint_and_sigterm_leave_no_program_loaded() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         let t = trace(&[]);
         let ids = prog_ids_of(t.pid());
-        assert!(ids.len() >= 4, "portwatch's programs are visible while it runs: {ids:?}");
-        assert!(ids.iter().all(|&id| prog_exists(id)), "bpftool sees them: {ids:?}");
+        assert!(
+            ids.len() >= 4,
+            "portwatch's programs are visible while it runs: {ids:?}"
+        );
+        assert!(
+            ids.iter().all(|&id| prog_exists(id)),
+            "bpftool sees them: {ids:?}"
+        );
         t.signal(sig);
         let mut t = t;
         let (st, stderr) = t.wait();
         assert_eq!(st.code(), Some(0), "signal {sig}: {stderr:?}");
         let left: Vec<u64> = ids.iter().copied().filter(|&id| prog_exists(id)).collect();
-        assert!(left.is_empty(), "programs still loaded after exit: {left:?}");
+        assert!(
+            left.is_empty(),
+            "programs still loaded after exit: {left:?}"
+        );
     }
 }
 
@@ -256,14 +421,20 @@ fn prog_exists(id: u64) -> bool {
         .output()
         .expect("bpftool (cargo xtask setup installs it)");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() || err.contains("No such file"), "bpftool: {err}");
+    assert!(
+        out.status.success() || err.contains("No such file"),
+        "bpftool: {err}"
+    );
     out.status.success()
 }
 
 /// Ids of the BPF programs a process holds, from its fds' fdinfo.
 fn prog_ids_of(pid: u32) -> Vec<u64> {
     let mut ids = vec![];
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
         if let Ok(info) = std::fs::read_to_string(e.path()) {
             if let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:")) {
                 ids.push(id.trim().parse().unwrap());
@@ -277,17 +448,30 @@ fn prog_ids_of(pid: u32) -> Vec<u64> {
 
 #[test]
 fn bad_arguments_exit_2() {
-    for args in [&["trace", "--errno", "ENOENT"][..], &["trace", "--backend", "uprobe"], &["trace", "--dport", "x"], &["nosuch"]] {
+    for args in [
+        &["trace", "--errno", "ENOENT"][..],
+        &["trace", "--backend", "uprobe"],
+        &["trace", "--dport", "x"],
+        &["nosuch"],
+    ] {
         let out = Command::new(portwatch_bin()).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("error:"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("error:"),
+            "{args:?}"
+        );
     }
 }
 
 #[test]
 fn not_root_is_one_sentence_and_exit_1() {
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(portwatch_bin())
         .args(["trace"])
         .output()
@@ -311,11 +495,23 @@ fn forced_backend_the_kernel_lacks_is_exit_1() {
         }
         return;
     }
-    let out = Command::new(portwatch_bin()).args(["trace", "--backend", missing]).output().unwrap();
+    let out = Command::new(portwatch_bin())
+        .args(["trace", "--backend", missing])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!("--backend {missing} is not available")), "{err}");
-    assert_eq!(err.lines().filter(|l| l.starts_with("portwatch: --backend")).count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("--backend {missing} is not available")),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("portwatch: --backend"))
+            .count(),
+        1,
+        "{err}"
+    );
 }
 
 #[test]
@@ -324,8 +520,16 @@ fn startup_names_the_backend_of_each_hook() {
     let (st, stderr) = t.stop();
     assert!(st.success());
     for hook in ["connect hook: ", "bind hook: "] {
-        let line = stderr.iter().find(|l| l.contains(hook)).unwrap_or_else(|| panic!("{hook}: {stderr:?}"));
-        assert!(["fexit", "kprobe", "tracepoint"].iter().any(|b| line.contains(&format!("{hook}{b} on "))), "{line}");
+        let line = stderr
+            .iter()
+            .find(|l| l.contains(hook))
+            .unwrap_or_else(|| panic!("{hook}: {stderr:?}"));
+        assert!(
+            ["fexit", "kprobe", "tracepoint"]
+                .iter()
+                .any(|b| line.contains(&format!("{hook}{b} on "))),
+            "{line}"
+        );
     }
 }
 
@@ -350,7 +554,10 @@ fn mounts_tracefs_when_missing() {
     let lines = std::thread::spawn(move || {
         use std::io::BufRead;
         let mut v = vec![];
-        for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let attached = l.contains("attached;");
             v.push(l);
             if attached {
@@ -363,7 +570,71 @@ fn mounts_tracefs_when_missing() {
     .unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let st = child.wait().unwrap();
-    assert!(lines.iter().any(|l| l == "portwatch: tracefs was not mounted; mounted it at /sys/kernel/tracing"), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "portwatch: tracefs was not mounted; mounted it at /sys/kernel/tracing"),
+        "{lines:?}"
+    );
     assert!(lines.last().unwrap().contains("attached;"), "{lines:?}");
     assert_eq!(st.code(), Some(0));
+}
+
+/// Ring buffer overflow is counted and reported, never silent: a stopped
+/// tracer with a one-page ring buffer misses most of a 200-failure storm,
+/// and the `lost` records account for them.
+#[test]
+fn lost_events_are_reported() {
+    let ns = Netns::new("lost", RANGE);
+    let mut t = trace(&["--ringbuf-size", "4"]);
+    t.signal(libc::SIGSTOP);
+    let out = client_once(
+        &ns,
+        &[
+            "listen",
+            "127.0.0.1",
+            "7100",
+            "fill",
+            "127.0.0.1",
+            "7100",
+            "4",
+            "connect",
+            "127.0.0.1",
+            "7100",
+            "200",
+        ],
+    );
+    assert_eq!(out.iter().filter(|l| *l == "err 99").count(), 200);
+    t.signal(libc::SIGCONT);
+    let mut all = vec![];
+    // Wait for at least one lost record (reported every 0.5 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !all.iter().any(|v: &Value| v["kind"] == "lost") && std::time::Instant::now() < deadline {
+        t.events_in(ns.inode, 0, &mut all);
+    }
+    let mine = all
+        .iter()
+        .filter(|v| v["netns"].as_u64() == Some(ns.inode))
+        .count();
+    let lost: u64 = all
+        .iter()
+        .filter(|v| v["kind"] == "lost")
+        .map(|v| v["count"].as_u64().unwrap())
+        .sum();
+    assert!(
+        lost > 0 && mine < 200,
+        "a 4 KiB ring buffer cannot hold 200 events: got {mine}, lost {lost}"
+    );
+    // Other tests' failures may share the buffer, so at least: every one of
+    // ours is either delivered or counted.
+    assert!(
+        mine as u64 + lost >= 200,
+        "delivered {mine} + lost {lost} < 200"
+    );
+    let (st, stderr) = t.stop();
+    assert!(st.success());
+    assert!(
+        stderr.iter().any(|l| l.contains("events lost")),
+        "{stderr:?}"
+    );
 }

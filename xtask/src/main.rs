@@ -5,8 +5,9 @@
 
 use std::{
     env,
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Instant,
 };
 
@@ -17,7 +18,13 @@ use clap::{Parser, Subcommand};
 const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 /// What the tests drive: namespaces, the article's clients, bpftool for
 /// checking that nothing stays loaded, setpriv for the non-root case.
-const TEST_PKGS: &[&str] = &["iproute2", "curl", "busybox-static", "bpftool", "util-linux"];
+const TEST_PKGS: &[&str] = &[
+    "iproute2",
+    "curl",
+    "busybox-static",
+    "bpftool",
+    "util-linux",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_LIB: &str = "/usr/lib/x86_64-linux-gnu/libLLVM.so.22.1";
 /// Name under which Debian's compiler is registered with rustup.
@@ -54,7 +61,10 @@ enum Cmd {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn cache_dir() -> PathBuf {
@@ -72,7 +82,9 @@ fn is_root() -> bool {
 
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: $ {}", show(cmd));
-    let st = cmd.status().with_context(|| format!("running {}", show(cmd)))?;
+    let st = cmd
+        .status()
+        .with_context(|| format!("running {}", show(cmd)))?;
     if !st.success() {
         bail!("{} failed: {st}", show(cmd));
     }
@@ -88,7 +100,9 @@ fn show(cmd: &Command) -> String {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// With `sudo` in front when not root (apt, the tests and portwatch need root).
@@ -137,7 +151,10 @@ fn setup() -> Result<()> {
 
     // rustup runs the eBPF build through `rustup run <toolchain> cargo`.
     if let Some(list) = output(Command::new("rustup").args(["toolchain", "list"])) {
-        if !list.lines().any(|l| l.split_whitespace().next() == Some(EBPF_TOOLCHAIN)) {
+        if !list
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(EBPF_TOOLCHAIN))
+        {
             run(Command::new("rustup").args(["toolchain", "link", EBPF_TOOLCHAIN, "/usr"]))?;
         }
     }
@@ -160,7 +177,11 @@ fn setup() -> Result<()> {
         run(Command::new("/usr/bin/cargo")
             .env("LLVM_PREFIX", &prefix)
             .env("CARGO_HOME", cargo_home())
-            .args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+            .args([
+                "install",
+                "--locked",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            ])
             .args(["--no-default-features", "--features", "llvm-22"]))?;
     }
     eprintln!("xtask: setup done in {:.1} s", t0.elapsed().as_secs_f64());
@@ -188,7 +209,10 @@ fn build(release: bool) -> Result<PathBuf> {
         c.arg("--release");
     }
     run(&mut c)?;
-    let bin = workspace_root().join("target").join(if release { "release" } else { "debug" }).join("portwatch");
+    let bin = workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("portwatch");
     eprintln!("xtask: built {}", bin.display());
     Ok(bin)
 }
@@ -200,11 +224,62 @@ fn test(args: &[String]) -> Result<()> {
     // Unit tests of every host crate, then portwatch's own (unit and
     // integration); `cargo test` builds the pwclient example they drive.
     let mut c = cargo();
-    c.args(["test", "--package", "portwatch-common", "--package", "xtask", "--package", "portwatch"]);
+    c.args([
+        "test",
+        "--package",
+        "portwatch-common",
+        "--package",
+        "xtask",
+        "--package",
+        "portwatch",
+    ]);
     if !args.is_empty() {
         c.arg("--").args(args);
     }
-    run(&mut c)
+    eprintln!("xtask: $ {}", show(&c));
+    let mut child = c
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let st = child.wait()?;
+    // One closing line for the whole run, whichever test binary ran last.
+    println!("xtask: {} passed, {} failed", totals.passed, totals.failed);
+    if !st.success() || totals.failed > 0 {
+        bail!("tests failed");
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Sums libtest's `test result: ok. N passed; M failed; ...` lines.
+#[derive(Default, Debug, PartialEq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+impl Totals {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut w = part.split_whitespace().rev();
+            match (w.next(), w.next()) {
+                (Some("passed"), Some(n)) => self.passed += n.parse::<u64>().unwrap_or(0),
+                (Some("failed"), Some(n)) => self.failed += n.parse::<u64>().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -217,12 +292,36 @@ fn main() -> Result<()> {
         Cmd::Run { args } => {
             setup()?;
             let bin = build(true)?;
-            let st = privileged(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
+            let st = privileged(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(st.code().unwrap_or(1));
         }
         Cmd::Test { args } => {
             setup()?;
             test(&args)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn sums_libtest_results() {
+        let mut t = Totals::default();
+        t.add("test result: ok. 17 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.17s");
+        t.add("test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1s");
+        t.add("test foo ... ok");
+        t.add("running 3 tests");
+        assert_eq!(
+            t,
+            Totals {
+                passed: 20,
+                failed: 2
+            }
+        );
     }
 }

@@ -23,7 +23,11 @@ pub fn portwatch_bin() -> PathBuf {
 /// `cargo test` builds examples next to the binaries' directory.
 pub fn pwclient_bin() -> PathBuf {
     let p = portwatch_bin().parent().unwrap().join("examples/pwclient");
-    assert!(p.exists(), "{} missing: run the tests through cargo test (which builds examples)", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run the tests through cargo test (which builds examples)",
+        p.display()
+    );
     p
 }
 
@@ -39,7 +43,11 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A network namespace made for one test, deleted on drop.
@@ -53,16 +61,35 @@ impl Netns {
     /// (keep the size even: the kernel's pairwise scan makes odd sizes flaky).
     pub fn new(tag: &str, range: (u16, u16)) -> Netns {
         require_root();
-        let name = format!("pwt-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "pwt-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { inode: std::fs::metadata(format!("/run/netns/{name}")).unwrap().ino(), name };
+        let ns = Netns {
+            inode: std::fs::metadata(format!("/run/netns/{name}"))
+                .unwrap()
+                .ino(),
+            name,
+        };
         run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
-        ns.sysctl("net/ipv4/ip_local_port_range", &format!("{} {}", range.0, range.1));
+        ns.sysctl(
+            "net/ipv4/ip_local_port_range",
+            &format!("{} {}", range.0, range.1),
+        );
         ns
     }
 
     pub fn sysctl(&self, key: &str, value: &str) {
-        run(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", &format!("echo '{value}' > /proc/sys/{key}")]));
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.name,
+            "sh",
+            "-c",
+            &format!("echo '{value}' > /proc/sys/{key}"),
+        ]));
     }
 
     /// A command run inside this netns.
@@ -75,7 +102,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -109,7 +138,12 @@ impl Client {
             }
         });
         let pid = child.id(); // `ip netns exec` execs the program: same pid.
-        let mut c = Client { stdin: child.stdin.take(), child, lines: rx, pid };
+        let mut c = Client {
+            stdin: child.stdin.take(),
+            child,
+            lines: rx,
+            pid,
+        };
         if let Some(r) = ready {
             c.wait_line(r);
         }
@@ -153,9 +187,22 @@ impl Drop for Client {
 
 /// Runs pwclient to completion in `ns`; returns its output lines.
 pub fn client_once(ns: &Netns, args: &[&str]) -> Vec<String> {
-    let out = ns.cmd(pwclient_bin()).args(args).stdin(Stdio::null()).output().unwrap();
-    assert!(out.status.success(), "pwclient {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+    let out = ns
+        .cmd(pwclient_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pwclient {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// A running `portwatch trace`.
@@ -203,16 +250,27 @@ impl Tracer {
                 e2.lock().unwrap().push(l);
             }
         });
-        let mut t = Tracer { child, lines: rx, stderr: errs };
+        let mut t = Tracer {
+            child,
+            lines: rx,
+            stderr: errs,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if arx.recv_timeout(Duration::from_millis(100)).is_ok() {
                 break;
             }
             if let Ok(Some(st)) = t.child.try_wait() {
-                panic!("portwatch exited {st} before attaching: {:?}", t.stderr.lock().unwrap());
+                panic!(
+                    "portwatch exited {st} before attaching: {:?}",
+                    t.stderr.lock().unwrap()
+                );
             }
-            assert!(Instant::now() < deadline, "portwatch did not attach in 60 s: {:?}", t.stderr.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "portwatch did not attach in 60 s: {:?}",
+                t.stderr.lock().unwrap()
+            );
         }
         t
     }
@@ -225,10 +283,17 @@ impl Tracer {
     /// arrived (or 10 s), then a little longer to catch any extra ones.
     pub fn events_in(&mut self, inode: u64, n: usize, all: &mut Vec<Value>) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mine = |all: &Vec<Value>| all.iter().filter(|v| v["netns"].as_u64() == Some(inode)).cloned().collect::<Vec<_>>();
+        let mine = |all: &Vec<Value>| {
+            all.iter()
+                .filter(|v| v["netns"].as_u64() == Some(inode))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
         while mine(all).len() < n && Instant::now() < deadline {
             if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                all.push(serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")));
+                all.push(
+                    serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")),
+                );
             }
         }
         // Anything that would be wrongly extra arrives with the rest.
@@ -262,7 +327,10 @@ impl Tracer {
                 std::thread::sleep(Duration::from_millis(100));
                 return (st, self.stderr.lock().unwrap().clone());
             }
-            assert!(Instant::now() < deadline, "portwatch did not exit within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "portwatch did not exit within 10 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -276,7 +344,15 @@ impl Drop for Tracer {
 }
 
 /// Asserts the fields every event carries.
-pub fn assert_common(ev: &Value, kind: &str, errno: &str, pid: u32, comm: &str, ns: &Netns, range: (u16, u16)) {
+pub fn assert_common(
+    ev: &Value,
+    kind: &str,
+    errno: &str,
+    pid: u32,
+    comm: &str,
+    ns: &Netns,
+    range: (u16, u16),
+) {
     assert_eq!(ev["schema"], 1, "{ev}");
     assert_eq!(ev["kind"], kind, "{ev}");
     assert_eq!(ev["errno"], errno, "{ev}");
@@ -287,9 +363,16 @@ pub fn assert_common(ev: &Value, kind: &str, errno: &str, pid: u32, comm: &str, 
     assert_eq!(ev["comm"], comm, "{ev}");
     assert_eq!(ev["uid"], 0, "{ev}");
     assert_eq!(ev["netns"], ns.inode, "{ev}");
-    assert_eq!(ev["port_range"], serde_json::json!([range.0, range.1]), "{ev}");
+    assert_eq!(
+        ev["port_range"],
+        serde_json::json!([range.0, range.1]),
+        "{ev}"
+    );
     assert!(ev["cgroup_id"].as_u64().is_some(), "{ev}");
-    assert!(["fexit", "kprobe", "tracepoint"].contains(&ev["probe"].as_str().unwrap()), "{ev}");
+    assert!(
+        ["fexit", "kprobe", "tracepoint"].contains(&ev["probe"].as_str().unwrap()),
+        "{ev}"
+    );
     assert!(ev["pod"].is_null(), "{ev}");
     let t = ev["time"].as_str().unwrap();
     assert_eq!(t.len(), 27, "RFC 3339 with microseconds: {t}");
