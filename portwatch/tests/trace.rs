@@ -39,7 +39,7 @@ fn exhaustion(addr: &str, family: &str) {
     let ns = Netns::new("exh", RANGE);
     let mut t = trace(&[]);
     // 4 connects fill the range; the next 2 fail with EADDRNOTAVAIL (99).
-    let out = client_once(&ns, &["listen", addr, "7100", "connect", addr, "7100", "6"]);
+    let out = client_once(&ns, &format!("listen {addr} 7100 connect {addr} 7100 6"));
     assert_eq!(
         out.iter().filter(|l| l.starts_with("ok ")).count(),
         4,
@@ -82,17 +82,7 @@ fn connect_failure_pid_matches_the_client() {
     let ns = Netns::new("pid", RANGE);
     let mut c = Client::start(
         &ns,
-        &[
-            "--wait",
-            "--hold",
-            "listen",
-            "127.0.0.1",
-            "7100",
-            "connect",
-            "127.0.0.1",
-            "7100",
-            "5",
-        ],
+        "--wait --hold listen 127.0.0.1 7100 connect 127.0.0.1 7100 5",
         None,
     );
     let pid_s = c.pid.to_string();
@@ -123,7 +113,7 @@ fn connect_failure_pid_matches_the_client() {
 fn bind_in_use(addr: &str, family: &str) {
     let ns = Netns::new("bind", RANGE);
     let mut t = trace(&[]);
-    let out = client_once(&ns, &["listen", addr, "7200", "bind", addr, "7200"]);
+    let out = client_once(&ns, &format!("listen {addr} 7200 bind {addr} 7200"));
     assert_eq!(out, vec!["err 98"]);
     let mut all = vec![];
     let evs = t.events_in(ns.inode, 1, &mut all);
@@ -158,21 +148,7 @@ fn bind_autobind_exhausted_and_address_not_local() {
     // to give (EADDRINUSE); a foreign address gives EADDRNOTAVAIL.
     let out = client_once(
         &ns,
-        &[
-            "listen",
-            "127.0.0.1",
-            "7100",
-            "fill",
-            "127.0.0.1",
-            "7100",
-            "4",
-            "bind",
-            "127.0.0.1",
-            "0",
-            "bind",
-            "192.0.2.1",
-            "7300",
-        ],
+        "listen 127.0.0.1 7100 fill 127.0.0.1 7100 4 bind 127.0.0.1 0 bind 192.0.2.1 7300",
     );
     assert_eq!(out, vec!["filled", "err 98", "err 99"]);
     let mut all = vec![];
@@ -201,26 +177,7 @@ fn other_errnos_and_successes_are_not_reported() {
     ns.sysctl("net/ipv4/tcp_syncookies", "0");
     let mut t = trace(&[]);
     // ECONNREFUSED (111), ETIMEDOUT (110), and successful connects and binds.
-    let out = client_once(
-        &ns,
-        &[
-            "connect",
-            "127.0.0.1",
-            "7999",
-            "timeout",
-            "127.0.0.1",
-            "7300",
-            "listen",
-            "127.0.0.1",
-            "7100",
-            "connect",
-            "127.0.0.1",
-            "7100",
-            "2",
-            "bind",
-            "127.0.0.1",
-            "7400",
-        ],
+    let out = client_once(&ns, "connect 127.0.0.1 7999 timeout 127.0.0.1 7300 listen 127.0.0.1 7100 connect 127.0.0.1 7100 2 bind 127.0.0.1 7400",
     );
     assert_eq!(out[0], "err 111", "{out:?}");
     assert_eq!(out[1], "err 110", "{out:?}");
@@ -229,10 +186,7 @@ fn other_errnos_and_successes_are_not_reported() {
         "{out:?}"
     );
     // Then one real failure, as a marker that the tracer was seeing this netns.
-    let out = client_once(
-        &ns,
-        &["listen", "127.0.0.1", "7500", "bind", "127.0.0.1", "7500"],
-    );
+    let out = client_once(&ns, "listen 127.0.0.1 7500 bind 127.0.0.1 7500");
     assert_eq!(out, vec!["err 98"]);
     let mut all = vec![];
     let evs = t.events_in(ns.inode, 1, &mut all);
@@ -248,16 +202,7 @@ fn curl_wget_and_nc_hit_the_exhausted_range() {
     let mut t = trace(&[]);
     let holder = Client::start(
         &ns,
-        &[
-            "--hold",
-            "listen",
-            "127.0.0.1",
-            "7100",
-            "fill",
-            "127.0.0.1",
-            "7100",
-            "4",
-        ],
+        "--hold listen 127.0.0.1 7100 fill 127.0.0.1 7100 4",
         Some("holding"),
     );
     let tool = |args: &[&str]| {
@@ -315,29 +260,7 @@ fn filters_select_events() {
     let ns = Netns::new("filt", RANGE);
     let mut by_errno = trace(&["--errno", "EADDRINUSE", "--comm", "pwclient"]);
     let mut by_dport = trace(&["--dport", "7100"]);
-    client_once(
-        &ns,
-        &[
-            "listen",
-            "127.0.0.1",
-            "7100",
-            "listen",
-            "127.0.0.1",
-            "7101",
-            "fill",
-            "127.0.0.1",
-            "7100",
-            "4",
-            "connect",
-            "127.0.0.1",
-            "7100",
-            "connect",
-            "127.0.0.1",
-            "7101",
-            "bind",
-            "127.0.0.1",
-            "7100",
-        ],
+    client_once(&ns, "listen 127.0.0.1 7100 listen 127.0.0.1 7101 fill 127.0.0.1 7100 4 connect 127.0.0.1 7100 connect 127.0.0.1 7101 bind 127.0.0.1 7100",
     );
     let mut all = vec![];
     let e = by_errno.events_in(ns.inode, 1, &mut all);
@@ -361,20 +284,14 @@ fn reader_closing_stdout_exits_zero_quietly() {
     let ns = Netns::new("head", RANGE);
     let mut t = Tracer::start_with(&["trace", "--json"], false);
     let mut out = std::io::BufReader::new(t.child.stdout.take().unwrap());
-    client_once(
-        &ns,
-        &["listen", "127.0.0.1", "7100", "bind", "127.0.0.1", "7100"],
-    );
+    client_once(&ns, "listen 127.0.0.1 7100 bind 127.0.0.1 7100");
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
     assert!(first.contains("\"kind\":\"bind\""), "{first}");
     // Close the read end of the pipe, as head does, then make more events.
     drop(out);
     for _ in 0..3 {
-        client_once(
-            &ns,
-            &["listen", "127.0.0.1", "7101", "bind", "127.0.0.1", "7101"],
-        );
+        client_once(&ns, "listen 127.0.0.1 7101 bind 127.0.0.1 7101");
     }
     let (st, stderr) = t.wait();
     assert_eq!(st.code(), Some(0), "{stderr:?}");
@@ -590,19 +507,7 @@ fn lost_events_are_reported() {
     t.signal(libc::SIGSTOP);
     let out = client_once(
         &ns,
-        &[
-            "listen",
-            "127.0.0.1",
-            "7100",
-            "fill",
-            "127.0.0.1",
-            "7100",
-            "4",
-            "connect",
-            "127.0.0.1",
-            "7100",
-            "200",
-        ],
+        "listen 127.0.0.1 7100 fill 127.0.0.1 7100 4 connect 127.0.0.1 7100 200",
     );
     assert_eq!(out.iter().filter(|l| *l == "err 99").count(), 200);
     t.signal(libc::SIGCONT);

@@ -119,10 +119,11 @@ pub struct Client {
 impl Client {
     /// Starts `pwclient args` in `ns` and waits for `ready` on its stdout
     /// (None: don't wait).
-    pub fn start(ns: &Netns, args: &[&str], ready: Option<&str>) -> Client {
+    /// `args` is pwclient's command line, split on whitespace.
+    pub fn start(ns: &Netns, args: &str, ready: Option<&str>) -> Client {
         let mut child = ns
             .cmd(pwclient_bin())
-            .args(args)
+            .args(args.split_whitespace())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -186,10 +187,10 @@ impl Drop for Client {
 }
 
 /// Runs pwclient to completion in `ns`; returns its output lines.
-pub fn client_once(ns: &Netns, args: &[&str]) -> Vec<String> {
+pub fn client_once(ns: &Netns, args: &str) -> Vec<String> {
     let out = ns
         .cmd(pwclient_bin())
-        .args(args)
+        .args(args.split_whitespace())
         .stdin(Stdio::null())
         .output()
         .unwrap();
