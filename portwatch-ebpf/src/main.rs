@@ -27,7 +27,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
     },
     macros::{fexit, kprobe, kretprobe, map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use portwatch_common::{
@@ -66,7 +66,7 @@ static OFFSETS: Offsets = Offsets {
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
 /// Index 0: events dropped because the ring buffer was full.
-/// Index 1: failures missed because `PENDING` was full at entry.
+/// Index 1: failures missed because the entry probe could not remember the call.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
@@ -88,8 +88,10 @@ struct Pending {
     sk: u64,
 }
 
+/// LRU: a thread killed inside connect()/bind() never reaches the exit
+/// probe, and its entry must not pin a slot for the life of the node agent.
 #[map]
-static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 fn offsets() -> Offsets {
