@@ -7,9 +7,11 @@ use crate::btf::Btf;
 /// Looks every offset up; a group with any field missing is marked invalid
 /// (the programs then skip it) and named in the returned notes.
 pub fn from_btf(btf: &Btf) -> (Offsets, Vec<String>) {
-    let mut o = Offsets::default();
+    let mut t = Offsets::default();
     let mut notes = vec![];
-    let mut group = |flag: u32, name: &str, fields: &mut [(&mut u32, &str, &str)]| {
+    let mut valid = 0;
+    // Fills the group's slots; its flag when every field was found.
+    let mut group = |flag: u32, name: &str, fields: &mut [(&mut u32, &str, &str)]| -> u32 {
         let mut ok = true;
         for (slot, strukt, path) in fields.iter_mut() {
             match btf.offset_of(strukt, path) {
@@ -21,11 +23,12 @@ pub fn from_btf(btf: &Btf) -> (Offsets, Vec<String>) {
             }
         }
         if ok {
-            o.valid |= flag;
+            flag
+        } else {
+            0
         }
     };
-    let mut t = Offsets::default();
-    group(
+    valid |= group(
         OFF_NETNS,
         "netns of task",
         &mut [
@@ -34,7 +37,7 @@ pub fn from_btf(btf: &Btf) -> (Offsets, Vec<String>) {
             (&mut t.net_ns_inum, "net", "ns.inum"),
         ],
     );
-    group(
+    valid |= group(
         OFF_FILES,
         "socket of fd",
         &mut [
@@ -47,7 +50,7 @@ pub fn from_btf(btf: &Btf) -> (Offsets, Vec<String>) {
             (&mut t.socket_sk, "socket", "sk"),
         ],
     );
-    group(
+    valid |= group(
         OFF_SOCK,
         "socket fields",
         &mut [
@@ -66,7 +69,7 @@ pub fn from_btf(btf: &Btf) -> (Offsets, Vec<String>) {
             (&mut t.socket_sk, "socket", "sk"),
         ],
     );
-    group(
+    valid |= group(
         OFF_SOCK_NET,
         "netns of socket",
         &mut [
@@ -75,13 +78,11 @@ pub fn from_btf(btf: &Btf) -> (Offsets, Vec<String>) {
         ],
     );
     // The socket's netns needs the socket fields too.
-    if o.valid & OFF_SOCK == 0 {
-        o.valid &= !OFF_SOCK_NET;
+    if valid & OFF_SOCK == 0 {
+        valid &= !OFF_SOCK_NET;
     }
-    let valid = o.valid;
-    o = t;
-    o.valid = valid;
-    (o, notes)
+    t.valid = valid;
+    (t, notes)
 }
 
 #[cfg(test)]
