@@ -11,6 +11,15 @@ pub enum Kind {
     Bind,
 }
 
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Connect => "connect",
+            Kind::Bind => "bind",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[allow(clippy::upper_case_acronyms)]
 pub enum Errno {
@@ -65,6 +74,19 @@ pub enum Proto {
     Mptcp,
     Sctp,
     Other,
+}
+
+impl Proto {
+    /// The same word the JSON output uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Mptcp => "mptcp",
+            Proto::Sctp => "sctp",
+            Proto::Other => "other",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

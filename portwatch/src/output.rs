@@ -232,13 +232,6 @@ impl<W: Write> Sink for TableSink<W> {
             )?;
             self.header_done = true;
         }
-        let proto = ev.proto.map(|p| {
-            serde_json::to_value(p)
-                .unwrap()
-                .as_str()
-                .unwrap_or("?")
-                .to_string()
-        });
         let (src, dst) = match ev.kind {
             Kind::Connect => (endpoint(ev.saddr, ev.sport), endpoint(ev.daddr, ev.dport)),
             Kind::Bind => (endpoint(ev.saddr, ev.sport), "-".to_string()),
@@ -249,13 +242,9 @@ impl<W: Write> Sink for TableSink<W> {
             clock_of(ev.time_ns),
             ev.pid,
             ev.comm,
-            if ev.kind == Kind::Connect {
-                "connect"
-            } else {
-                "bind"
-            },
+            ev.kind.name(),
             ev.errno.name(),
-            proto.as_deref().unwrap_or("-"),
+            ev.proto.map_or("-", Proto::name),
             src,
             dst,
             ev.netns
@@ -347,6 +336,22 @@ pub(crate) mod tests {
         assert_eq!(v["daddr"], "::1");
         assert_eq!(v["family"], "ipv6");
         assert_eq!(v["comm"], "we\"ird\n");
+    }
+
+    #[test]
+    fn table_names_match_json_names() {
+        for p in [
+            Proto::Tcp,
+            Proto::Udp,
+            Proto::Mptcp,
+            Proto::Sctp,
+            Proto::Other,
+        ] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.name());
+        }
+        for k in [Kind::Connect, Kind::Bind] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
     }
 
     #[test]
