@@ -14,6 +14,7 @@ use crate::{
     cli::TraceArgs,
     decode::{self, Clock},
     enrich::Enricher,
+    event::Event,
     filter::Filter,
     output::{JsonSink, Sink, TableSink},
     source::Source,
@@ -81,17 +82,18 @@ pub async fn run(args: TraceArgs) -> Result<End> {
     let mut lost_seen = 0u64;
     eprintln!("portwatch: attached; tracing connect()/bind() failures (EADDRNOTAVAIL, EADDRINUSE). Ctrl-C to stop.");
 
-    let mut batch: Vec<Vec<u8>> = Vec::new();
-    let mut process = |batch: &mut Vec<Vec<u8>>, sink: &mut Box<dyn Sink>| -> io::Result<()> {
-        for rec in batch.drain(..) {
-            match decode::decode(&rec, &clock) {
-                Ok(mut ev) => {
-                    enricher.enrich(&mut ev);
-                    if filter.matches(&ev) {
-                        sink.event(&ev)?;
-                    }
-                }
-                Err(e) => log::warn!("undecodable record: {e:#}"),
+    // Records are decoded straight out of the ring buffer (no copy), and
+    // the rest of the pipeline runs once the ring's borrow has ended.
+    let mut batch: Vec<Event> = Vec::new();
+    let decode_into = |batch: &mut Vec<Event>, rec: &[u8]| match decode::decode(rec, &clock) {
+        Ok(ev) => batch.push(ev),
+        Err(e) => log::warn!("undecodable record: {e:#}"),
+    };
+    let mut process = |batch: &mut Vec<Event>, sink: &mut Box<dyn Sink>| -> io::Result<()> {
+        for mut ev in batch.drain(..) {
+            enricher.enrich(&mut ev);
+            if filter.matches(&ev) {
+                sink.event(&ev)?;
             }
         }
         sink.flush()
@@ -111,7 +113,7 @@ pub async fn run(args: TraceArgs) -> Result<End> {
 
     let end = loop {
         let res = tokio::select! {
-            r = source.next_batch(|b| batch.push(b.to_vec())) => {
+            r = source.next_batch(|b| decode_into(&mut batch, b)) => {
                 r?;
                 process(&mut batch, &mut sink)
             }
@@ -128,7 +130,7 @@ pub async fn run(args: TraceArgs) -> Result<End> {
     };
     if let End::Signal = end {
         // What the kernel wrote before the signal still goes out.
-        source.drain(|b| batch.push(b.to_vec()));
+        source.drain(|b| decode_into(&mut batch, b));
         let _ = process(&mut batch, &mut sink)
             .and_then(|_| report_lost(&mut sink, &source, &mut lost_seen));
     }
