@@ -254,11 +254,19 @@ fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, aya_btf: &AyaBtf, hook: Hook) -> Res
     Ok(names.join(", "))
 }
 
-fn load_kprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut KProbe> {
-    let p: &mut KProbe = ebpf
+fn kprobe_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut KProbe> {
+    Ok(ebpf
         .program_mut(name)
         .with_context(|| format!("program {name} missing from the object"))?
-        .try_into()?;
+        .try_into()?)
+}
+
+fn is_loaded(ebpf: &mut Ebpf, name: &str) -> bool {
+    kprobe_mut(ebpf, name).is_ok_and(|p| p.fd().is_ok())
+}
+
+fn load_kprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut KProbe> {
+    let p = kprobe_mut(ebpf, name)?;
     if p.fd().is_err() {
         p.load()
             .map_err(|e| anyhow!(e))
@@ -273,15 +281,10 @@ fn attach_kprobe(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
     // Links made so far, detached again if a later one fails (the
     // kretprobe program is shared with the other hook, so no unload).
     let mut links: Vec<(&str, KProbeLinkId)> = vec![];
-    let was_loaded = |ebpf: &mut Ebpf, prog: &str| {
-        ebpf.program_mut(prog)
-            .and_then(|p| <&mut KProbe>::try_from(p).ok())
-            .is_some_and(|p| p.fd().is_ok())
-    };
-    let fresh: Vec<&str> = [t.fns[0].2, t.fns[t.fns.len() - 1].2, "pw_kret"]
-        .into_iter()
-        .filter(|p| !was_loaded(ebpf, p))
-        .collect();
+    // The programs this attempt will load (not those the other hook uses).
+    let mut fresh: Vec<&str> = t.fns.iter().map(|f| f.2).chain(["pw_kret"]).collect();
+    fresh.dedup();
+    fresh.retain(|p| !is_loaded(ebpf, p));
     let mut res = Ok(());
     for (func, _, entry) in &t.fns {
         for prog in [*entry, "pw_kret"] {
@@ -304,16 +307,14 @@ fn attach_kprobe(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
     }
     if let Err(e) = res {
         for (prog, id) in links {
-            if let Ok(p) = load_kprobe(ebpf, prog) {
+            if let Ok(p) = kprobe_mut(ebpf, prog) {
                 let _ = p.detach(id);
             }
         }
         // Programs this attempt loaded and nothing uses: unload them too.
         for prog in fresh {
-            if let Some(Ok(p)) = ebpf.program_mut(prog).map(<&mut KProbe>::try_from) {
-                if p.fd().is_ok() {
-                    let _ = p.unload();
-                }
+            if is_loaded(ebpf, prog) {
+                let _ = kprobe_mut(ebpf, prog).map(|p| p.unload());
             }
         }
         return Err(e);
