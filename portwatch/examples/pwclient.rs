@@ -82,9 +82,8 @@ fn local_port(fd: i32) -> u16 {
     u16::from_be(sin.sin_port)
 }
 
-fn do_connect(fd: i32, addr: &SocketAddr) -> Result<(), i32> {
-    let (ss, len) = sockaddr(addr);
-    let rc = unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+/// A syscall's return value as Ok or the errno it set.
+fn check(rc: i32) -> Result<(), i32> {
     if rc == 0 {
         Ok(())
     } else {
@@ -92,14 +91,14 @@ fn do_connect(fd: i32, addr: &SocketAddr) -> Result<(), i32> {
     }
 }
 
+fn do_connect(fd: i32, addr: &SocketAddr) -> Result<(), i32> {
+    let (ss, len) = sockaddr(addr);
+    check(unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) })
+}
+
 fn do_bind(fd: i32, addr: &SocketAddr) -> Result<(), i32> {
     let (ss, len) = sockaddr(addr);
-    let rc = unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
+    check(unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) })
 }
 
 fn listen(addr: &SocketAddr, backlog: i32) -> i32 {

@@ -50,6 +50,19 @@ fn run(cmd: &mut Command) {
     );
 }
 
+/// The lines a child writes, read on a thread of their own.
+fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// A network namespace made for one test, deleted on drop.
 pub struct Netns {
     pub name: String,
@@ -129,15 +142,7 @@ impl Client {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = lines_of(child.stdout.take().unwrap());
         let pid = child.id(); // `ip netns exec` execs the program: same pid.
         let mut c = Client {
             stdin: child.stdin.take(),
@@ -229,17 +234,11 @@ impl Tracer {
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        if read_stdout {
-            let stdout = child.stdout.take().unwrap();
-            std::thread::spawn(move || {
-                for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if tx.send(l).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        let rx = if read_stdout {
+            lines_of(child.stdout.take().unwrap())
+        } else {
+            mpsc::channel().1 // nothing will come: the test reads stdout itself
+        };
         let errs = Arc::new(Mutex::new(vec![]));
         let (atx, arx) = mpsc::channel();
         let e2 = errs.clone();
