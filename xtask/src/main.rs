@@ -14,6 +14,9 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod vm;
+
 /// Debian's rustc ships the library source `-Z build-std=core` needs.
 const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 /// What the tests drive: namespaces, the article's clients, bpftool for
@@ -52,11 +55,37 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build and run every test (unit and privileged integration tests).
+    /// Set up, build and run every test: unit and privileged integration
+    /// tests on this kernel, then the VM stage (`vm-test --kernel all`).
     Test {
+        /// Only this machine's kernel, no VM stage (for quick iterations;
+        /// CI runs everything).
+        #[arg(long)]
+        host_only: bool,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Boot Debian kernels under qemu and run the integration tests inside,
+    /// once per backend (fexit, kprobe, tracepoint).
+    VmTest {
+        /// 6.12, 6.1 or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// Extra arguments for the test binaries inside the guest (e.g. a
+        /// test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure what `portwatch trace` costs (vs no tracer and bpftrace): success
+    /// path, failure storm, start-up, RSS. Markdown on stdout, JSON in target/bench/.
+    Bench {
+        /// Fewer rounds and smaller loops (about a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the JSON results (default target/bench/results.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -298,9 +327,18 @@ fn main() -> Result<()> {
                 .with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(st.code().unwrap_or(1));
         }
-        Cmd::Test { args } => {
+        Cmd::Test { host_only, args } => {
             setup()?;
-            test(&args)
+            test(&args)?;
+            if host_only {
+                return Ok(());
+            }
+            vm::vm_test(&vm::select("all")?, &[])
+        }
+        Cmd::Bench { quick, out } => bench::bench(bench::Opts { quick, out }),
+        Cmd::VmTest { kernel, args } => {
+            setup()?;
+            vm::vm_test(&vm::select(&kernel)?, &args)
         }
     }
 }
