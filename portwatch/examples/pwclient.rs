@@ -8,6 +8,8 @@
 //!   connect ADDR PORT [N]      N connect attempts (default 1): "ok SPORT" / "err ERRNO"
 //!   bind ADDR PORT             one bind() attempt:               "ok PORT" / "err ERRNO"
 //!   timeout ADDR PORT          a connect that times out (full accept queue, 1 SYN retry)
+//!   fastopen ADDR PORT         a TCP Fast Open connect: sendto(MSG_FASTOPEN), no connect()
+//!   uring-connect ADDR PORT    a connect submitted through io_uring (IORING_OP_CONNECT)
 //! --wait: read one line from stdin before the first step (lets a test start
 //!         a tracer filtered on this pid first).
 //! --hold: after the last step print "holding" and keep every socket until
@@ -198,6 +200,39 @@ fn main() {
                 }
                 keep.extend([l, first, fd]);
             }
+            "fastopen" => {
+                // The connect happens inside sendto(): the connect()
+                // syscall tracepoints never see it.
+                let fd = socket(&addr);
+                let (ss, len) = sockaddr(&addr);
+                let rc = unsafe {
+                    libc::sendto(
+                        fd,
+                        b"x".as_ptr() as *const _,
+                        1,
+                        libc::MSG_FASTOPEN,
+                        &ss as *const _ as *const libc::sockaddr,
+                        len,
+                    )
+                };
+                match check(if rc < 0 { -1 } else { 0 }) {
+                    Ok(()) => {
+                        say(format!("ok {}", local_port(fd)));
+                        keep.push(fd);
+                    }
+                    Err(e) => say(format!("err {e}")),
+                }
+            }
+            "uring-connect" => {
+                let fd = socket(&addr);
+                match uring::connect(fd, &addr) {
+                    Ok(()) => {
+                        say(format!("ok {}", local_port(fd)));
+                        keep.push(fd);
+                    }
+                    Err(e) => say(format!("err {e}")),
+                }
+            }
             s => panic!("unknown step {s}"),
         }
     }
@@ -212,4 +247,166 @@ fn main() {
         {}
     }
     drop(keep);
+}
+
+/// Just enough io_uring, on raw syscalls, for one IORING_OP_CONNECT: the
+/// kernel runs the connect from io_uring_enter(), never from connect().
+mod uring {
+    use std::net::SocketAddr;
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct SqOffsets {
+        head: u32,
+        tail: u32,
+        ring_mask: u32,
+        ring_entries: u32,
+        flags: u32,
+        dropped: u32,
+        array: u32,
+        resv1: u32,
+        user_addr: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct CqOffsets {
+        head: u32,
+        tail: u32,
+        ring_mask: u32,
+        ring_entries: u32,
+        overflow: u32,
+        cqes: u32,
+        flags: u32,
+        resv1: u32,
+        user_addr: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct Params {
+        sq_entries: u32,
+        cq_entries: u32,
+        flags: u32,
+        sq_thread_cpu: u32,
+        sq_thread_idle: u32,
+        features: u32,
+        wq_fd: u32,
+        resv: [u32; 3],
+        sq_off: SqOffsets,
+        cq_off: CqOffsets,
+    }
+
+    #[repr(C)]
+    struct Sqe {
+        opcode: u8,
+        flags: u8,
+        ioprio: u16,
+        fd: i32,
+        off: u64,
+        addr: u64,
+        len: u32,
+        op_flags: u32,
+        user_data: u64,
+        buf_index: u16,
+        personality: u16,
+        splice_fd_in: i32,
+        addr3: u64,
+        pad: u64,
+    }
+
+    #[repr(C)]
+    struct Cqe {
+        user_data: u64,
+        res: i32,
+        flags: u32,
+    }
+
+    const IORING_OP_CONNECT: u8 = 16;
+    const IORING_ENTER_GETEVENTS: u32 = 1;
+    const OFF_SQ_RING: i64 = 0;
+    const OFF_CQ_RING: i64 = 0x800_0000;
+    const OFF_SQES: i64 = 0x1000_0000;
+
+    fn map(fd: i32, len: usize, off: i64) -> Result<*mut u8, i32> {
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            Err(super::errno())
+        } else {
+            Ok(p as *mut u8)
+        }
+    }
+
+    /// Ok, or the errno the connect completed with.
+    pub fn connect(sock: i32, addr: &SocketAddr) -> Result<(), i32> {
+        let (ss, len) = super::sockaddr(addr);
+        let mut p = Params::default();
+        let ring = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, &mut p as *mut Params) };
+        assert!(
+            ring >= 0,
+            "io_uring_setup: {} (io_uring disabled on this kernel?)",
+            std::io::Error::last_os_error()
+        );
+        let ring = ring as i32;
+        let sq_len = p.sq_off.array as usize + 4 * p.sq_entries as usize;
+        let cq_len = p.cq_off.cqes as usize + std::mem::size_of::<Cqe>() * p.cq_entries as usize;
+        let sq = map(ring, sq_len, OFF_SQ_RING).expect("mmap sq ring");
+        let cq = map(ring, cq_len, OFF_CQ_RING).expect("mmap cq ring");
+        let sqes = map(ring, std::mem::size_of::<Sqe>(), OFF_SQES).expect("mmap sqes") as *mut Sqe;
+        unsafe {
+            sqes.write(Sqe {
+                opcode: IORING_OP_CONNECT,
+                flags: 0,
+                ioprio: 0,
+                fd: sock,
+                off: len as u64,
+                addr: &ss as *const _ as u64,
+                len: 0,
+                op_flags: 0,
+                user_data: 7,
+                buf_index: 0,
+                personality: 0,
+                splice_fd_in: 0,
+                addr3: 0,
+                pad: 0,
+            });
+            let tail = sq.add(p.sq_off.tail as usize) as *mut u32;
+            let mask = *(sq.add(p.sq_off.ring_mask as usize) as *const u32);
+            let t = tail.read_volatile();
+            *(sq.add(p.sq_off.array as usize) as *mut u32).add((t & mask) as usize) = 0;
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+            tail.write_volatile(t + 1);
+            let rc = libc::syscall(
+                libc::SYS_io_uring_enter,
+                ring,
+                1u32,
+                1u32,
+                IORING_ENTER_GETEVENTS,
+                std::ptr::null::<u8>(),
+                0usize,
+            );
+            assert!(rc >= 0, "io_uring_enter: {}", std::io::Error::last_os_error());
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+            let head = *(cq.add(p.cq_off.head as usize) as *const u32);
+            let cmask = *(cq.add(p.cq_off.ring_mask as usize) as *const u32);
+            let cqe = &*(cq.add(p.cq_off.cqes as usize) as *const Cqe).add((head & cmask) as usize);
+            assert_eq!(cqe.user_data, 7);
+            let res = cqe.res;
+            libc::close(ring);
+            if res < 0 {
+                Err(-res)
+            } else {
+                Ok(())
+            }
+        }
+    }
 }

@@ -110,6 +110,37 @@ fn connect_failure_pid_matches_the_client() {
     assert!(t.stop().0.success());
 }
 
+/// connect()s the syscall tracepoints never see: TCP Fast Open connects
+/// inside sendto(), io_uring connects from io_uring_enter(). The kernel
+/// function probes (fexit, kprobe) must report both; the tracepoint backend
+/// is blind to them, and the test pins that down too. A plain connect()
+/// that fails last is the sentinel every backend reports.
+#[test]
+fn kernel_probes_see_connects_made_outside_connect_syscall() {
+    let ns = Netns::new("iou", RANGE);
+    let mut t = trace(&[]);
+    let backend = t.backend_of("connect");
+    let out = client_once(
+        &ns,
+        "listen 127.0.0.1 7100 fill 127.0.0.1 7100 4 fastopen 127.0.0.1 7100 \
+         uring-connect 127.0.0.1 7100 connect 127.0.0.1 7100",
+    );
+    assert_eq!(out, ["filled", "err 99", "err 99", "err 99"], "{out:?}");
+    let sees_kernel_path = backend != "tracepoint";
+    let n = if sees_kernel_path { 3 } else { 1 };
+    let mut all = vec![];
+    let evs = t.events_in(ns.inode, n, &mut all);
+    assert_eq!(evs.len(), n, "{backend}: {evs:?}");
+    let pid = evs[0]["pid"].as_u64().unwrap() as u32;
+    for ev in &evs {
+        assert_common(ev, "connect", "EADDRNOTAVAIL", pid, "pwclient", &ns, RANGE);
+        assert_eq!(ev["daddr"], "127.0.0.1", "{ev}");
+        assert_eq!(ev["dport"], 7100, "{ev}");
+        assert_eq!(ev["probe"], backend.as_str(), "{ev}");
+    }
+    assert!(t.stop().0.success());
+}
+
 fn bind_in_use(addr: &str, family: &str) {
     let ns = Netns::new("bind", RANGE);
     let mut t = trace(&[]);

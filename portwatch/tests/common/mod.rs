@@ -279,6 +279,18 @@ impl Tracer {
         self.child.id()
     }
 
+    /// The backend portwatch said at start-up it attached `hook` with.
+    pub fn backend_of(&self, hook: &str) -> String {
+        let errs = self.stderr.lock().unwrap();
+        let tag = format!("{hook} hook: ");
+        errs.iter()
+            .find_map(|l| {
+                let rest = &l[l.find(&tag)? + tag.len()..];
+                Some(rest.split_whitespace().next()?.to_string())
+            })
+            .unwrap_or_else(|| panic!("no {tag:?} line at start-up: {errs:?}"))
+    }
+
     /// JSON events seen so far in netns `inode`, waiting until `n` have
     /// arrived (or 10 s), then a little longer to catch any extra ones.
     pub fn events_in(&mut self, inode: u64, n: usize, all: &mut Vec<Value>) -> Vec<Value> {
