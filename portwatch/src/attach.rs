@@ -360,5 +360,12 @@ fn attach_tracepoint(ebpf: &mut Ebpf, hook: Hook, notes: &mut Vec<String>) -> Re
         }
         return Err(e);
     }
+    if hook == Hook::Connect {
+        notes.push(
+            "the connect() tracepoints do not see connects made through io_uring or \
+             TCP Fast Open (sendto with MSG_FASTOPEN); fexit and kprobe do"
+                .into(),
+        );
+    }
     Ok(format!("syscalls:sys_enter_{sys} + sys_exit_{sys}"))
 }
