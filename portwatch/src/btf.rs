@@ -78,7 +78,21 @@ impl Btf {
         Btf::parse(&data).with_context(|| format!("cannot parse {path}"))
     }
 
+    /// A kernel module's BTF (`/sys/kernel/btf/<module>`), which is split
+    /// BTF on top of vmlinux's: its type ids continue vmlinux's and its
+    /// string offsets continue vmlinux's string section.
+    pub fn module_from_sys_fs(&self, module: &str) -> Result<Btf> {
+        let path = format!("/sys/kernel/btf/{module}");
+        let data = std::fs::read(&path)
+            .with_context(|| format!("cannot read {path}: module {module} not loaded"))?;
+        Btf::parse_on(&data, Some(self)).with_context(|| format!("cannot parse {path}"))
+    }
+
     pub fn parse(b: &[u8]) -> Result<Btf> {
+        Btf::parse_on(b, None)
+    }
+
+    fn parse_on(b: &[u8], base: Option<&Btf>) -> Result<Btf> {
         if b.len() < 24 {
             bail!("too short for a BTF header");
         }
@@ -96,12 +110,16 @@ impl Btf {
         let tsec = b
             .get(tbase..tbase + type_len)
             .context("BTF type section out of bounds")?;
-        let strings = b
+        let own_strings = b
             .get(sbase..sbase + str_len)
-            .context("BTF string section out of bounds")?
-            .to_vec();
+            .context("BTF string section out of bounds")?;
+        // Split BTF: one id space and one string space with the base.
+        let (mut types, mut strings) = match base {
+            Some(base) => (base.types.clone(), base.strings.clone()),
+            None => (vec![Type::Other], vec![]),
+        };
+        strings.extend_from_slice(own_strings);
 
-        let mut types = vec![Type::Other];
         let mut p = 0usize;
         while p < tsec.len() {
             let name = u32_at(tsec, p)?;
@@ -271,6 +289,8 @@ pub(crate) mod tests {
         types: Vec<u8>,
         strings: Vec<u8>,
         next_id: u32,
+        /// Split BTF: where this blob's strings start in the combined space.
+        str_base: u32,
     }
 
     impl Builder {
@@ -279,13 +299,23 @@ pub(crate) mod tests {
                 types: vec![],
                 strings: vec![0],
                 next_id: 1,
+                str_base: 0,
+            }
+        }
+        /// A module's BTF on top of `base` (ids and strings continue base's).
+        pub fn on(base: &Builder) -> Self {
+            Builder {
+                types: vec![],
+                strings: vec![0],
+                next_id: base.next_id,
+                str_base: base.str_base + base.strings.len() as u32,
             }
         }
         fn s(&mut self, name: &str) -> u32 {
             if name.is_empty() {
                 return 0;
             }
-            let off = self.strings.len() as u32;
+            let off = self.str_base + self.strings.len() as u32;
             self.strings.extend_from_slice(name.as_bytes());
             self.strings.push(0);
             off
@@ -418,6 +448,29 @@ pub(crate) mod tests {
         assert!(btf.offset_of("nosuch", "x").is_err());
         assert_eq!(btf.func_params("__inet_bind"), Some(4));
         assert_eq!(btf.func_params("inet_bind_sk"), None);
+    }
+
+    #[test]
+    fn module_btf_continues_the_base_ids_and_strings() {
+        let mut base = Builder::new();
+        let u32t = base.int("unsigned int", 4);
+        let u16t = base.int("unsigned short", 2);
+        let p = base.ptr(u32t);
+        let mut m = Builder::on(&base);
+        // Refers to base types by id; its own names live in its own strings.
+        m.strukt(
+            "ip_vs_conn_param",
+            false,
+            24,
+            &[("caddr", p, 64, 0), ("cport", u16t, 128, 0), ("vport", u16t, 144, 0)],
+        );
+        m.func("ip_vs_conn_new", &[p, u32t, p, u16t, u32t, p, u32t]);
+        let vmlinux = Btf::parse(&base.build()).unwrap();
+        let module = Btf::parse_on(&m.build(), Some(&vmlinux)).unwrap();
+        assert_eq!(module.offset_of("ip_vs_conn_param", "caddr").unwrap(), 8);
+        assert_eq!(module.offset_of("ip_vs_conn_param", "vport").unwrap(), 18);
+        assert_eq!(module.func_params("ip_vs_conn_new"), Some(7));
+        assert!(vmlinux.func_params("ip_vs_conn_new").is_none());
     }
 
     #[test]
