@@ -8,6 +8,11 @@
 //!   connect ADDR PORT [N]      N connect attempts (default 1): "ok SPORT" / "err ERRNO"
 //!   bind ADDR PORT             one bind() attempt:               "ok PORT" / "err ERRNO"
 //!   timeout ADDR PORT          a connect that times out (full accept queue, 1 SYN retry)
+//!   timewait ADDR PORT N       N connections to an earlier `listen`, each accepted and
+//!                              closed by this (client) side first: N TIME_WAIT sockets
+//!   reuse ADDR PORT SPORT      two SO_REUSEADDR sockets bound to ADDR:SPORT connect to
+//!                              ADDR:PORT: "ok SPORT" for the first, then the second's
+//!                              "ok SPORT" / "err ERRNO" (same 4-tuple: 99)
 //!   fastopen ADDR PORT         a TCP Fast Open connect: sendto(MSG_FASTOPEN), no connect()
 //!   uring-connect ADDR PORT    a connect submitted through io_uring (IORING_OP_CONNECT)
 //! --wait: read one line from stdin before the first step (lets a test start
@@ -18,6 +23,7 @@
 //! Run it inside a test network namespace (`ip netns exec`).
 
 use std::{
+    collections::HashMap,
     io::{BufRead, Write},
     mem,
     net::{IpAddr, SocketAddr},
@@ -134,6 +140,7 @@ fn main() {
         std::io::stdin().lock().read_line(&mut line).unwrap();
     }
     let mut keep: Vec<i32> = vec![];
+    let mut listeners: HashMap<SocketAddr, i32> = HashMap::new();
     let mut i = 0;
     while i < args.len() {
         let step = args[i].as_str();
@@ -151,7 +158,11 @@ fn main() {
             }
         };
         match step {
-            "listen" => keep.push(listen(&addr, 128)),
+            "listen" => {
+                let fd = listen(&addr, 128);
+                listeners.insert(addr, fd);
+                keep.push(fd);
+            }
             "fill" => {
                 for _ in 0..count() {
                     let fd = socket(&addr);
@@ -231,6 +242,40 @@ fn main() {
                         keep.push(fd);
                     }
                     Err(e) => say(format!("err {e}")),
+                }
+            }
+            "timewait" => {
+                let l = *listeners
+                    .get(&addr)
+                    .unwrap_or_else(|| panic!("timewait {addr}: no earlier listen on it"));
+                let n = count();
+                for _ in 0..n {
+                    let fd = socket(&addr);
+                    do_connect(fd, &addr)
+                        .unwrap_or_else(|e| panic!("timewait connect {addr}: errno {e}"));
+                    let srv =
+                        unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) };
+                    assert!(srv >= 0, "accept: {}", std::io::Error::last_os_error());
+                    // The side that closes first ends in TIME_WAIT: the client.
+                    unsafe { libc::close(fd) };
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    unsafe { libc::close(srv) };
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                say(format!("timewait {n}"));
+            }
+            "reuse" => {
+                let sport: u16 = count().try_into().expect("SPORT");
+                let local = SocketAddr::new(ip, sport);
+                for _ in 0..2 {
+                    let fd = socket(&addr);
+                    set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+                    do_bind(fd, &local).unwrap_or_else(|e| panic!("reuse bind {local}: errno {e}"));
+                    match do_connect(fd, &addr) {
+                        Ok(()) => say(format!("ok {}", local_port(fd))),
+                        Err(e) => say(format!("err {e}")),
+                    }
+                    keep.push(fd);
                 }
             }
             s => panic!("unknown step {s}"),

@@ -1,5 +1,7 @@
 //! Command-line interface.
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand};
 
 use crate::event::{Errno, Probe};
@@ -44,6 +46,30 @@ pub struct TraceArgs {
     /// Ring buffer size in KiB (a power of two).
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ringbuf_kib)]
     pub ringbuf_size: u32,
+    /// How long an event may wait for its detail (socket table, holders)
+    /// before it goes out with `"detail_complete": false`: 50ms, 0, 1s.
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_budget)]
+    pub detail_budget: Duration,
+    /// Cause from the event alone: no socket-table or holder look-ups.
+    #[arg(long)]
+    pub no_detail: bool,
+}
+
+fn parse_budget(s: &str) -> Result<Duration, String> {
+    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        (s, 1)
+    };
+    let v: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| "expected milliseconds, e.g. 50ms, 0 or 1s".to_string())?;
+    let ms = v.checked_mul(mul).filter(|&ms| ms <= 60_000);
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| "at most 60s".to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +106,9 @@ mod tests {
     fn parses_trace_options() {
         let Command::Trace(t) = parse(&[
             "trace",
+            "--detail-budget",
+            "200ms",
+            "--no-detail",
             "--json",
             "--pid",
             "7",
@@ -93,16 +122,32 @@ mod tests {
             "kprobe",
         ])
         .unwrap()
-        .command;
+        .command
+        else {
+            panic!("trace")
+        };
         assert!(t.json);
         assert_eq!(t.pid, Some(7));
         assert_eq!(t.comm.as_deref(), Some("curl"));
         assert_eq!(t.errno, Some(Errno::EADDRINUSE));
         assert_eq!(t.dport, Some(80));
         assert_eq!(t.backend, BackendChoice(Some(Probe::Kprobe)));
-        let Command::Trace(t) = parse(&["trace"]).unwrap().command;
+        assert_eq!(t.detail_budget, Duration::from_millis(200));
+        assert!(t.no_detail);
+        let Command::Trace(t) = parse(&["trace"]).unwrap().command else {
+            unreachable!()
+        };
         assert_eq!(t.backend, BackendChoice(None));
         assert_eq!(t.ringbuf_size, 4096);
+        assert_eq!(t.detail_budget, Duration::from_millis(50));
+        assert!(!t.no_detail);
+        for (arg, ms) in [("0", 0), ("1s", 1000), ("75", 75), ("2ms", 2)] {
+            let Command::Trace(t) = parse(&["trace", "--detail-budget", arg]).unwrap().command
+            else {
+                unreachable!()
+            };
+            assert_eq!(t.detail_budget, Duration::from_millis(ms), "{arg}");
+        }
     }
 
     #[test]
@@ -114,6 +159,8 @@ mod tests {
             &["trace", "--backend", "uprobe"],
             &["trace", "--ringbuf-size", "3"],
             &["trace", "--nope"],
+            &["trace", "--detail-budget", "fast"],
+            &["trace", "--detail-budget", "2m"],
             &["frobnicate"],
         ] {
             let e = parse(bad).unwrap_err();

@@ -126,6 +126,10 @@ pub fn from_raw(raw: &FailureEvent, clock: &Clock) -> Result<Event> {
         sock_port: has(F_SOCK).then_some(raw.sk_num),
         probe,
         port_range: None,
+        reserved: None,
+        cause: None,
+        detail: None,
+        detail_complete: None,
     })
 }
 

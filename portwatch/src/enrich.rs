@@ -1,6 +1,8 @@
-//! Stage 4: what the kernel side did not know, added in userspace.
-//! Today: the `ip_local_port_range` of the event's netns, read when the event
-//! arrives (cached per netns for a second, so a storm costs one read a second).
+//! Stage 4: what the kernel side did not know, added in userspace: the
+//! `ip_local_port_range` and `ip_local_reserved_ports` of the event's netns,
+//! read when the event arrives (cached per netns for a second, so a storm
+//! costs one read a second). It also hands out netns handles to the `cause`
+//! stage's look-ups.
 
 use std::{
     collections::HashMap,
@@ -8,17 +10,22 @@ use std::{
 };
 
 use crate::{
+    cause::NsHandle,
     event::Event,
-    netns::{parse_port_range, read_sysctl_in, NetnsHandles},
+    netns::{parse_port_range, read_sysctls, NetnsHandles},
+    ports::PortSet,
 };
 
 const RANGE_TTL: Duration = Duration::from_secs(1);
-const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+pub const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+pub const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
+type Ports = (Option<(u16, u16)>, Option<PortSet>);
 
 #[derive(Default)]
 pub struct Enricher {
     netns: NetnsHandles,
-    ranges: HashMap<u32, (Option<(u16, u16)>, Instant)>,
+    ranges: HashMap<u32, (Ports, Instant)>,
 }
 
 impl Enricher {
@@ -27,31 +34,44 @@ impl Enricher {
     }
 
     pub fn enrich(&mut self, ev: &mut Event) {
-        ev.port_range = ev
-            .netns
-            .and_then(|ino| self.port_range(ino, &[ev.tid, ev.pid]));
+        let (range, reserved) = match ev.netns {
+            Some(ino) => self.ports(ino, &[ev.tid, ev.pid]),
+            None => (None, None),
+        };
+        ev.port_range = range;
+        ev.reserved = reserved;
     }
 
-    fn port_range(&mut self, ino: u32, pids: &[u32]) -> Option<(u16, u16)> {
+    /// A handle on netns `ino` for a look-up on another thread (None: gone).
+    pub fn handle(&mut self, ino: u32, ev: &Event) -> Option<NsHandle> {
+        if self.netns.is_own(ino) {
+            return Some(NsHandle::Own);
+        }
+        self.netns.dup(ino, &[ev.tid, ev.pid]).map(NsHandle::File)
+    }
+
+    fn ports(&mut self, ino: u32, pids: &[u32]) -> Ports {
         if let Some((r, t)) = self.ranges.get(&ino) {
             if t.elapsed() < RANGE_TTL {
-                return *r;
+                return r.clone();
             }
         }
-        let r = if self.netns.is_own(ino) {
-            std::fs::read_to_string(PORT_RANGE)
-                .ok()
-                .and_then(|s| parse_port_range(&s))
+        let paths = [PORT_RANGE, RESERVED_PORTS];
+        let read = if self.netns.is_own(ino) {
+            read_sysctls(None, &paths).ok()
         } else {
             self.netns
                 .get(ino, pids)
-                .and_then(|f| read_sysctl_in(f, PORT_RANGE).ok())
-                .and_then(|s| parse_port_range(&s))
+                .and_then(|f| read_sysctls(Some(f), &paths).ok())
+        };
+        let r: Ports = match read {
+            Some(v) => (parse_port_range(&v[0]), PortSet::parse(&v[1]).ok()),
+            None => (None, None),
         };
         if self.ranges.len() > 4096 {
             self.ranges.clear();
         }
-        self.ranges.insert(ino, (r, Instant::now()));
+        self.ranges.insert(ino, (r.clone(), Instant::now()));
         r
     }
 }

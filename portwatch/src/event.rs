@@ -4,6 +4,11 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::{
+    cause::{Cause, Detail},
+    ports::PortSet,
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
@@ -122,4 +127,13 @@ pub struct Event {
     pub probe: Probe,
     /// Filled by `enrich`: the netns's `ip_local_port_range`.
     pub port_range: Option<(u16, u16)>,
+    /// Filled by `enrich`: the netns's `ip_local_reserved_ports`.
+    pub reserved: Option<PortSet>,
+    /// Filled by `cause`: why it failed.
+    pub cause: Option<Cause>,
+    /// Filled by `cause`: the evidence and who holds the ports.
+    pub detail: Option<Detail>,
+    /// Filled by `cause`: false when part of the detail is missing (look-up
+    /// past the budget, netns or sockets gone).
+    pub detail_complete: Option<bool>,
 }

@@ -1,18 +1,22 @@
 //! portwatch: ephemeral port exhaustion, seen from the kernel.
 //!
 //! The trace pipeline, one module per stage:
-//! attach -> source (ring buffer) -> decode -> enrich -> filter -> output.
+//! attach -> source (ring buffer) -> decode -> enrich -> filter -> cause -> output.
 
 mod attach;
 mod btf;
+mod cause;
 mod cli;
 mod decode;
 mod enrich;
 mod event;
 mod filter;
+mod holders;
 mod netns;
 mod offsets;
 mod output;
+mod ports;
+mod sockdiag;
 mod source;
 mod system;
 mod trace;

@@ -68,6 +68,11 @@ impl NetnsHandles {
         Some(&e.0)
     }
 
+    /// A handle of its own (dup) on netns `ino`, for another thread.
+    pub fn dup(&mut self, ino: u32, pids: &[u32]) -> Option<File> {
+        self.get(ino, pids)?.try_clone().ok()
+    }
+
     fn open_if(path: &Path, ino: u32) -> Option<File> {
         let f = File::open(path).ok()?;
         (f.metadata().ok()?.ino() as u32 == ino).then_some(f)
@@ -109,22 +114,46 @@ impl NetnsHandles {
     }
 }
 
-/// Reads a file under /proc/sys from inside the netns behind `ns`.
-pub fn read_sysctl_in(ns: &File, path: &str) -> Result<String> {
+/// Runs `f` on a short-lived thread that has entered the netns behind `ns`:
+/// setns changes only the calling thread, and this one runs nothing else.
+/// Sockets `f` creates belong to that netns; files under /proc/sys/net show it.
+pub fn run_in<T: Send>(ns: &File, f: impl FnOnce() -> T + Send) -> Result<T> {
     let fd = ns.as_raw_fd();
-    let path = path.to_string();
-    // A short-lived thread: setns changes only the calling thread, and this
-    // one never runs anything else.
     std::thread::scope(|s| {
-        s.spawn(move || -> Result<String> {
+        s.spawn(move || -> Result<T> {
             if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
                 bail!("setns: {}", std::io::Error::last_os_error());
             }
-            std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))
+            Ok(f())
         })
         .join()
-        .unwrap_or_else(|_| bail!("netns reader thread panicked"))
+        .unwrap_or_else(|_| bail!("netns thread panicked"))
     })
+}
+
+/// Reads several files under /proc/sys inside the netns behind `ns` (None:
+/// portwatch's own), with one setns for all of them.
+pub fn read_sysctls(ns: Option<&File>, paths: &[&str]) -> Result<Vec<String>> {
+    let read = || -> Result<Vec<String>> {
+        paths
+            .iter()
+            .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {p}")))
+            .collect()
+    };
+    match ns {
+        None => read(),
+        Some(ns) => run_in(ns, read)?,
+    }
+}
+
+/// The netns inode behind a path like /proc/PID/ns/net or /run/netns/NAME.
+pub fn ino_of(path: &Path) -> Option<u32> {
+    ns_ino(path)
+}
+
+/// portwatch's own netns inode.
+pub fn own_ino() -> Option<u32> {
+    ns_ino(Path::new("/proc/thread-self/ns/net"))
 }
 
 /// Parses `ip_local_port_range` ("32768\t60999\n").
@@ -158,8 +187,8 @@ mod tests {
         assert!(h.is_own(ino));
         let me = std::process::id();
         let f = h.get(ino, &[me]).expect("own netns handle");
-        let s = read_sysctl_in(f, "/proc/sys/net/ipv4/ip_local_port_range").unwrap();
-        assert!(parse_port_range(&s).is_some(), "{s:?}");
+        let s = read_sysctls(Some(f), &["/proc/sys/net/ipv4/ip_local_port_range"]).unwrap();
+        assert!(parse_port_range(&s[0]).is_some(), "{s:?}");
         assert!(h.get(1, &[me]).is_none(), "inode 1 is no netns");
     }
 }

@@ -9,10 +9,13 @@ use std::{
 
 use serde::Serialize;
 
-use crate::event::{Errno, Event, Family, Kind, Probe, Proto};
+use crate::{
+    cause::{self, Cause, Detail, Exhausted, HolderCount, PortHolder, States},
+    event::{Errno, Event, Family, Kind, Probe, Proto},
+};
 
 /// Version of the JSON records; raised on any change to names or meaning.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// `time_ns` (ns since the epoch, UTC) as RFC 3339 with microseconds.
 pub fn rfc3339_micros(time_ns: u64) -> String {
@@ -65,6 +68,19 @@ struct JsonEvent<'a> {
     probe: Probe,
     port_range: Option<[u16; 2]>,
     pod: Option<()>,
+    /// Bind events only: what the caller asked for.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    requested: Option<Requested>,
+    cause: Option<Cause>,
+    detail: Option<&'a Detail>,
+    detail_complete: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct Requested {
+    requested_addr: Option<IpAddr>,
+    /// 0: any port.
+    requested_port: Option<u16>,
 }
 
 #[derive(Serialize)]
@@ -114,6 +130,13 @@ pub fn json_line(ev: &Event) -> String {
         probe: ev.probe,
         port_range: ev.port_range.map(|(a, b)| [a, b]),
         pod: None,
+        requested: (ev.kind == Kind::Bind).then_some(Requested {
+            requested_addr: ev.saddr,
+            requested_port: ev.sport,
+        }),
+        cause: ev.cause,
+        detail: ev.detail.as_ref(),
+        detail_complete: ev.detail_complete,
     };
     serde_json::to_string(&j).expect("event serializes")
 }
@@ -142,7 +165,8 @@ impl<W: Write> Sink for JsonSink<W> {
 pub struct TableSink<W: Write> {
     out: W,
     header_done: bool,
-    explained: HashSet<(Kind, Errno, bool)>,
+    /// (kind, cause, netns, destination or port): one explanation each.
+    explained: HashSet<(Kind, Option<Cause>, Option<u32>, String)>,
 }
 
 impl<W: Write> TableSink<W> {
@@ -167,45 +191,155 @@ fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> String {
     }
 }
 
-fn range_words(r: Option<(u16, u16)>) -> String {
-    match r {
-        Some((lo, hi)) => format!(
-            "ip_local_port_range {lo}-{hi} ({} ports)",
-            hi as u32 - lo as u32 + 1
-        ),
-        None => "ip_local_port_range (unreadable)".into(),
+fn range_words(d: &Exhausted) -> String {
+    match (d.range, d.usable) {
+        (Some([lo, hi]), usable) => {
+            let size = hi as u32 - lo as u32 + 1;
+            match usable {
+                Some(u) if u != size => format!(
+                    "ip_local_port_range {lo}-{hi} ({size} ports, {} reserved: {u} usable)",
+                    size - u
+                ),
+                _ => format!("ip_local_port_range {lo}-{hi} ({size} ports)"),
+            }
+        }
+        (None, _) => "ip_local_port_range (unreadable)".into(),
     }
 }
 
-/// One line in plain words: what this failure means and what to look at.
-pub fn hint(ev: &Event) -> String {
-    let dst = endpoint(ev.daddr, ev.dport);
-    let src = endpoint(ev.saddr, ev.sport);
-    match (ev.kind, ev.errno) {
-        (Kind::Connect, Errno::EADDRNOTAVAIL) => match ev.sock_port {
-            Some(p) if p != 0 => format!(
-                "source port {p} was fixed by bind() before connect() and that 4-tuple toward {dst} is already in use"
-            ),
-            _ => format!(
-                "the ephemeral ports toward {dst} are used up: every port of {} is taken toward this destination",
-                range_words(ev.port_range)
-            ),
-        },
-        (Kind::Connect, Errno::EADDRINUSE) => {
-            format!("the connection {src} -> {dst} already exists (4-tuple in use)")
+fn states_words(st: &States) -> String {
+    let mut v: Vec<(&&str, &u32)> = st.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn holders_words(h: &[HolderCount]) -> String {
+    h.iter()
+        .map(|h| format!("{} (pid {}) {}", h.comm, h.pid, h.count))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// "; 4 sockets hold them (3 ESTABLISHED, 1 TIME_WAIT), held by curl (pid 7) 3"
+fn usage_words(
+    in_use: Option<u32>,
+    states: Option<&States>,
+    holders: Option<&Vec<HolderCount>>,
+) -> String {
+    let mut s = String::new();
+    if let Some(n) = in_use {
+        s.push_str(&format!(
+            "; {n} socket{} hold{} them",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "s" } else { "" }
+        ));
+        if let Some(st) = states.filter(|s| !s.is_empty()) {
+            s.push_str(&format!(" ({})", states_words(st)));
         }
-        (Kind::Bind, Errno::EADDRINUSE) => match ev.sport {
-            Some(0) | None => format!(
-                "bind() asked for any port and none was free in {} (autobind exhausted; IP_BIND_ADDRESS_NO_PORT lets connect() pick per destination)",
-                range_words(ev.port_range)
-            ),
-            Some(p) => format!("port {p} is already taken by another socket ({src})"),
-        },
-        (Kind::Bind, Errno::EADDRNOTAVAIL) => format!(
-            "address {} is not configured in this network namespace (IP_FREEBIND or net.ipv4.ip_nonlocal_bind allow it)",
-            ev.saddr.map(|a| a.to_string()).unwrap_or_else(|| "?".into())
+    }
+    if let Some(h) = holders.filter(|h| !h.is_empty()) {
+        s.push_str(&format!(", held by {}", holders_words(h)));
+    }
+    s
+}
+
+fn time_wait_most(states: Option<&States>) -> bool {
+    states.is_some_and(|st| {
+        let tw = st.get("TIME_WAIT").copied().unwrap_or(0);
+        tw * 2 > st.values().sum::<u32>()
+    })
+}
+
+fn port_holder_words(h: &PortHolder) -> String {
+    let n = if h.count > 1 {
+        format!("{} sockets ", h.count)
+    } else {
+        String::new()
+    };
+    match (&h.comm, h.pid) {
+        (Some(c), Some(p)) => format!("{c} (pid {p}, {n}{} {})", h.state, h.local),
+        _ => format!(
+            "{} with no process ({} {})",
+            if h.count > 1 {
+                n.trim_end().to_string()
+            } else {
+                "a socket".into()
+            },
+            h.state,
+            h.local
         ),
     }
+}
+
+/// One line in plain words: the cause, the evidence, and the fix.
+pub fn hint(ev: &Event) -> String {
+    if ev.cause.is_none() {
+        // Not through the cause stage (unit tests): the event's own evidence.
+        let mut e = ev.clone();
+        cause::finish(&mut e, cause::classify(ev), None);
+        return hint(&e);
+    }
+    let dst = endpoint(ev.daddr, ev.dport);
+    let mut s = match (ev.cause.unwrap(), &ev.detail) {
+        (Cause::PortsExhausted, Some(Detail::Exhausted(d))) => {
+            let mut s = format!(
+                "ports exhausted: every usable port of {} is taken toward {dst}{}. Fix: reuse connections (keep-alive, pooling) or spread them over more destinations; widen ip_local_port_range only with the NodePorts kept in ip_local_reserved_ports",
+                range_words(d),
+                usage_words(d.in_use, d.states.as_ref(), d.holders.as_ref()),
+            );
+            if time_wait_most(d.states.as_ref()) {
+                s.push_str("; most are TIME_WAIT: let the server close first, or set net.ipv4.tcp_tw_reuse=1");
+            }
+            s
+        }
+        (Cause::TupleInUse, Some(Detail::Tuple(t))) => {
+            let src = endpoint(ev.saddr, Some(t.sport));
+            let mut s = format!(
+                "4-tuple in use: source port {} was fixed by bind() before connect(), and {src} -> {dst} already exists",
+                t.sport
+            );
+            if let Some(st) = t.states.as_ref().filter(|s| !s.is_empty()) {
+                s.push_str(&format!(" ({})", states_words(st)));
+            }
+            if let Some(h) = t.holders.as_ref().filter(|h| !h.is_empty()) {
+                s.push_str(&format!(", held by {}", holders_words(h)));
+            }
+            s.push_str(". Fix: don't bind() a fixed port before connect(); bind port 0 with IP_BIND_ADDRESS_NO_PORT so the kernel picks a free port per destination");
+            s
+        }
+        (Cause::PortInUse, Some(Detail::PortInUse(p))) => {
+            let by = match &p.holders {
+                Some(h) if !h.is_empty() => format!(
+                    " by {}",
+                    h.iter().map(port_holder_words).collect::<Vec<_>>().join(", ")
+                ),
+                _ => String::new(),
+            };
+            format!(
+                "port in use: port {} ({}) is taken{by}. Fix: stop the holder or bind another port (SO_REUSEADDR helps only against TIME_WAIT)",
+                p.port,
+                endpoint(ev.saddr, ev.sport)
+            )
+        }
+        (Cause::BindPortsExhausted, Some(Detail::Exhausted(d))) => format!(
+            "autobind exhausted: bind() asked for any port and none of {} was free{}. Fix: set IP_BIND_ADDRESS_NO_PORT before bind() so connect() picks the port per destination, or don't bind() before connect()",
+            range_words(d),
+            usage_words(d.in_use, d.states.as_ref(), d.holders.as_ref()),
+        ),
+        (Cause::AddrNotLocal, _) => format!(
+            "address not local: {} is not configured in this network namespace. Fix: bind an address the netns has, or allow it with IP_FREEBIND or net.ipv4.ip_nonlocal_bind=1",
+            ev.saddr.map(|a| a.to_string()).unwrap_or_else(|| "the address".into())
+        ),
+        (Cause::Unknown, Some(Detail::Unknown { reason })) => format!("cause unknown: {reason}"),
+        (c, _) => c.name().replace('_', " "),
+    };
+    if ev.detail_complete == Some(false) {
+        s.push_str(" [detail incomplete]");
+    }
+    s
 }
 
 fn clock_of(time_ns: u64) -> String {
@@ -255,11 +389,14 @@ impl<W: Write> Sink for TableSink<W> {
                 .unwrap_or_else(|| "-".into()),
             ev.probe.name(),
         )?;
-        let key = (
-            ev.kind,
-            ev.errno,
-            ev.kind == Kind::Bind && ev.sport.unwrap_or(0) == 0,
-        );
+        let what = match ev.kind {
+            Kind::Connect => endpoint(ev.daddr, ev.dport),
+            Kind::Bind => endpoint(ev.saddr, ev.sport),
+        };
+        let key = (ev.kind, ev.cause, ev.netns, what);
+        if self.explained.len() > 10_000 {
+            self.explained.clear();
+        }
         if self.explained.insert(key) {
             writeln!(self.out, "  \u{2514} {}", hint(ev))?;
         }
@@ -301,6 +438,10 @@ pub(crate) mod tests {
             sock_port: Some(0),
             probe: Probe::Tracepoint,
             port_range: Some((41000, 41003)),
+            reserved: None,
+            cause: None,
+            detail: None,
+            detail_complete: None,
         }
     }
 
@@ -326,7 +467,7 @@ pub(crate) mod tests {
         let line = json_line(&sample_event());
         assert_eq!(
             line,
-            r#"{"schema":1,"time":"2026-11-23T08:12:33.123456Z","kind":"connect","errno":"EADDRNOTAVAIL","ret":-99,"pid":4242,"tid":4243,"comm":"curl","uid":0,"cgroup_id":1234,"netns":4026532598,"proto":"tcp","family":"ipv4","saddr":null,"sport":null,"daddr":"127.0.0.1","dport":7100,"probe":"tracepoint","port_range":[41000,41003],"pod":null}"#
+            r#"{"schema":2,"time":"2026-11-23T08:12:33.123456Z","kind":"connect","errno":"EADDRNOTAVAIL","ret":-99,"pid":4242,"tid":4243,"comm":"curl","uid":0,"cgroup_id":1234,"netns":4026532598,"proto":"tcp","family":"ipv4","saddr":null,"sport":null,"daddr":"127.0.0.1","dport":7100,"probe":"tracepoint","port_range":[41000,41003],"pod":null,"cause":null,"detail":null,"detail_complete":null}"#
         );
         let mut ev = sample_event();
         ev.family = Some(Family::Ipv6);
@@ -336,6 +477,31 @@ pub(crate) mod tests {
         assert_eq!(v["daddr"], "::1");
         assert_eq!(v["family"], "ipv6");
         assert_eq!(v["comm"], "we\"ird\n");
+        assert!(v.get("requested_addr").is_none(), "bind events only: {v}");
+    }
+
+    #[test]
+    fn json_carries_cause_detail_and_the_request_of_a_bind() {
+        let mut b = sample_event();
+        b.kind = Kind::Bind;
+        b.errno = Errno::EADDRINUSE;
+        b.ret = -98;
+        b.saddr = Some("127.0.0.1".parse().unwrap());
+        b.sport = Some(0);
+        b.daddr = None;
+        b.dport = None;
+        b.reserved = Some(crate::ports::PortSet::new());
+        let v = cause::classify(&b);
+        cause::finish(&mut b, v, None);
+        let v: serde_json::Value = serde_json::from_str(&json_line(&b)).unwrap();
+        assert_eq!(v["schema"], 2);
+        assert_eq!(v["requested_addr"], "127.0.0.1");
+        assert_eq!(v["requested_port"], 0);
+        assert_eq!(v["cause"], "bind_ports_exhausted");
+        assert_eq!(v["detail"]["range"], serde_json::json!([41000, 41003]));
+        assert_eq!(v["detail"]["usable"], 4);
+        assert!(v["detail"]["in_use"].is_null());
+        assert_eq!(v["detail_complete"], false);
     }
 
     #[test]
@@ -360,7 +526,7 @@ pub(crate) mod tests {
         JsonSink::new(&mut buf).lost(7).unwrap();
         assert_eq!(
             String::from_utf8(buf).unwrap(),
-            "{\"schema\":1,\"kind\":\"lost\",\"count\":7}\n"
+            "{\"schema\":2,\"kind\":\"lost\",\"count\":7}\n"
         );
     }
 
@@ -392,17 +558,21 @@ pub(crate) mod tests {
         );
         assert!(lines[1].contains("41000-41003") && lines[1].contains("tracepoint"));
         assert!(
-            lines[2].contains("ephemeral ports toward 127.0.0.1:7100 are used up"),
+            lines[2].contains("ports exhausted: every usable port of ip_local_port_range 41000-41003 (4 ports) is taken toward 127.0.0.1:7100"),
             "{}",
             lines[2]
         );
-        assert!(lines[2].contains("41000-41003 (4 ports)"));
+        assert!(lines[2].contains("Fix: reuse connections"), "{}", lines[2]);
         assert!(
             !lines[3].contains('\u{2514}'),
             "second identical event gets no hint"
         );
         assert!(lines[4].contains("bind") && lines[4].contains("EADDRINUSE"));
-        assert!(lines[5].contains("port 7100 is already taken"));
+        assert!(
+            lines[5].contains("port in use: port 7100 (127.0.0.1:7100) is taken. Fix:"),
+            "{}",
+            lines[5]
+        );
         // Columns line up: DESTINATION starts at the same place in header and rows.
         let col = lines[0].find("DESTINATION").unwrap();
         assert_eq!(&lines[1][col..col + 14], "127.0.0.1:7100");
@@ -410,19 +580,104 @@ pub(crate) mod tests {
 
     #[test]
     fn hints_for_every_cause() {
+        use crate::cause::{PortInUse, Tuple};
         let mut ev = sample_event();
         ev.sock_port = Some(41001);
-        assert!(hint(&ev).contains("source port 41001 was fixed by bind()"));
+        ev.saddr = Some("127.0.0.1".parse().unwrap());
+        let h = hint(&ev);
+        assert!(
+            h.starts_with("4-tuple in use: source port 41001 was fixed by bind()"),
+            "{h}"
+        );
+        assert!(h.contains("127.0.0.1:41001 -> 127.0.0.1:7100"), "{h}");
+        assert!(h.contains("IP_BIND_ADDRESS_NO_PORT"), "{h}");
+        assert!(h.ends_with("[detail incomplete]"), "no look-up ran: {h}");
+        ev.cause = Some(Cause::TupleInUse);
+        ev.detail_complete = Some(true);
+        ev.detail = Some(Detail::Tuple(Tuple {
+            sport: 41001,
+            states: Some([("ESTABLISHED", 1)].into()),
+            holders: Some(vec![HolderCount {
+                pid: 9,
+                comm: "app".into(),
+                pod: None,
+                count: 1,
+            }]),
+        }));
+        let h = hint(&ev);
+        assert!(
+            h.contains("already exists (1 ESTABLISHED), held by app (pid 9) 1"),
+            "{h}"
+        );
+        assert!(!h.contains("incomplete"), "{h}");
+
+        let mut x = sample_event();
+        x.reserved = Some(crate::ports::PortSet::parse("41003").unwrap());
+        x.cause = Some(Cause::PortsExhausted);
+        x.detail_complete = Some(true);
+        x.detail = Some(Detail::Exhausted(Exhausted {
+            range: Some([41000, 41003]),
+            reserved: Some("41003".into()),
+            usable: Some(3),
+            in_use: Some(3),
+            states: Some([("ESTABLISHED", 1), ("TIME_WAIT", 2)].into()),
+            holders: Some(vec![HolderCount {
+                pid: 9,
+                comm: "app".into(),
+                pod: None,
+                count: 1,
+            }]),
+        }));
+        let h = hint(&x);
+        assert!(h.contains("(4 ports, 1 reserved: 3 usable)"), "{h}");
+        assert!(
+            h.contains("3 sockets hold them (2 TIME_WAIT, 1 ESTABLISHED), held by app (pid 9) 1"),
+            "{h}"
+        );
+        assert!(h.contains("most are TIME_WAIT"), "{h}");
+
         let mut b = sample_event();
         b.kind = Kind::Bind;
         b.errno = Errno::EADDRINUSE;
         b.sport = Some(0);
-        assert!(hint(&b).contains("IP_BIND_ADDRESS_NO_PORT"));
-        b.errno = Errno::EADDRNOTAVAIL;
-        b.saddr = Some("10.9.9.9".parse().unwrap());
-        assert!(hint(&b).contains("10.9.9.9 is not configured"));
+        let h = hint(&b);
+        assert!(h.starts_with("autobind exhausted"), "{h}");
+        assert!(h.contains("IP_BIND_ADDRESS_NO_PORT"), "{h}");
+        b.sport = Some(7200);
+        b.saddr = Some("127.0.0.1".parse().unwrap());
+        b.cause = Some(Cause::PortInUse);
+        b.detail = Some(Detail::PortInUse(PortInUse {
+            port: 7200,
+            holders: Some(vec![PortHolder {
+                pid: Some(5),
+                comm: Some("nginx".into()),
+                pod: None,
+                state: "LISTEN",
+                local: "0.0.0.0:7200".into(),
+                count: 1,
+            }]),
+        }));
+        b.detail_complete = Some(true);
+        let h = hint(&b);
+        assert!(
+            h.contains("port 7200 (127.0.0.1:7200) is taken by nginx (pid 5, LISTEN 0.0.0.0:7200)"),
+            "{h}"
+        );
+        let mut n = sample_event();
+        n.kind = Kind::Bind;
+        n.errno = Errno::EADDRNOTAVAIL;
+        n.saddr = Some("10.9.9.9".parse().unwrap());
+        let h = hint(&n);
+        assert!(h.contains("10.9.9.9 is not configured"), "{h}");
+        assert!(
+            h.contains("IP_FREEBIND") && h.contains("ip_nonlocal_bind"),
+            "{h}"
+        );
         let mut v6 = sample_event();
         v6.daddr = Some("::1".parse().unwrap());
         assert!(hint(&v6).contains("[::1]:7100"));
+        let mut u = sample_event();
+        u.sock_port = None;
+        assert!(hint(&u).starts_with("cause unknown: the socket could not be read"));
     }
 }

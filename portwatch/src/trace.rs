@@ -3,7 +3,7 @@
 
 use std::{
     io::{self, BufWriter, Write},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     attach::{self, Attached},
+    cause::{self, Detailer},
     cli::TraceArgs,
     decode::{self, Clock},
     enrich::Enricher,
@@ -63,6 +64,10 @@ pub async fn run(args: TraceArgs) -> Result<End> {
     let mut source = Source::new(&mut ebpf)?;
     let clock = Clock::now();
     let mut enricher = Enricher::new();
+    let (mut detailer, mut detail_done) = Detailer::new(cause::Options {
+        budget: args.detail_budget,
+        lookups: !args.no_detail,
+    })?;
     let filter = Filter {
         pid: args.pid,
         comm: args.comm.clone(),
@@ -89,14 +94,27 @@ pub async fn run(args: TraceArgs) -> Result<End> {
         Ok(ev) => batch.push(ev),
         Err(e) => log::warn!("undecodable record: {e:#}"),
     };
-    let mut process = |batch: &mut Vec<Event>, sink: &mut Box<dyn Sink>| -> io::Result<()> {
+    // enrich -> filter -> cause: events wait in the detailer (in order, up
+    // to the budget each) for their look-ups, then go out.
+    let mut process = |batch: &mut Vec<Event>, detailer: &mut Detailer| {
         for mut ev in batch.drain(..) {
             enricher.enrich(&mut ev);
             if filter.matches(&ev) {
-                sink.event(&ev)?;
+                detailer.push(ev, |ino, ev| enricher.handle(ino, ev));
             }
         }
-        sink.flush()
+    };
+    let emit = |detailer: &mut Detailer, sink: &mut Box<dyn Sink>| -> io::Result<()> {
+        let now = Instant::now();
+        let mut any = false;
+        while let Some(ev) = detailer.pop_ready(now) {
+            sink.event(&ev)?;
+            any = true;
+        }
+        if any {
+            sink.flush()?;
+        }
+        Ok(())
     };
     let report_lost =
         |sink: &mut Box<dyn Sink>, source: &Source, seen: &mut u64| -> io::Result<()> {
@@ -112,10 +130,19 @@ pub async fn run(args: TraceArgs) -> Result<End> {
         };
 
     let end = loop {
+        let deadline = detailer.next_deadline();
         let res = tokio::select! {
             r = source.next_batch(|b| decode_into(&mut batch, b)) => {
                 r?;
-                process(&mut batch, &mut sink)
+                process(&mut batch, &mut detailer);
+                emit(&mut detailer, &mut sink)
+            }
+            Some(done) = detail_done.recv() => {
+                detailer.complete(done);
+                emit(&mut detailer, &mut sink)
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                emit(&mut detailer, &mut sink)
             }
             _ = lost_tick.tick() => report_lost(&mut sink, &source, &mut lost_seen),
             _ = sigint.recv() => break End::Signal,
@@ -129,10 +156,20 @@ pub async fn run(args: TraceArgs) -> Result<End> {
         }
     };
     if let End::Signal = end {
-        // What the kernel wrote before the signal still goes out.
+        // What the kernel wrote before the signal still goes out, each event
+        // with what its look-up found within the budget.
         source.drain(|b| decode_into(&mut batch, b));
-        let _ = process(&mut batch, &mut sink)
-            .and_then(|_| report_lost(&mut sink, &source, &mut lost_seen));
+        process(&mut batch, &mut detailer);
+        let mut res = emit(&mut detailer, &mut sink);
+        while res.is_ok() && !detailer.is_empty() {
+            let deadline = detailer.next_deadline().unwrap_or_else(Instant::now);
+            tokio::select! {
+                Some(done) = detail_done.recv() => detailer.complete(done),
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            res = emit(&mut detailer, &mut sink);
+        }
+        let _ = res.and_then(|_| report_lost(&mut sink, &source, &mut lost_seen));
     }
     drop(source);
     // Dropping the loader detaches every link and unloads every program.

@@ -365,7 +365,7 @@ pub fn assert_common(
     ns: &Netns,
     range: (u16, u16),
 ) {
-    assert_eq!(ev["schema"], 1, "{ev}");
+    assert_eq!(ev["schema"], 2, "{ev}");
     assert_eq!(ev["kind"], kind, "{ev}");
     assert_eq!(ev["errno"], errno, "{ev}");
     let ret = if errno == "EADDRNOTAVAIL" { -99 } else { -98 };
@@ -386,6 +386,10 @@ pub fn assert_common(
         "{ev}"
     );
     assert!(ev["pod"].is_null(), "{ev}");
+    // Every event says why it failed, and whether its detail is complete.
+    assert!(ev["cause"].is_string(), "{ev}");
+    assert!(ev["detail"].is_object(), "{ev}");
+    assert!(ev["detail_complete"].is_boolean(), "{ev}");
     let t = ev["time"].as_str().unwrap();
     assert_eq!(t.len(), 27, "RFC 3339 with microseconds: {t}");
     assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
