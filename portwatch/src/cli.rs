@@ -21,6 +21,24 @@ pub struct Cli {
 pub enum Command {
     /// Stream every connect()/bind() failing with EADDRNOTAVAIL or EADDRINUSE.
     Trace(TraceArgs),
+    /// One-shot audit of every network namespace: what will fail before it does.
+    /// Exit 0: nothing at warning or above; 3: something is; 1: error; 2: bad arguments.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// One JSON object per finding, then a summary, instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Audit only this network namespace (a path like /run/netns/NAME or
+    /// /proc/PID/ns/net, or a PID). Repeatable. The node checks apply to the
+    /// netns portwatch runs in.
+    #[arg(long, value_name = "PATH|PID")]
+    pub netns: Vec<String>,
+    /// The ports NodePorts use, guarded from the ephemeral range.
+    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::ports::parse_lo_hi)]
+    pub nodeport_range: (u16, u16),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -151,6 +169,33 @@ mod tests {
     }
 
     #[test]
+    fn parses_check_options() {
+        let Command::Check(c) = parse(&["check"]).unwrap().command else {
+            panic!("check")
+        };
+        assert!(!c.json && c.netns.is_empty());
+        assert_eq!(c.nodeport_range, (30000, 32767));
+        let Command::Check(c) = parse(&[
+            "check",
+            "--json",
+            "--netns",
+            "/run/netns/a",
+            "--netns",
+            "42",
+            "--nodeport-range",
+            "20000-22767",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("check")
+        };
+        assert!(c.json);
+        assert_eq!(c.netns, vec!["/run/netns/a", "42"]);
+        assert_eq!(c.nodeport_range, (20000, 22767));
+    }
+
+    #[test]
     fn rejects_bad_input() {
         for bad in [
             &["trace", "--errno", "ENOENT"][..],
@@ -161,6 +206,9 @@ mod tests {
             &["trace", "--nope"],
             &["trace", "--detail-budget", "fast"],
             &["trace", "--detail-budget", "2m"],
+            &["check", "--nodeport-range", "32767-30000"],
+            &["check", "--nodeport-range", "30000"],
+            &["check", "--netns"],
             &["frobnicate"],
         ] {
             let e = parse(bad).unwrap_err();

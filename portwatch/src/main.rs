@@ -2,10 +2,12 @@
 //!
 //! The trace pipeline, one module per stage:
 //! attach -> source (ring buffer) -> decode -> enrich -> filter -> cause -> output.
+//! `check` audits every netns once (ports, sockdiag, holders serve both).
 
 mod attach;
 mod btf;
 mod cause;
+mod check;
 mod cli;
 mod decode;
 mod enrich;
@@ -29,6 +31,16 @@ fn main() -> ExitCode {
     // Bad arguments: clap prints its message and exits 2.
     let cli = cli::Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if let cli::Command::Check(args) = &cli.command {
+        // One shot, no BPF: 0 nothing at warning or above, 3 something is.
+        return match check::run(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("portwatch: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -42,6 +54,7 @@ fn main() -> ExitCode {
     let res = rt.block_on(async {
         match cli.command {
             cli::Command::Trace(args) => trace::run(args).await.map(|_| ()),
+            cli::Command::Check(_) => unreachable!("handled above"),
         }
     });
     match res {
