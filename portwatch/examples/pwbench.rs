@@ -1,0 +1,234 @@
+//! pwbench: the tight loops `cargo xtask bench` times. Raw libc calls, no
+//! allocation and no output inside the timed loop; one result line at the end.
+//!
+//! ```text
+//! pwbench getppid N          N getppid() calls (an unrelated, cheap syscall)
+//! pwbench connect PORT N     listener on 127.0.0.1:PORT in this process, then N times:
+//!                            socket, SO_LINGER 0, connect, accept, close, close
+//! pwbench storm PORT FILL N  listener, FILL connects that must succeed (held), then
+//!                            N times: socket, connect (must fail), close
+//! ```
+//! Result: `op=NAME n=N ns=TOTAL ns_per_op=X cpu_ns=C wait_ns=W errors=E last_errno=K`:
+//! over the timed loop, `cpu_ns` is this process's user+system CPU time and `wait_ns`
+//! the time it waited on a run queue (other processes on its CPU); `errors`
+//! counts iterations that did not go as the mode expects (storm: any errno other
+//! than EADDRNOTAVAIL). getppid and connect run a short untimed warm-up first;
+//! storm does not, since every attempt there is an event a tracer must report.
+//! Run it inside a test netns, pinned with taskset.
+
+use std::{mem, time::Instant};
+
+fn sockaddr(port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+const SA_LEN: libc::socklen_t = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn tcp_socket() -> i32 {
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    fd
+}
+
+fn connect(fd: i32, sa: &libc::sockaddr_in) -> Result<(), i32> {
+    let rc = unsafe { libc::connect(fd, sa as *const _ as *const libc::sockaddr, SA_LEN) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+fn listener(sa: &libc::sockaddr_in) -> i32 {
+    let fd = tcp_socket();
+    let one: i32 = 1;
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const i32 as *const _,
+            4,
+        );
+        assert_eq!(
+            libc::bind(fd, sa as *const _ as *const libc::sockaddr, SA_LEN),
+            0,
+            "bind: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(libc::listen(fd, 1024), 0);
+    }
+    fd
+}
+
+/// One connect+accept+close round trip. SO_LINGER 0 closes with a reset, so
+/// no TIME_WAIT piles up across the many thousand iterations of a run.
+#[inline(always)]
+fn round_trip(l: i32, sa: &libc::sockaddr_in, linger: &libc::linger) -> Result<(), i32> {
+    let fd = tcp_socket();
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            linger as *const _ as *const _,
+            mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    let r = connect(fd, sa);
+    if r.is_ok() {
+        let a = unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) };
+        unsafe { libc::close(fd) };
+        if a >= 0 {
+            unsafe { libc::close(a) };
+        }
+    } else {
+        unsafe { libc::close(fd) };
+    }
+    r
+}
+
+/// One failing attempt; Ok(errno) when it failed as expected.
+#[inline(always)]
+fn failing_attempt(sa: &libc::sockaddr_in) -> Result<i32, i32> {
+    let fd = tcp_socket();
+    let r = connect(fd, sa);
+    unsafe { libc::close(fd) };
+    match r {
+        Err(e) if e == libc::EADDRNOTAVAIL => Ok(e),
+        Err(e) => Err(e),
+        Ok(()) => Err(0),
+    }
+}
+
+/// User + system CPU time of this process, in ns.
+fn cpu_ns() -> u128 {
+    let mut ru: libc::rusage = unsafe { mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as u128 * 1_000_000_000 + t.tv_usec as u128 * 1000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Time this process spent runnable but waiting for a CPU (schedstat field 2),
+/// in ns: what other processes took from it. 0 without schedstats.
+fn wait_ns() -> u128 {
+    std::fs::read_to_string("/proc/self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Wall time, CPU time and run-queue wait since `start`.
+struct Meter {
+    t: Instant,
+    cpu: u128,
+    wait: u128,
+}
+
+impl Meter {
+    fn start() -> Meter {
+        let (cpu, wait) = (cpu_ns(), wait_ns());
+        Meter {
+            t: Instant::now(),
+            cpu,
+            wait,
+        }
+    }
+
+    /// (wall ns, cpu ns, wait ns)
+    fn stop(self) -> (u128, u128, u128) {
+        let ns = self.t.elapsed().as_nanos();
+        (ns, cpu_ns() - self.cpu, wait_ns() - self.wait)
+    }
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
+    args.get(i)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("missing or bad {what}; see the header of pwbench.rs"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or("");
+    let mut errors = 0u64;
+    let mut last_errno = 0;
+    let (n, (ns, cpu, wait)) = match mode {
+        "getppid" => {
+            let n: u64 = arg(&args, 1, "N");
+            for _ in 0..n / 10 {
+                unsafe { libc::getppid() };
+            }
+            let m = Meter::start();
+            for _ in 0..n {
+                // black_box: the call must happen every time.
+                std::hint::black_box(unsafe { libc::getppid() });
+            }
+            (n, m.stop())
+        }
+        "connect" => {
+            let port: u16 = arg(&args, 1, "PORT");
+            let n: u64 = arg(&args, 2, "N");
+            let sa = sockaddr(port);
+            let l = listener(&sa);
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            for _ in 0..(n / 10).max(100) {
+                let _ = round_trip(l, &sa, &linger);
+            }
+            let m = Meter::start();
+            for _ in 0..n {
+                if let Err(e) = round_trip(l, &sa, &linger) {
+                    errors += 1;
+                    last_errno = e;
+                }
+            }
+            (n, m.stop())
+        }
+        "storm" => {
+            let port: u16 = arg(&args, 1, "PORT");
+            let fill: u64 = arg(&args, 2, "FILL");
+            let n: u64 = arg(&args, 3, "N");
+            let sa = sockaddr(port);
+            let _l = listener(&sa);
+            let mut held = Vec::new();
+            for i in 0..fill {
+                let fd = tcp_socket();
+                connect(fd, &sa).unwrap_or_else(|e| panic!("fill connect {i}: errno {e}"));
+                held.push(fd);
+            }
+            let m = Meter::start();
+            for _ in 0..n {
+                match failing_attempt(&sa) {
+                    Ok(e) => last_errno = e,
+                    Err(e) => {
+                        errors += 1;
+                        last_errno = e;
+                    }
+                }
+            }
+            (n, m.stop())
+        }
+        _ => {
+            eprintln!("usage: pwbench getppid N | connect PORT N | storm PORT FILL N");
+            std::process::exit(2);
+        }
+    };
+    println!(
+        "op={mode} n={n} ns={ns} ns_per_op={:.1} cpu_ns={cpu} wait_ns={wait} errors={errors} last_errno={last_errno}",
+        ns as f64 / n.max(1) as f64
+    );
+}
