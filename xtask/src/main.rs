@@ -14,6 +14,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod vm;
 
 /// Debian's rustc ships the library source `-Z build-std=core` needs.
@@ -75,6 +76,16 @@ enum Cmd {
         /// test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Measure what `portwatch trace` costs (vs no tracer and bpftrace): success
+    /// path, failure storm, start-up, RSS. Markdown on stdout, JSON in target/bench/.
+    Bench {
+        /// Fewer rounds and smaller loops (about a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the JSON results (default target/bench/results.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -324,6 +335,7 @@ fn main() -> Result<()> {
             }
             vm::vm_test(&vm::select("all")?, &[])
         }
+        Cmd::Bench { quick, out } => bench::bench(bench::Opts { quick, out }),
         Cmd::VmTest { kernel, args } => {
             setup()?;
             vm::vm_test(&vm::select(&kernel)?, &args)
