@@ -169,6 +169,10 @@ pub fn classify(ev: &Event) -> Verdict {
 pub enum Scope {
     /// Sockets toward this destination.
     Toward(IpAddr, u16),
+    /// Sockets of one 4-tuple: toward this destination from this local port.
+    /// Its own key, so a fresh collision never reads a snapshot of the
+    /// destination taken before the colliding connection existed.
+    Tuple(IpAddr, u16, u16),
     /// Sockets on this local port.
     LocalPort(u16),
     /// Sockets with a local port in this range.
@@ -205,9 +209,12 @@ pub fn key_for(ev: &Event, v: Verdict) -> Option<Key> {
         _ => return None,
     };
     let scope = match v {
-        Verdict::Undecided
-        | Verdict::Known(Cause::PortsExhausted)
-        | Verdict::Known(Cause::TupleInUse) => Scope::Toward(canon(ev.daddr?), ev.dport?),
+        Verdict::Undecided | Verdict::Known(Cause::PortsExhausted) => {
+            Scope::Toward(canon(ev.daddr?), ev.dport?)
+        }
+        Verdict::Known(Cause::TupleInUse) => {
+            Scope::Tuple(canon(ev.daddr?), ev.dport?, the_connect_port(ev)?)
+        }
         Verdict::Known(Cause::PortInUse) => Scope::LocalPort(ev.sport?),
         Verdict::Known(Cause::BindPortsExhausted) => {
             let (lo, hi) = ev.port_range?;
@@ -238,6 +245,7 @@ pub enum NsHandle {
 pub fn lookup(key: &Key, ns: &NsHandle, holders: &Holders) -> Result<Snapshot> {
     let filter = match key.scope {
         Scope::Toward(_, dport) => PortFilter::Dport(dport),
+        Scope::Tuple(_, dport, sport) => PortFilter::SportDport(sport, dport),
         Scope::LocalPort(p) => PortFilter::Sport(p),
         Scope::LocalRange(lo, hi) => PortFilter::SportRange(lo, hi),
     };
@@ -247,7 +255,7 @@ pub fn lookup(key: &Key, ns: &NsHandle, holders: &Holders) -> Result<Snapshot> {
     };
     let mut socks = sockdiag::dump_in(ns_file, key.proto, filter)
         .with_context(|| format!("socket table of netns {}", key.netns))?;
-    if let Scope::Toward(dst, _) = key.scope {
+    if let Scope::Toward(dst, _) | Scope::Tuple(dst, _, _) = key.scope {
         socks.retain(|s| s.dst == dst);
     }
     let inodes: HashSet<u32> = socks.iter().map(|s| s.inode).collect();
@@ -387,7 +395,10 @@ pub fn finish(ev: &mut Event, v: Verdict, outcome: Option<&Result<Arc<Snapshot>,
                 d.states = Some(states_of(socks.iter().copied()));
                 d.holders = Some(holder_counts(socks.iter().copied(), &s.owners, MAX_HOLDERS));
             }
-            (Cause::TupleInUse, Detail::Tuple(d), snap.is_some())
+            // The kernel saw the 4-tuple taken: a table without it (the
+            // connection closed meanwhile) is not the whole story.
+            let complete = d.states.as_ref().is_some_and(|s| !s.is_empty());
+            (Cause::TupleInUse, Detail::Tuple(d), complete)
         }
         Verdict::Known(Cause::PortInUse) => {
             let port = ev.sport.unwrap_or(0);
@@ -420,7 +431,8 @@ pub fn finish(ev: &mut Event, v: Verdict, outcome: Option<&Result<Arc<Snapshot>,
                 v.truncate(MAX_PORT_HOLDERS);
                 v
             });
-            let complete = holders.is_some();
+            // Likewise a port the kernel saw taken but the table shows free.
+            let complete = holders.as_ref().is_some_and(|h| !h.is_empty());
             (
                 Cause::PortInUse,
                 Detail::PortInUse(PortInUse { port, holders }),
@@ -523,9 +535,16 @@ impl Detailer {
                             Ok(j) => j,
                             Err(_) => return, // the detailer is gone
                         };
+                        let t0 = Instant::now();
                         let outcome = lookup(&job.key, &job.ns, &holders)
                             .map(Arc::new)
                             .map_err(|e| format!("{e:#}"));
+                        log::debug!(
+                            "look-up {:?}: {} sockets in {:?}",
+                            job.key,
+                            outcome.as_ref().map_or(0, |s| s.socks.len()),
+                            t0.elapsed()
+                        );
                         if done_tx
                             .send(Done {
                                 key: job.key,
@@ -718,6 +737,13 @@ mod tests {
         let mut other = sample_event();
         other.netns = Some(1);
         assert_ne!(key_for(&other, classify(&other)), Some(k));
+        let mut tup = sample_event();
+        tup.sock_port = Some(41500);
+        assert_eq!(
+            key_for(&tup, classify(&tup)).unwrap().scope,
+            Scope::Tuple("127.0.0.1".parse().unwrap(), 7100, 41500),
+            "a collision is looked up on its own"
+        );
         let mut no_ns = sample_event();
         no_ns.netns = None;
         assert_eq!(key_for(&no_ns, classify(&no_ns)), None);
@@ -828,6 +854,12 @@ mod tests {
             (h[2].pid, h[2].state, h[2].count),
             (Some(8), "ESTABLISHED", 1)
         );
+        assert_eq!(b.detail_complete, Some(true));
+        // The holder gone before the look-up: what is known, marked incomplete.
+        let v = classify(&b);
+        finish(&mut b, v, Some(&snap(vec![], &[])));
+        assert_eq!(b.cause, Some(Cause::PortInUse));
+        assert_eq!(b.detail_complete, Some(false));
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub enum PortFilter {
     SportRange(u16, u16),
     /// Remote port equal.
     Dport(u16),
+    /// Local and remote port equal (one 4-tuple, the addresses aside).
+    SportDport(u16, u16),
 }
 
 fn op(code: u8, yes: u8, no: u16) -> [u8; 4] {
@@ -96,6 +98,7 @@ fn bytecode(f: PortFilter) -> Vec<u8> {
         PortFilter::Sport(p) => vec![(BC_S_EQ, p)],
         PortFilter::SportRange(lo, hi) => vec![(BC_S_GE, lo), (BC_S_LE, hi)],
         PortFilter::Dport(p) => vec![(BC_D_EQ, p)],
+        PortFilter::SportDport(s, d) => vec![(BC_S_EQ, s), (BC_D_EQ, d)],
     };
     let total = cmps.len() * 8;
     let mut bc = Vec::with_capacity(total);
@@ -323,6 +326,13 @@ mod tests {
         assert!(by_sport
             .iter()
             .any(|s| s.state == STATE_LISTEN && s.dport == 0));
+        let tuple = dump(tcp, PortFilter::SportDport(cport, lport)).unwrap();
+        assert_eq!(tuple.len(), 1, "{tuple:?}");
+        assert!(
+            dump(tcp, PortFilter::SportDport(cport, lport.wrapping_add(1)))
+                .unwrap()
+                .is_empty()
+        );
         let ranged = dump(tcp, PortFilter::SportRange(cport, cport)).unwrap();
         assert!(ranged.iter().any(|s| s.dport == lport), "{ranged:?}");
         assert!(ranged.iter().all(|s| s.sport == cport));

@@ -121,22 +121,26 @@ fn ports_exhausted_counts_time_wait() {
 }
 
 /// Two SO_REUSEADDR sockets bound to one port: the second connect to the
-/// same destination collides with the first one's 4-tuple. The range is
-/// nowhere near used up: only the socket's own bound port tells this apart.
+/// same destination collides with the first one's 4-tuple. Only the
+/// socket's own bound port tells this from exhaustion. Just before, an
+/// exhaustion toward the same destination had its own look-up: the
+/// collision must not be described from that older snapshot.
 #[test]
 fn tuple_in_use_with_two_reuseaddr_sockets() {
     let ns = Netns::new("ctup", RANGE);
     let mut t = trace(&[]);
-    let mut c = Client::start(
-        &ns,
-        "--hold listen 127.0.0.1 7100 reuse 127.0.0.1 7100 41500",
-        None,
-    );
+    let h = holder(&ns, "127.0.0.1", 4);
+    assert_eq!(client_once(&ns, "connect 127.0.0.1 7100"), vec!["err 99"]);
+    let mut c = Client::start(&ns, "--hold reuse 127.0.0.1 7100 41500", None);
     let out = c.wait_line("holding");
     assert_eq!(out, vec!["ok 41500", "err 99"]);
-    let ev = one_event(&mut t, &ns);
+    let mut all = vec![];
+    let evs = t.events_in(ns.inode, 2, &mut all);
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    assert_eq!(evs[0]["cause"], "ports_exhausted", "{}", evs[0]);
+    let ev = &evs[1];
     assert_common(
-        &ev,
+        ev,
         "connect",
         "EADDRNOTAVAIL",
         c.pid,
@@ -157,6 +161,7 @@ fn tuple_in_use_with_two_reuseaddr_sockets() {
     );
     assert_eq!(ev["detail_complete"], true, "{ev}");
     c.finish();
+    h.finish();
     assert!(t.stop().0.success());
 }
 
