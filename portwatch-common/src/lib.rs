@@ -138,12 +138,132 @@ pub struct Offsets {
     pub sk_protocol: u32,
 }
 
+// ---------------------------------------------------------------------------
+// nodeport-steal: what the kernel side sees of a SYN-ACK meant for a local
+// client on a guarded port, of IPVS taking it, and of the client afterwards.
+// ---------------------------------------------------------------------------
+
+/// A SYN-ACK arrived (tc ingress) for a guarded local port, and the kernel's
+/// socket table has a socket in SYN_SENT for its 4-tuple.
+pub const STEAL_SYNACK: u8 = 1;
+/// IPVS created a connection (`ip_vs_conn_new`) for a SYN-ACK seen above.
+pub const STEAL_IPVS: u8 = 2;
+/// A socket on a guarded local port retransmitted its SYN.
+pub const STEAL_RETRANS: u8 = 3;
+/// A socket on a guarded local port left SYN_SENT (`newstate` says where).
+pub const STEAL_STATE: u8 = 4;
+
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_CLOSE: u8 = 7;
+
+/// One record of the nodeport-steal ring buffer. Addresses are as the
+/// victim socket sees them: `local` is the node side (the guarded port),
+/// `remote` the peer that answered (the pod).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StealEvent {
+    pub ts_ns: u64,
+    pub kind: u8,
+    pub probe: u8,
+    pub oldstate: u8,
+    pub newstate: u8,
+    /// Owner of the socket (the task that called connect()), 0 if unknown.
+    pub pid: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// IPVS: the real server the connection was sent to.
+    pub rs_port: u16,
+    pub family: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub rs_addr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+}
+
+pub const STEAL_EVENT_SIZE: usize = core::mem::size_of::<StealEvent>();
+
+impl StealEvent {
+    pub const fn zeroed() -> Self {
+        StealEvent {
+            ts_ns: 0,
+            kind: 0,
+            probe: 0,
+            oldstate: 0,
+            newstate: 0,
+            pid: 0,
+            local_port: 0,
+            remote_port: 0,
+            rs_port: 0,
+            family: 0,
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+            rs_addr: [0; 16],
+            comm: [0; COMM_LEN],
+        }
+    }
+}
+
+/// `StealEvent::probe` for the packet path (tc ingress).
+pub const PROBE_TC: u8 = 4;
+
+/// Key of the connections whose SYN-ACK was seen on a guarded port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynAckKey {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+/// Offsets of the fields the nodeport-steal programs read: tracepoint
+/// records (from tracefs `format` files, which differ between kernels) and
+/// IPVS's `struct ip_vs_conn_param` (from the ip_vs module's BTF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StealOffsets {
+    pub valid: u32,
+    // sock:inet_sock_set_state
+    pub ss_skaddr: u32,
+    pub ss_oldstate: u32,
+    pub ss_newstate: u32,
+    pub ss_sport: u32,
+    pub ss_dport: u32,
+    pub ss_family: u32,
+    pub ss_protocol: u32,
+    pub ss_saddr: u32,
+    pub ss_daddr: u32,
+    // tcp:tcp_retransmit_skb
+    pub rt_skaddr: u32,
+    pub rt_state: u32,
+    pub rt_sport: u32,
+    pub rt_dport: u32,
+    pub rt_family: u32,
+    pub rt_saddr: u32,
+    pub rt_daddr: u32,
+    // struct ip_vs_conn_param
+    pub cp_caddr: u32,
+    pub cp_vaddr: u32,
+    pub cp_cport: u32,
+    pub cp_vport: u32,
+    pub cp_protocol: u32,
+}
+
+/// `StealOffsets::valid` bits.
+pub const SOFF_STATE: u32 = 1 << 0;
+pub const SOFF_RETRANS: u32 = 1 << 1;
+pub const SOFF_IPVS: u32 = 1 << 2;
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both are repr(C) plain integers and byte arrays with no padding
     // holes that could carry uninitialised bytes into the kernel.
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::FailureEvent {}
+    unsafe impl aya::Pod for super::StealEvent {}
+    unsafe impl aya::Pod for super::StealOffsets {}
+    unsafe impl aya::Pod for super::SynAckKey {}
 }
 
 #[cfg(test)]
@@ -157,5 +277,8 @@ mod tests {
         assert_eq!(FAILURE_EVENT_SIZE, 104);
         assert_eq!(core::mem::align_of::<FailureEvent>(), 8);
         assert_eq!(core::mem::size_of::<Offsets>(), 20 * 4);
+        assert_eq!(STEAL_EVENT_SIZE, 88);
+        assert_eq!(core::mem::size_of::<SynAckKey>(), 36);
+        assert_eq!(core::mem::size_of::<StealOffsets>(), 22 * 4);
     }
 }

@@ -26,14 +26,17 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
     },
-    macros::{fexit, kprobe, kretprobe, map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    bindings::{bpf_sock, bpf_sock_tuple, BPF_F_CURRENT_NETNS},
+    macros::{classifier, fexit, kprobe, kretprobe, map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{FExitContext, ProbeContext, RetProbeContext, TcContext, TracePointContext},
 };
 use portwatch_common::{
     FailureEvent, Offsets, AF_INET, AF_INET6, EADDRINUSE, EADDRNOTAVAIL, F_DADDR, F_DPORT, F_NETNS,
     F_PROTO, F_SADDR, F_SOCK, F_SPORT, KIND_BIND, KIND_CONNECT, OFF_FILES, OFF_NETNS, OFF_SOCK,
-    OFF_SOCK_NET, PROBE_FEXIT, PROBE_KPROBE, PROBE_TRACEPOINT,
+    OFF_SOCK_NET, PROBE_FEXIT, PROBE_KPROBE, PROBE_TC, PROBE_TRACEPOINT, SOFF_IPVS, SOFF_RETRANS,
+    SOFF_STATE, STEAL_IPVS, STEAL_RETRANS, STEAL_STATE, STEAL_SYNACK, StealEvent, StealOffsets,
+    SynAckKey, TCP_SYN_SENT,
 };
 
 /// Set by userspace before load (`EbpfLoader::set_global`).
@@ -67,8 +70,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
 /// Index 0: events dropped because the ring buffer was full.
 /// Index 1: failures missed because the entry probe could not remember the call.
+/// Index 2: nodeport-steal records dropped because STEALS was full.
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 
 const LOST_RINGBUF: u32 = 0;
 const LOST_PENDING: u32 = 1;
@@ -590,6 +594,362 @@ pub fn pw_kret(ctx: RetProbeContext) -> u32 {
         bind_failed(p.sk, p.addr, ret, PROBE_KPROBE);
     }
     0
+}
+
+// ---------------------------------------------------------------------------
+// nodeport-steal: a SYN-ACK for a guarded local port (a NodePort / IPVS
+// virtual service port) whose socket is in SYN_SENT, IPVS taking it, and
+// what happens to that socket afterwards.
+// ---------------------------------------------------------------------------
+
+/// Set by userspace before load.
+#[unsafe(no_mangle)]
+static STEAL_OFFSETS: StealOffsets = StealOffsets {
+    valid: 0,
+    ss_skaddr: 0,
+    ss_oldstate: 0,
+    ss_newstate: 0,
+    ss_sport: 0,
+    ss_dport: 0,
+    ss_family: 0,
+    ss_protocol: 0,
+    ss_saddr: 0,
+    ss_daddr: 0,
+    rt_skaddr: 0,
+    rt_state: 0,
+    rt_sport: 0,
+    rt_dport: 0,
+    rt_family: 0,
+    rt_saddr: 0,
+    rt_daddr: 0,
+    cp_caddr: 0,
+    cp_vaddr: 0,
+    cp_cport: 0,
+    cp_vport: 0,
+    cp_protocol: 0,
+};
+
+#[map]
+static STEALS: RingBuf = RingBuf::with_byte_size(1 << 18, 0);
+
+/// The guarded local ports (host byte order); kept current by userspace.
+#[map]
+static GUARDED: HashMap<u16, u8> = HashMap::with_max_entries(65536, 0);
+
+/// Connections whose SYN-ACK was seen on a guarded port: one report per
+/// connection however often the peer resends, and the filter that keeps
+/// IPVS's ordinary new connections out of the ring buffer.
+#[map]
+static SYNACKS: LruHashMap<SynAckKey, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Who called connect() on a socket (by `struct sock *`), remembered when
+/// it enters SYN_SENT (in the caller's context) for the reports that come
+/// later from softirq context.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Owner {
+    pid: u32,
+    _pad: u32,
+    comm: [u8; 16],
+}
+
+#[map]
+static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(16384, 0);
+
+const LOST_STEALS: u32 = 2;
+
+#[inline(always)]
+fn steal_offsets() -> StealOffsets {
+    unsafe { core::ptr::read_volatile(&STEAL_OFFSETS) }
+}
+
+#[inline(always)]
+fn is_guarded(port: u16) -> bool {
+    unsafe { GUARDED.get(&port) }.is_some()
+}
+
+#[inline(always)]
+fn emit_steal(ev: &StealEvent) {
+    match STEALS.reserve::<StealEvent>(0) {
+        Some(mut slot) => {
+            slot.write(*ev);
+            slot.submit(0);
+        }
+        None => count_lost(LOST_STEALS),
+    }
+}
+
+#[inline(always)]
+fn with_owner(ev: &mut StealEvent, skaddr: u64) {
+    if let Some(o) = unsafe { OWNERS.get(&skaddr) } {
+        ev.pid = o.pid;
+        ev.comm = o.comm;
+    }
+}
+
+const TC_ACT_OK: i32 = 0;
+const ETH_HLEN: usize = 14;
+
+/// tc ingress: a TCP SYN-ACK (IPv4) to a guarded port, looked up in the
+/// kernel's socket table before IPVS (netfilter LOCAL_IN) sees it.
+#[classifier]
+pub fn pw_tc_synack(ctx: TcContext) -> i32 {
+    let _ = tc_synack(&ctx);
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn tc_synack(ctx: &TcContext) -> Option<()> {
+    let ethertype: u16 = ctx.load(12).ok()?;
+    if u16::from_be(ethertype) != 0x0800 {
+        return None;
+    }
+    let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+    if proto != 6 {
+        return None;
+    }
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if !(20..=60).contains(&ihl) {
+        return None;
+    }
+    let saddr: u32 = ctx.load(ETH_HLEN + 12).ok()?;
+    let daddr: u32 = ctx.load(ETH_HLEN + 16).ok()?;
+    let t = ETH_HLEN + ihl;
+    let sport: u16 = ctx.load(t).ok()?;
+    let dport: u16 = ctx.load(t + 2).ok()?;
+    let flags: u8 = ctx.load(t + 13).ok()?;
+    // SYN and ACK set, RST not.
+    if flags & 0x16 != 0x12 {
+        return None;
+    }
+    let lport = u16::from_be(dport);
+    if !is_guarded(lport) {
+        return None;
+    }
+    // The tuple as the packet carries it: source = the peer.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    tuple.__bindgen_anon_1.ipv4.saddr = saddr;
+    tuple.__bindgen_anon_1.ipv4.daddr = daddr;
+    tuple.__bindgen_anon_1.ipv4.sport = sport;
+    tuple.__bindgen_anon_1.ipv4.dport = dport;
+    let state = unsafe {
+        let sk = aya_ebpf::helpers::generated::bpf_skc_lookup_tcp(
+            ctx.skb.skb as *mut _,
+            &mut tuple,
+            12,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return None;
+        }
+        let state = core::ptr::read_volatile(&(*(sk as *const bpf_sock)).state);
+        aya_ebpf::helpers::generated::bpf_sk_release(sk as *mut _);
+        state
+    };
+    if state != TCP_SYN_SENT as u32 {
+        return None;
+    }
+    let mut key = SynAckKey {
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        local_port: lport,
+        remote_port: u16::from_be(sport),
+    };
+    key.local_addr[..4].copy_from_slice(&daddr.to_ne_bytes());
+    key.remote_addr[..4].copy_from_slice(&saddr.to_ne_bytes());
+    if unsafe { SYNACKS.get(&key) }.is_some() {
+        return None;
+    }
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let _ = SYNACKS.insert(&key, &now, 0);
+    let mut ev = StealEvent::zeroed();
+    ev.ts_ns = now;
+    ev.kind = STEAL_SYNACK;
+    ev.probe = PROBE_TC;
+    ev.family = AF_INET;
+    ev.local_port = key.local_port;
+    ev.remote_port = key.remote_port;
+    ev.local_addr = key.local_addr;
+    ev.remote_addr = key.remote_addr;
+    emit_steal(&ev);
+    Some(())
+}
+
+/// `struct ip_vs_conn *ip_vs_conn_new(const struct ip_vs_conn_param *p,
+///   int dest_af, const union nf_inet_addr *daddr, __be16 dport, ...)`:
+/// IPVS made a connection entry. Reported only for a connection whose
+/// SYN-ACK was just seen on a guarded port (a stolen reply), not for the
+/// node's ordinary IPVS traffic.
+#[kprobe]
+pub fn pw_kp_ipvs_conn_new(ctx: ProbeContext) -> u32 {
+    let _ = ipvs_conn_new(&ctx);
+    0
+}
+
+#[inline(always)]
+fn ipvs_conn_new(ctx: &ProbeContext) -> Option<()> {
+    let o = steal_offsets();
+    if o.valid & SOFF_IPVS == 0 {
+        return None;
+    }
+    let p: u64 = ctx.arg(0)?;
+    let daddr: u64 = ctx.arg(2)?;
+    let dport: u64 = ctx.arg(3)?;
+    unsafe {
+        let proto: u16 = read_k(p, o.cp_protocol)?;
+        if proto != 6 {
+            return None;
+        }
+        let caddr_p: u64 = read_k(p, o.cp_caddr)?;
+        let vaddr_p: u64 = read_k(p, o.cp_vaddr)?;
+        let cport: u16 = read_k(p, o.cp_cport)?;
+        let vport: u16 = read_k(p, o.cp_vport)?;
+        let mut key = SynAckKey {
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+            local_port: u16::from_be(vport),
+            remote_port: u16::from_be(cport),
+        };
+        let v: [u8; 4] = bpf_probe_read_kernel(vaddr_p as *const [u8; 4]).ok()?;
+        let c: [u8; 4] = bpf_probe_read_kernel(caddr_p as *const [u8; 4]).ok()?;
+        key.local_addr[..4].copy_from_slice(&v);
+        key.remote_addr[..4].copy_from_slice(&c);
+        SYNACKS.get(&key)?;
+        let mut ev = StealEvent::zeroed();
+        ev.ts_ns = bpf_ktime_get_boot_ns();
+        ev.kind = STEAL_IPVS;
+        ev.probe = PROBE_KPROBE;
+        ev.family = AF_INET;
+        ev.local_port = key.local_port;
+        ev.remote_port = key.remote_port;
+        ev.local_addr = key.local_addr;
+        ev.remote_addr = key.remote_addr;
+        let rs: [u8; 4] = bpf_probe_read_kernel(daddr as *const [u8; 4]).ok()?;
+        ev.rs_addr[..4].copy_from_slice(&rs);
+        ev.rs_port = u16::from_be(dport as u16);
+        emit_steal(&ev);
+    }
+    Some(())
+}
+
+/// Reads a tracepoint field at an offset userspace found in its format file.
+#[inline(always)]
+unsafe fn tp_field<T>(ctx: &TracePointContext, off: u32) -> Option<T> {
+    unsafe { ctx.read_at::<T>(off as usize).ok() }
+}
+
+/// `sock:inet_sock_set_state`: remembers who connects (entering SYN_SENT
+/// runs in connect()'s context), and reports a guarded socket leaving
+/// SYN_SENT: established, or given up.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn pw_tp_sock_state(ctx: TracePointContext) -> u32 {
+    let _ = sock_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn sock_state(ctx: &TracePointContext) -> Option<()> {
+    let o = steal_offsets();
+    if o.valid & SOFF_STATE == 0 {
+        return None;
+    }
+    unsafe {
+        let proto: u16 = tp_field(ctx, o.ss_protocol)?;
+        if proto != 6 {
+            return None;
+        }
+        let skaddr: u64 = tp_field(ctx, o.ss_skaddr)?;
+        let old: i32 = tp_field(ctx, o.ss_oldstate)?;
+        let new: i32 = tp_field(ctx, o.ss_newstate)?;
+        if new == TCP_SYN_SENT as i32 {
+            let mut owner = Owner {
+                pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                _pad: 0,
+                comm: [0; 16],
+            };
+            if let Ok(c) = bpf_get_current_comm() {
+                owner.comm = c;
+            }
+            let _ = OWNERS.insert(&skaddr, &owner, 0);
+            return None;
+        }
+        if old != TCP_SYN_SENT as i32 {
+            return None;
+        }
+        let sport: u16 = tp_field(ctx, o.ss_sport)?;
+        if !is_guarded(sport) {
+            let _ = OWNERS.remove(&skaddr);
+            return None;
+        }
+        let family: u16 = tp_field(ctx, o.ss_family)?;
+        if family != AF_INET {
+            return None;
+        }
+        let mut ev = StealEvent::zeroed();
+        ev.ts_ns = bpf_ktime_get_boot_ns();
+        ev.kind = STEAL_STATE;
+        ev.probe = PROBE_TRACEPOINT;
+        ev.family = family;
+        ev.oldstate = old as u8;
+        ev.newstate = new as u8;
+        ev.local_port = sport;
+        ev.remote_port = tp_field(ctx, o.ss_dport)?;
+        let s: [u8; 4] = tp_field(ctx, o.ss_saddr)?;
+        let d: [u8; 4] = tp_field(ctx, o.ss_daddr)?;
+        ev.local_addr[..4].copy_from_slice(&s);
+        ev.remote_addr[..4].copy_from_slice(&d);
+        with_owner(&mut ev, skaddr);
+        let _ = OWNERS.remove(&skaddr);
+        emit_steal(&ev);
+    }
+    Some(())
+}
+
+/// `tcp:tcp_retransmit_skb`: a guarded socket in SYN_SENT resends its SYN
+/// (its SYN-ACK did not arrive).
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn pw_tp_retrans(ctx: TracePointContext) -> u32 {
+    let _ = retrans(&ctx);
+    0
+}
+
+#[inline(always)]
+fn retrans(ctx: &TracePointContext) -> Option<()> {
+    let o = steal_offsets();
+    if o.valid & SOFF_RETRANS == 0 {
+        return None;
+    }
+    unsafe {
+        let state: i32 = tp_field(ctx, o.rt_state)?;
+        if state != TCP_SYN_SENT as i32 {
+            return None;
+        }
+        let sport: u16 = tp_field(ctx, o.rt_sport)?;
+        if !is_guarded(sport) {
+            return None;
+        }
+        let family: u16 = tp_field(ctx, o.rt_family)?;
+        if family != AF_INET {
+            return None;
+        }
+        let skaddr: u64 = tp_field(ctx, o.rt_skaddr)?;
+        let mut ev = StealEvent::zeroed();
+        ev.ts_ns = bpf_ktime_get_boot_ns();
+        ev.kind = STEAL_RETRANS;
+        ev.probe = PROBE_TRACEPOINT;
+        ev.family = family;
+        ev.local_port = sport;
+        ev.remote_port = tp_field(ctx, o.rt_dport)?;
+        let s: [u8; 4] = tp_field(ctx, o.rt_saddr)?;
+        let d: [u8; 4] = tp_field(ctx, o.rt_daddr)?;
+        ev.local_addr[..4].copy_from_slice(&s);
+        ev.remote_addr[..4].copy_from_slice(&d);
+        with_owner(&mut ev, skaddr);
+        emit_steal(&ev);
+    }
+    Some(())
 }
 
 #[cfg(not(test))]
