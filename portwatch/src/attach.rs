@@ -4,9 +4,15 @@
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    programs::{kprobe::KProbeLinkId, FExit, KProbe, TracePoint},
+    programs::{
+        kprobe::KProbeLinkId,
+        tc::{self, TcAttachType},
+        FExit, KProbe, SchedClassifier, TracePoint,
+    },
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
+
+use portwatch_common::{StealOffsets, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE};
 
 use crate::{btf::Btf, event::Probe, offsets, system};
 
@@ -53,7 +59,17 @@ pub struct Attached {
     pub notes: Vec<String>,
 }
 
-pub fn attach(opts: &Options) -> Result<Attached> {
+/// The loaded object before any hook is attached, with what attaching needs.
+struct Loaded {
+    ebpf: Ebpf,
+    btf: Btf,
+    aya_btf: AyaBtf,
+    notes: Vec<String>,
+}
+
+/// Privileges, memlock, BTF offsets, load. `steal` carries the offsets the
+/// nodeport-steal programs read (all invalid for `trace`).
+fn load(ringbuf_bytes: u32, steal: &StealOffsets) -> Result<Loaded> {
     system::check_privileges()?;
     system::raise_memlock();
     let mut notes = vec![];
@@ -70,14 +86,29 @@ pub fn attach(opts: &Options) -> Result<Attached> {
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .override_global("OFFSETS", &offs, true)
-        .map_max_entries("EVENTS", opts.ringbuf_bytes)
+        .override_global("STEAL_OFFSETS", steal, true)
+        .map_max_entries("EVENTS", ringbuf_bytes)
         .load(EBPF_OBJECT)
         .map_err(|e| explain_load_error(anyhow!(e)))?;
 
     if let Ok(logger) = aya_log::EbpfLogger::init(&mut ebpf) {
         crate::source::spawn_ebpf_logger(logger);
     }
+    Ok(Loaded {
+        ebpf,
+        btf,
+        aya_btf,
+        notes,
+    })
+}
 
+pub fn attach(opts: &Options) -> Result<Attached> {
+    let Loaded {
+        mut ebpf,
+        btf,
+        aya_btf,
+        mut notes,
+    } = load(opts.ringbuf_bytes, &StealOffsets::default())?;
     let mut hooks = vec![];
     for hook in [Hook::Connect, Hook::Bind] {
         hooks.push(attach_hook(
@@ -90,6 +121,154 @@ pub fn attach(opts: &Options) -> Result<Attached> {
         )?);
     }
     Ok(Attached { ebpf, hooks, notes })
+}
+
+/// nodeport-steal, attached: the SYN-ACK watch (tc ingress), the socket
+/// followers (tracepoints) and, where the kernel has IPVS, its scheduling
+/// path (kprobe on `ip_vs_conn_new`).
+pub struct StealAttached {
+    pub ebpf: Ebpf,
+    /// e.g. "kprobe on ip_vs_conn_new"; None: packet path only.
+    pub ipvs: Option<String>,
+    /// Why the IPVS probe is missing, when it is.
+    pub ipvs_missing: Option<String>,
+    pub notes: Vec<String>,
+}
+
+/// Offsets for the nodeport-steal programs: tracepoint layouts from tracefs,
+/// `struct ip_vs_conn_param` from the ip_vs module's BTF when it is loaded.
+fn steal_offsets(btf: &Btf, notes: &mut Vec<String>) -> Result<(StealOffsets, Option<String>)> {
+    use crate::tpformat::Format;
+    let mut o = StealOffsets::default();
+    let ss = Format::read("sock", "inet_sock_set_state")?;
+    o.ss_skaddr = ss.offset("skaddr", 8)?;
+    o.ss_oldstate = ss.offset("oldstate", 4)?;
+    o.ss_newstate = ss.offset("newstate", 4)?;
+    o.ss_sport = ss.offset("sport", 2)?;
+    o.ss_dport = ss.offset("dport", 2)?;
+    o.ss_family = ss.offset("family", 2)?;
+    o.ss_protocol = ss.offset("protocol", 2)?;
+    o.ss_saddr = ss.offset("saddr", 4)?;
+    o.ss_daddr = ss.offset("daddr", 4)?;
+    o.valid |= SOFF_STATE;
+    match (|| -> Result<()> {
+        let rt = Format::read("tcp", "tcp_retransmit_skb")?;
+        o.rt_skaddr = rt.offset("skaddr", 8)?;
+        o.rt_state = rt.offset("state", 4)?;
+        o.rt_sport = rt.offset("sport", 2)?;
+        o.rt_dport = rt.offset("dport", 2)?;
+        o.rt_family = rt.offset("family", 2)?;
+        o.rt_saddr = rt.offset("saddr", 4)?;
+        o.rt_daddr = rt.offset("daddr", 4)?;
+        Ok(())
+    })() {
+        Ok(()) => o.valid |= SOFF_RETRANS,
+        Err(e) => notes.push(format!(
+            "SYN retransmissions will not be counted: {e:#}"
+        )),
+    }
+    let ipvs_missing = match (|| -> Result<()> {
+        let m = btf
+            .module_from_sys_fs("ip_vs")
+            .context("IPVS is not loaded on this kernel")?;
+        match m.func_params("ip_vs_conn_new") {
+            Some(7) => {}
+            Some(n) => bail!("ip_vs_conn_new takes {n} arguments on this kernel, expected 7"),
+            None => bail!("ip_vs_conn_new is not in the ip_vs module's BTF"),
+        }
+        o.cp_caddr = m.offset_of("ip_vs_conn_param", "caddr")?;
+        o.cp_vaddr = m.offset_of("ip_vs_conn_param", "vaddr")?;
+        o.cp_cport = m.offset_of("ip_vs_conn_param", "cport")?;
+        o.cp_vport = m.offset_of("ip_vs_conn_param", "vport")?;
+        o.cp_protocol = m.offset_of("ip_vs_conn_param", "protocol")?;
+        Ok(())
+    })() {
+        Ok(()) => {
+            o.valid |= SOFF_IPVS;
+            None
+        }
+        Err(e) => Some(format!("{e:#}")),
+    };
+    Ok((o, ipvs_missing))
+}
+
+pub fn attach_nodeport() -> Result<StealAttached> {
+    system::check_privileges()?;
+    let mut pre_notes = vec![];
+    if let Some(n) = system::ensure_tracefs()? {
+        pre_notes.push(n);
+    }
+    let btf = Btf::from_sys_fs()?;
+    let (offs, mut ipvs_missing) = steal_offsets(&btf, &mut pre_notes)?;
+    let Loaded {
+        mut ebpf, mut notes, ..
+    } = load(4096, &offs)?;
+    notes.splice(0..0, pre_notes);
+
+    for (prog, cat, name) in [
+        ("pw_tp_sock_state", "sock", "inet_sock_set_state"),
+        ("pw_tp_retrans", "tcp", "tcp_retransmit_skb"),
+    ] {
+        if prog == "pw_tp_retrans" && offs.valid & SOFF_RETRANS == 0 {
+            continue;
+        }
+        let p: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing from the object"))?
+            .try_into()?;
+        p.load()
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("loading {prog}"))?;
+        p.attach(cat, name)
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("attaching to tracepoint {cat}:{name}"))?;
+    }
+    let p: &mut SchedClassifier = ebpf
+        .program_mut("pw_tc_synack")
+        .context("program pw_tc_synack missing from the object")?
+        .try_into()?;
+    p.load()
+        .map_err(|e| anyhow!(e))
+        .context("loading the tc SYN-ACK program")?;
+
+    let mut ipvs = None;
+    if ipvs_missing.is_none() {
+        let res = (|| -> Result<()> {
+            let p = kprobe_mut(&mut ebpf, "pw_kp_ipvs_conn_new")?;
+            p.load()
+                .map_err(|e| anyhow!(e))
+                .context("loading pw_kp_ipvs_conn_new")?;
+            p.attach("ip_vs_conn_new", 0)
+                .map_err(|e| anyhow!(e))
+                .context("attaching a kprobe to ip_vs_conn_new")?;
+            Ok(())
+        })();
+        match res {
+            Ok(()) => ipvs = Some("kprobe on ip_vs_conn_new".to_string()),
+            Err(e) => ipvs_missing = Some(short_reason(Probe::Kprobe, &e)),
+        }
+    }
+    Ok(StealAttached {
+        ebpf,
+        ipvs,
+        ipvs_missing,
+        notes,
+    })
+}
+
+/// Puts the SYN-ACK watch on `iface`'s ingress (adding the clsact qdisc
+/// it needs when the interface has none yet).
+pub fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
+    // EEXIST when a clsact qdisc is already there: fine.
+    let _ = tc::qdisc_add_clsact(iface);
+    let p: &mut SchedClassifier = ebpf
+        .program_mut("pw_tc_synack")
+        .context("program pw_tc_synack missing from the object")?
+        .try_into()?;
+    p.attach(iface, TcAttachType::Ingress)
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("attaching to the ingress of {iface}"))?;
+    Ok(())
 }
 
 fn explain_load_error(e: anyhow::Error) -> anyhow::Error {

@@ -24,6 +24,42 @@ pub enum Command {
     /// One-shot audit of every network namespace: what will fail before it does.
     /// Exit 0: nothing at warning or above; 3: something is; 1: error; 2: bad arguments.
     Check(CheckArgs),
+    /// Catch SYN-ACKs for local clients on NodePort / IPVS ports that IPVS
+    /// takes as new connections (the client never gets its reply).
+    NodeportSteal(NodeportArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeportArgs {
+    /// One JSON object per line (schema in the README) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The NodePort range to guard (besides the node's IPVS virtual services).
+    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::ports::parse_lo_hi)]
+    pub nodeport_range: (u16, u16),
+    /// More ports to guard, in the kernel's list syntax: 8080,9000-9100.
+    #[arg(long, value_name = "LIST", value_parser = parse_port_list)]
+    pub ports: Option<crate::ports::PortSet>,
+    /// Watch SYN-ACKs on these interfaces only (repeatable). Default: every
+    /// interface but lo, including ones that appear later (new pods).
+    #[arg(long, value_name = "IFACE")]
+    pub interface: Vec<String>,
+    /// How long to follow a victim connection for its outcome before
+    /// reporting it (a final state reports at once): 5s, 500ms.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_follow)]
+    pub follow: Duration,
+}
+
+fn parse_port_list(s: &str) -> Result<crate::ports::PortSet, String> {
+    crate::ports::PortSet::parse(s).map_err(|e| format!("{e:#}"))
+}
+
+fn parse_follow(s: &str) -> Result<Duration, String> {
+    let d = parse_budget(s)?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
 }
 
 #[derive(Args, Debug, Clone)]
@@ -193,6 +229,41 @@ mod tests {
         assert!(c.json);
         assert_eq!(c.netns, vec!["/run/netns/a", "42"]);
         assert_eq!(c.nodeport_range, (20000, 22767));
+    }
+
+    #[test]
+    fn parses_nodeport_steal_options() {
+        let Command::NodeportSteal(n) = parse(&["nodeport-steal"]).unwrap().command else {
+            panic!("nodeport-steal")
+        };
+        assert_eq!(n.nodeport_range, (30000, 32767));
+        assert_eq!(n.follow, Duration::from_secs(5));
+        assert!(n.ports.is_none() && n.interface.is_empty() && !n.json);
+        let Command::NodeportSteal(n) = parse(&[
+            "nodeport-steal",
+            "--json",
+            "--ports",
+            "8080,9000-9001",
+            "--interface",
+            "eth0",
+            "--follow",
+            "500ms",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("nodeport-steal")
+        };
+        assert_eq!(n.ports.unwrap().to_string(), "8080,9000-9001");
+        assert_eq!(n.interface, vec!["eth0"]);
+        assert_eq!(n.follow, Duration::from_millis(500));
+        for bad in [
+            &["nodeport-steal", "--ports", "x"][..],
+            &["nodeport-steal", "--follow", "0"],
+            &["nodeport-steal", "--nodeport-range", "5"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

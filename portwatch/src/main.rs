@@ -15,12 +15,14 @@ mod event;
 mod filter;
 mod holders;
 mod netns;
+mod nodeport;
 mod offsets;
 mod output;
 mod ports;
 mod sockdiag;
 mod source;
 mod system;
+mod tpformat;
 mod trace;
 
 use std::process::ExitCode;
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
     let res = rt.block_on(async {
         match cli.command {
             cli::Command::Trace(args) => trace::run(args).await.map(|_| ()),
+            cli::Command::NodeportSteal(args) => nodeport::run(args).await,
             cli::Command::Check(_) => unreachable!("handled above"),
         }
     });

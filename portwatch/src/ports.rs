@@ -77,6 +77,11 @@ impl PortSet {
             .sum()
     }
 
+    /// Every port, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ranges.iter().flat_map(|&(lo, hi)| lo..=hi)
+    }
+
     pub fn contains(&self, p: u16) -> bool {
         // Few ranges in practice; binary search keeps a big list cheap too.
         self.ranges
@@ -178,6 +183,21 @@ pub fn usable(range: (u16, u16), reserved: &PortSet) -> PortSet {
     PortSet::range(range.0, range.1).minus(reserved)
 }
 
+/// Guarded ports (NodePorts, IPVS ports) that a connect() could still take
+/// as its source port: inside `range` and not reserved. With them, the
+/// `ip_local_reserved_ports` value that closes the gap while keeping every
+/// port already reserved. `None` when nothing is exposed.
+pub fn exposed_guarded(
+    range: (u16, u16),
+    reserved: &PortSet,
+    guarded: &PortSet,
+) -> Option<(PortSet, PortSet)> {
+    let exposed = PortSet::range(range.0, range.1)
+        .intersect(guarded)
+        .minus(reserved);
+    (!exposed.is_empty()).then(|| (exposed, reserved.union(guarded)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +283,15 @@ mod tests {
         assert!(parse_lo_hi("32767-30000").is_err());
         assert!(parse_lo_hi("30000").is_err());
         assert!(parse_lo_hi("0-5").is_err());
+    }
+
+    #[test]
+    fn exposed_guarded_ports_and_the_reservation_that_closes_them() {
+        let g = ps("30000-32767");
+        assert_eq!(exposed_guarded((32768, 60999), &ps(""), &g), None);
+        let (exp, fix) = exposed_guarded((1024, 65535), &ps("8080,31000-31999"), &g).unwrap();
+        assert_eq!(exp.to_string(), "30000-30999,32000-32767");
+        assert_eq!(fix.to_string(), "8080,30000-32767");
+        assert_eq!(exposed_guarded((1024, 65535), &fix, &g), None);
     }
 }

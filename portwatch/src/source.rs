@@ -11,17 +11,33 @@ use tokio::io::unix::AsyncFd;
 pub struct Source {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
+    /// The LOST counters that belong to this ring.
+    lost_idx: &'static [u32],
 }
 
 impl Source {
+    /// The failure events of `trace`.
     pub fn new(ebpf: &mut Ebpf) -> Result<Source> {
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+        Source::named(ebpf, "EVENTS", &[0, 1])
+    }
+
+    /// Ring buffer `ring`, whose losses the kernel side counts in `LOST` at
+    /// `lost_idx`.
+    pub fn named(ebpf: &mut Ebpf, ring: &str, lost_idx: &'static [u32]) -> Result<Source> {
+        let ring = RingBuf::try_from(
+            ebpf.take_map(ring)
+                .with_context(|| format!("{ring} map missing"))?,
+        )?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
         // SAFETY: the AsyncFd owns the RingBuf, which owns the fd: it stays open
         // for as long as it is registered.
         let ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e))?;
-        Ok(Source { ring, lost })
+        Ok(Source {
+            ring,
+            lost,
+            lost_idx,
+        })
     }
 
     /// Waits until records are ready, then hands every ready one to `f`.
@@ -47,8 +63,8 @@ impl Source {
     /// room to track a thread between entry and return).
     pub fn lost_total(&self) -> Result<u64> {
         let mut sum = 0;
-        for idx in 0..2u32 {
-            sum += self.lost.get(&idx, 0)?.iter().sum::<u64>();
+        for idx in self.lost_idx {
+            sum += self.lost.get(idx, 0)?.iter().sum::<u64>();
         }
         Ok(sum)
     }

@@ -1,0 +1,266 @@
+//! `portwatch nodeport-steal`: SYN-ACKs for local clients on guarded ports
+//! (NodePorts, IPVS virtual services) that IPVS takes as new connections.
+//!
+//! Pipeline: attach (tc ingress + tracepoints + IPVS kprobe) -> source
+//! (STEALS ring buffer) -> correlate (one report per victim connection) ->
+//! output. Besides it, every 2 s: the guarded ports follow the node's IPVS
+//! services, and new interfaces (new pods' veths) get the SYN-ACK watch.
+
+pub mod correlate;
+pub mod ipvs;
+pub mod output;
+
+use std::{
+    collections::BTreeSet,
+    io::{self, BufWriter},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    attach,
+    cli::NodeportArgs,
+    decode::Clock,
+    netns,
+    ports::{self, PortSet},
+    source::Source,
+};
+use correlate::Correlator;
+use output::{Context, JsonSink, Sink, TableSink};
+
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The ports to guard now: static ones plus the IPVS virtual services.
+fn guarded_ports(statics: &PortSet) -> Result<(PortSet, Option<usize>)> {
+    let services = ipvs::read_services()?;
+    let mut g = statics.clone();
+    let n = services.as_ref().map(|s| s.len());
+    for s in services.unwrap_or_default() {
+        g = g.union(&PortSet::range(s.port, s.port));
+    }
+    Ok((g, n))
+}
+
+/// Makes the kernel's GUARDED map hold exactly `want`.
+fn sync_guarded(
+    map: &mut BpfHashMap<MapData, u16, u8>,
+    have: &PortSet,
+    want: &PortSet,
+) -> Result<()> {
+    for p in want.minus(have).iter() {
+        map.insert(p, 1, 0).context("updating the guarded ports map")?;
+    }
+    for p in have.minus(want).iter() {
+        let _ = map.remove(&p);
+    }
+    Ok(())
+}
+
+/// Interfaces of this netns to watch: the named ones, or all but `lo`.
+fn interfaces(only: &[String]) -> Result<BTreeSet<String>> {
+    if !only.is_empty() {
+        return Ok(only.iter().cloned().collect());
+    }
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir("/sys/class/net").context("listing /sys/class/net")? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if name != "lo" {
+            out.insert(name);
+        }
+    }
+    Ok(out)
+}
+
+/// The start-up warning: the node's own range can hand out guarded ports.
+fn overlap_warning(guarded: &PortSet) -> Option<(String, String)> {
+    let v = netns::read_sysctls(
+        None,
+        &[
+            "/proc/sys/net/ipv4/ip_local_port_range",
+            "/proc/sys/net/ipv4/ip_local_reserved_ports",
+        ],
+    )
+    .ok()?;
+    let range = netns::parse_port_range(&v[0])?;
+    let reserved = PortSet::parse(&v[1]).ok()?;
+    let (exposed, fixed) = ports::exposed_guarded(range, &reserved, guarded)?;
+    let fix = format!("sysctl -w net.ipv4.ip_local_reserved_ports={fixed}");
+    Some((
+        format!(
+            "warning: ip_local_port_range {}-{} overlaps the guarded ports and {} of them ({exposed}) are not in ip_local_reserved_ports: a connect() may pick one as its source port and lose its SYN-ACK to IPVS. Fix: {fix}",
+            range.0,
+            range.1,
+            exposed.len()
+        ),
+        fix,
+    ))
+}
+
+pub async fn run(args: NodeportArgs) -> Result<()> {
+    let mut statics = PortSet::range(args.nodeport_range.0, args.nodeport_range.1);
+    if let Some(p) = &args.ports {
+        statics = statics.union(p);
+    }
+    let attach::StealAttached {
+        mut ebpf,
+        ipvs,
+        ipvs_missing,
+        notes,
+    } = attach::attach_nodeport()?;
+    for n in &notes {
+        eprintln!("portwatch: {n}");
+    }
+    let mut watched = BTreeSet::new();
+    for i in interfaces(&args.interface)? {
+        match attach::attach_tc(&mut ebpf, &i) {
+            Ok(()) => {
+                watched.insert(i);
+            }
+            // A named interface must work; one found by the scan may be
+            // going away as we look.
+            Err(e) if !args.interface.is_empty() => return Err(e),
+            Err(e) => eprintln!("portwatch: not watching {i}: {e:#}"),
+        }
+    }
+    let mut gmap: BpfHashMap<MapData, u16, u8> = BpfHashMap::try_from(
+        ebpf.take_map("GUARDED")
+            .context("GUARDED map missing")?,
+    )?;
+    let (mut guarded, nsvc) = guarded_ports(&statics)?;
+    sync_guarded(&mut gmap, &PortSet::new(), &guarded)?;
+
+    eprintln!(
+        "portwatch: SYN-ACK watch: tc ingress on {}",
+        if watched.is_empty() {
+            "no interface yet".to_string()
+        } else {
+            watched.iter().cloned().collect::<Vec<_>>().join(", ")
+        }
+    );
+    let probe = match (&ipvs, &ipvs_missing) {
+        (Some(p), _) => {
+            eprintln!("portwatch: IPVS scheduling: {p}");
+            "kprobe"
+        }
+        (None, why) => {
+            eprintln!(
+                "portwatch: IPVS scheduling: not probed ({}); steals are seen on the packet path only, without the ipvs part",
+                why.as_deref().unwrap_or("unknown reason")
+            );
+            "tc"
+        }
+    };
+    eprintln!(
+        "portwatch: guarding {} ports: {guarded}{}",
+        guarded.len(),
+        match nsvc {
+            Some(n) => format!(" ({n} IPVS virtual services)"),
+            None => String::new(),
+        }
+    );
+    let fix = overlap_warning(&guarded).map(|(w, fix)| {
+        eprintln!("portwatch: {w}");
+        fix
+    });
+
+    let mut source = Source::named(&mut ebpf, "STEALS", &[2])?;
+    let clock = Clock::now();
+    let ctx = Context { probe, fix };
+    let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    let mut sink: Box<dyn Sink> = if args.json {
+        Box::new(JsonSink::new(stdout, clock, ctx))
+    } else {
+        Box::new(TableSink::new(stdout, clock, ctx))
+    };
+    let mut corr = Correlator::new(args.follow.as_nanos() as u64);
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut rescan = tokio::time::interval(Duration::from_secs(2));
+    let mut lost_seen = 0u64;
+    eprintln!("portwatch: attached; watching for NodePort steals. Ctrl-C to stop.");
+
+    let mut records = vec![];
+    let emit = |sink: &mut Box<dyn Sink>, reps: Vec<correlate::Report>| -> Result<bool> {
+        let any = !reps.is_empty();
+        for r in &reps {
+            sink.report(r)?;
+        }
+        if any {
+            sink.flush()?;
+        }
+        Ok(any)
+    };
+    let res: Result<()> = async {
+        loop {
+            tokio::select! {
+                r = source.next_batch(|rec| {
+                    if let Some(x) = correlate::decode(rec) {
+                        records.push(x);
+                    }
+                }) => {
+                    r?;
+                    let reps: Vec<_> = records.drain(..).filter_map(|r| corr.feed(r)).collect();
+                    emit(&mut sink, reps)?;
+                }
+                _ = tick.tick() => {
+                    emit(&mut sink, corr.expire(boot_ns()))?;
+                    let lost = source.lost_total()?;
+                    if lost > lost_seen {
+                        eprintln!("portwatch: {} records lost (ring buffer full)", lost - lost_seen);
+                        lost_seen = lost;
+                    }
+                }
+                _ = rescan.tick() => {
+                    let (g, _) = guarded_ports(&statics)?;
+                    if g != guarded {
+                        sync_guarded(&mut gmap, &guarded, &g)?;
+                        eprintln!("portwatch: guarding {} ports now: {g}", g.len());
+                        guarded = g;
+                    }
+                    if args.interface.is_empty() {
+                        for i in interfaces(&[])? {
+                            if !watched.contains(&i) && attach::attach_tc(&mut ebpf, &i).is_ok() {
+                                eprintln!("portwatch: SYN-ACK watch: tc ingress on {i} (new)");
+                                watched.insert(i);
+                            }
+                        }
+                    }
+                }
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+            }
+        }
+        source.drain(|rec| {
+            if let Some(x) = correlate::decode(rec) {
+                records.push(x);
+            }
+        });
+        let mut reps: Vec<_> = records.drain(..).filter_map(|r| corr.feed(r)).collect();
+        reps.extend(corr.flush());
+        emit(&mut sink, reps)?;
+        Ok(())
+    }
+    .await;
+    match res {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        r => r,
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
