@@ -15,6 +15,9 @@
 //!                              "ok SPORT" / "err ERRNO" (same 4-tuple: 99)
 //!   fastopen ADDR PORT         a TCP Fast Open connect: sendto(MSG_FASTOPEN), no connect()
 //!   uring-connect ADDR PORT    a connect submitted through io_uring (IORING_OP_CONNECT)
+//!   from ADDR PORT             later connects bind to ADDR:PORT first (SO_REUSEADDR,
+//!                              closed with SO_LINGER 0 so the port is free again at once)
+//! --syncnt N: connects give up after N SYN retransmissions (TCP_SYNCNT).
 //! --wait: read one line from stdin before the first step (lets a test start
 //!         a tracer filtered on this pid first).
 //! --hold: after the last step print "holding" and keep every socket until
@@ -121,14 +124,20 @@ fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut wait = false;
     let mut hold = false;
+    let mut syncnt = None;
     while let Some(a) = args.first() {
         match a.as_str() {
             "--wait" => wait = true,
             "--hold" => hold = true,
+            "--syncnt" => {
+                args.remove(0);
+                syncnt = Some(args.first().and_then(|n| n.parse::<i32>().ok()).expect("--syncnt N"));
+            }
             _ => break,
         }
         args.remove(0);
     }
+    let mut from: Option<SocketAddr> = None;
     let out = std::io::stdout();
     let say = |s: String| {
         let mut o = out.lock();
@@ -172,9 +181,27 @@ fn main() {
                 }
                 say("filled".into());
             }
+            "from" => from = Some(addr),
             "connect" => {
                 for _ in 0..count() {
                     let fd = socket(&addr);
+                    if let Some(n) = syncnt {
+                        set_int(fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, n);
+                    }
+                    if let Some(src) = &from {
+                        set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+                        let lg = libc::linger { l_onoff: 1, l_linger: 0 };
+                        unsafe {
+                            libc::setsockopt(
+                                fd,
+                                libc::SOL_SOCKET,
+                                libc::SO_LINGER,
+                                &lg as *const _ as *const _,
+                                mem::size_of::<libc::linger>() as u32,
+                            )
+                        };
+                        do_bind(fd, src).unwrap_or_else(|e| panic!("bind {src}: errno {e}"));
+                    }
                     match do_connect(fd, &addr) {
                         Ok(()) => {
                             say(format!("ok {}", local_port(fd)));

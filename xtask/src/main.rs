@@ -27,6 +27,7 @@ const TEST_PKGS: &[&str] = &[
     "busybox-static",
     "bpftool",
     "util-linux",
+    "nftables",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_LIB: &str = "/usr/lib/x86_64-linux-gnu/libLLVM.so.22.1";

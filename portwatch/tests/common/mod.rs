@@ -226,9 +226,22 @@ impl Tracer {
 
     /// With `read_stdout` false, `child.stdout` is left to the test.
     pub fn start_with(args: &[&str], read_stdout: bool) -> Tracer {
+        let mut c = Command::new(portwatch_bin());
+        c.args(args);
+        Self::start_cmd(c, read_stdout)
+    }
+
+    /// `portwatch args...` run inside `ns` (as a node agent runs in the
+    /// node's netns).
+    pub fn start_in(ns: &Netns, args: &[&str]) -> Tracer {
+        let mut c = ns.cmd(portwatch_bin());
+        c.args(args);
+        Self::start_cmd(c, true)
+    }
+
+    fn start_cmd(mut cmd: Command, read_stdout: bool) -> Tracer {
         require_root();
-        let mut child = Command::new(portwatch_bin())
-            .args(args)
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,205 @@
+//! `portwatch nodeport-steal` against real SYN-ACKs taken away from a local
+//! client, as root, in test network namespaces: a "node" with a veth to a
+//! "pod" listening on :80 (and, for IPVS, a veth to a real server).
+//!
+//! On this machine's kernel (no IPVS) an nftables rule takes the SYN-ACK
+//! away; in the VM stage IPVS itself steals it, as on a kube-proxy node.
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::*;
+use serde_json::Value;
+
+fn sh(ns: &Netns, cmd: &str) {
+    let out = ns.cmd("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A veth pair between `a` (address `a_ip`) and `b` (address `b_ip`).
+fn link(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str) {
+    let st = Command::new("ip")
+        .args(["-n", &a.name, "link", "add", a_if, "type", "veth", "peer", "name", b_if])
+        .args(["netns", &b.name])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    sh(a, &format!("ip addr add {a_ip} dev {a_if} && ip link set {a_if} up"));
+    sh(b, &format!("ip addr add {b_ip} dev {b_if} && ip link set {b_if} up"));
+}
+
+/// The node (range `node_range`) and a pod with a listener on 10.0.0.2:80.
+fn node_and_pod(node_range: (u16, u16)) -> (Netns, Netns, Client) {
+    let node = Netns::new("node", node_range);
+    let pod = Netns::new("pod", (40000, 40999));
+    link(&node, "n0", "10.0.0.1/24", &pod, "p0", "10.0.0.2/24");
+    let listener = Client::start(&pod, "--hold listen 10.0.0.2 80", Some("holding"));
+    (node, pod, listener)
+}
+
+/// Reports (nodeport_* JSON lines) until `n` have come, then a short settle
+/// for any extra one.
+fn reports(t: &mut Tracer, n: usize) -> Vec<Value> {
+    let mut out = vec![];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while out.len() < n && std::time::Instant::now() < deadline {
+        if let Some(l) = t.next_line(Duration::from_millis(200)) {
+            let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            if v["kind"].as_str().is_some_and(|k| k.starts_with("nodeport_")) {
+                out.push(v);
+            }
+        }
+    }
+    while let Some(l) = t.next_line(Duration::from_millis(700)) {
+        out.push(serde_json::from_str(&l).unwrap());
+    }
+    out
+}
+
+fn by_port(reps: &[Value], port: u16) -> Vec<&Value> {
+    reps.iter().filter(|r| r["port"] == port).collect()
+}
+
+fn assert_victim(r: &Value, sport: u16) {
+    let v = &r["victim"];
+    assert_eq!(r["node_addr"], "10.0.0.1", "{r}");
+    assert_eq!(v["saddr"], "10.0.0.1", "{r}");
+    assert_eq!(v["sport"], sport, "{r}");
+    assert_eq!(v["daddr"], "10.0.0.2", "{r}");
+    assert_eq!(v["dport"], 80, "{r}");
+    assert_eq!(v["comm"], "pwclient", "{r}");
+    assert!(v["pid"].as_u64().is_some_and(|p| p > 0), "{r}");
+    assert!(v["pod"].is_null(), "{r}");
+    assert!(r["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{r}");
+}
+
+/// The packet path alone: an nftables rule drops the SYN-ACK for 30080, as
+/// IPVS would take it. 30081 (guarded, nothing in the way) is a near miss;
+/// 40000 (not guarded) is never reported. The node's range 1024-65535 with
+/// nothing reserved draws the start-up warning with its exact fix.
+#[test]
+fn packet_path_reports_a_steal_a_near_miss_and_warns_about_the_range() {
+    let (node, _pod, _listener) = node_and_pod((1024, 65535));
+    sh(
+        &node,
+        "nft add table inet pwtest && \
+         nft add chain inet pwtest input '{ type filter hook input priority 0; }' && \
+         nft add rule inet pwtest input tcp dport 30080 'tcp flags & (syn|ack) == (syn|ack)' drop",
+    );
+    let mut t = Tracer::start_in(&node, &["nodeport-steal", "--json", "--follow", "10s"]);
+    {
+        let err = t.stderr.lock().unwrap();
+        assert!(
+            err.iter().any(|l| l.contains("SYN-ACK watch: tc ingress on n0")),
+            "{err:?}"
+        );
+        let warn = err
+            .iter()
+            .find(|l| l.contains("overlaps the guarded ports"))
+            .unwrap_or_else(|| panic!("no range warning: {err:?}"));
+        assert!(
+            warn.ends_with("Fix: sysctl -w net.ipv4.ip_local_reserved_ports=30000-32767"),
+            "{warn}"
+        );
+    }
+    let out = client_once(
+        &node,
+        "--syncnt 1 from 10.0.0.1 30081 connect 10.0.0.2 80 from 10.0.0.1 40000 connect 10.0.0.2 80 \
+         from 10.0.0.1 30080 connect 10.0.0.2 80",
+    );
+    assert_eq!(out, ["ok 30081", "ok 40000", "err 110"], "{out:?}");
+    let reps = reports(&mut t, 2);
+    assert_eq!(reps.len(), 2, "{reps:?}");
+    assert!(by_port(&reps, 40000).is_empty(), "{reps:?}");
+
+    let near = by_port(&reps, 30081);
+    assert_eq!(near.len(), 1, "{reps:?}");
+    assert_eq!(near[0]["kind"], "nodeport_near_miss", "{}", near[0]);
+    assert_eq!(near[0]["outcome"], "established", "{}", near[0]);
+    assert!(near[0]["ipvs"].is_null());
+    assert_victim(near[0], 30081);
+
+    let steal = by_port(&reps, 30080);
+    assert_eq!(steal.len(), 1, "{reps:?}");
+    let s = steal[0];
+    assert_eq!(s["kind"], "nodeport_steal", "{s}");
+    assert_eq!(s["outcome"], "failed", "{s}");
+    assert_eq!(s["probe"], "tc", "{s}");
+    assert!(s["ipvs"].is_null(), "{s}");
+    assert!(s["syn_retransmits"].as_u64().unwrap() >= 1, "{s}");
+    assert_victim(s, 30080);
+    assert_eq!(s["victim"]["pid"], near[0]["victim"]["pid"], "one client");
+    assert!(t.stop().0.success());
+}
+
+/// IPVS steals the SYN-ACK for real: a virtual service on the node address
+/// at 30080 with a real server that is not the pod (kube-proxy's NodePort),
+/// and a client on the node connecting from 30080 to pod:80. Port 30080 is
+/// guarded only because it is an IPVS service (read from the kernel);
+/// 30081 is guarded (--ports) without a service: a near miss at most.
+/// Needs a kernel with IPVS: the VM stage runs it (`--include-ignored`).
+#[test]
+#[ignore = "needs IPVS (CONFIG_IP_VS): run by `cargo xtask vm-test`"]
+fn ipvs_steal_names_the_real_server() {
+    let (node, _pod, _listener) = node_and_pod((32768, 60999));
+    let rs = Netns::new("rs", (40000, 40999));
+    link(&node, "r0", "10.0.1.1/24", &rs, "s0", "10.0.1.3/24");
+    sh(&rs, "ip route add default via 10.0.1.1");
+    node.sysctl("net/ipv4/ip_forward", "1");
+    sh(
+        &node,
+        "ipvsadm -A -t 10.0.0.1:30080 -s rr && ipvsadm -a -t 10.0.0.1:30080 -r 10.0.1.3:8080 -m",
+    );
+    let mut t = Tracer::start_in(
+        &node,
+        &[
+            "nodeport-steal",
+            "--json",
+            "--follow",
+            "10s",
+            "--nodeport-range",
+            "31000-31001",
+            "--ports",
+            "30081",
+        ],
+    );
+    {
+        let err = t.stderr.lock().unwrap();
+        assert!(
+            err.iter()
+                .any(|l| l.contains("IPVS scheduling: kprobe on ip_vs_conn_new")),
+            "{err:?}"
+        );
+        assert!(
+            err.iter().any(|l| l.contains("guarding 4 ports: 30080-30081,31000-31001 (1 IPVS virtual services)")),
+            "{err:?}"
+        );
+    }
+    let out = client_once(
+        &node,
+        "--syncnt 1 from 10.0.0.1 30081 connect 10.0.0.2 80 from 10.0.0.1 40000 connect 10.0.0.2 80 \
+         from 10.0.0.1 30080 connect 10.0.0.2 80",
+    );
+    assert_eq!(out, ["ok 30081", "ok 40000", "err 110"], "{out:?}");
+    let reps = reports(&mut t, 2);
+    assert_eq!(reps.len(), 2, "{reps:?}");
+    assert!(by_port(&reps, 40000).is_empty(), "{reps:?}");
+    let near = by_port(&reps, 30081);
+    assert_eq!(near[0]["kind"], "nodeport_near_miss", "{}", near[0]);
+    assert!(near[0]["ipvs"].is_null());
+
+    let s = by_port(&reps, 30080)[0];
+    assert_eq!(s["kind"], "nodeport_steal", "{s}");
+    assert_eq!(s["probe"], "kprobe", "{s}");
+    assert_eq!(s["ipvs"]["vip"], "10.0.0.1", "{s}");
+    assert_eq!(s["ipvs"]["vport"], 30080, "{s}");
+    assert_eq!(s["ipvs"]["real_server"], "10.0.1.3:8080", "{s}");
+    assert_eq!(s["outcome"], "failed", "{s}");
+    assert_victim(s, 30080);
+    assert!(t.stop().0.success());
+}
