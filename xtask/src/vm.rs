@@ -52,10 +52,12 @@ const VM_PKGS: &[&str] = &[
     "busybox-static",
     "iproute2",
     "bpftool",
+    "ipvsadm",
+    "nftables",
 ];
 
 /// Modules loaded in the guest (with their dependencies, found by modinfo).
-const MODULES: &[&str] = &["veth", "ip_vs", "ip_vs_rr"];
+const MODULES: &[&str] = &["veth", "ip_vs", "ip_vs_rr", "nf_tables"];
 
 pub const BACKENDS: &[&str] = &["fexit", "kprobe", "tracepoint"];
 
@@ -75,7 +77,12 @@ const APPLETS: &[&str] = &[
 ];
 
 /// Host programs copied into the guest with their libraries.
-const HOST_TOOLS: &[(&str, &str)] = &[("/sbin/ip", "/sbin/ip"), ("/usr/sbin/bpftool", "/usr/sbin/bpftool")];
+const HOST_TOOLS: &[&str] = &["/sbin/ip", "/usr/sbin/bpftool", "/usr/sbin/ipvsadm", "/usr/sbin/nft"];
+
+/// Test binaries that honour PORTWATCH_TEST_BACKEND run once per backend;
+/// the others run once, their `#[ignore]`d tests included (those need
+/// what only the guests have, such as IPVS).
+const PER_BACKEND: &[&str] = &["trace", "cause"];
 
 /// One guest's time limit; a hung kernel must not hang CI.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -423,8 +430,8 @@ fn build_initramfs(
     fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
 
     let mut dynamic: Vec<PathBuf> = vec![];
-    for (src, at) in HOST_TOOLS {
-        put(&root, Path::new(src), Path::new(at))?;
+    for src in HOST_TOOLS {
+        put(&root, Path::new(src), Path::new(src))?;
         dynamic.push(PathBuf::from(src));
     }
     for f in &payload.fixed {
@@ -490,12 +497,18 @@ fn guest_init(k: &Kernel, mods: &[String], tests: &[String], extra: &[String]) -
     s += &format!("echo PWVM-KERNEL {} $(uname -r)\n", k.name);
     s += "echo PWVM-BTF $(ls /sys/kernel/btf | tr '\\n' ' ' 2>/dev/null)\n";
     for t in tests {
-        for b in BACKENDS {
-            s += &format!("echo PWVM-BEGIN {t} {b}\n");
-            s += &format!(
-                "PORTWATCH_TEST_BACKEND={b} /pw/{t} --test-threads=1{skips} {extra} 2>&1\n"
-            );
-            s += &format!("echo PWVM-END {t} {b} rc=$?\n");
+        if PER_BACKEND.contains(&t.as_str()) {
+            for b in BACKENDS {
+                s += &format!("echo PWVM-BEGIN {t} {b}\n");
+                s += &format!(
+                    "PORTWATCH_TEST_BACKEND={b} /pw/{t} --test-threads=1{skips} {extra} 2>&1\n"
+                );
+                s += &format!("echo PWVM-END {t} {b} rc=$?\n");
+            }
+        } else {
+            s += &format!("echo PWVM-BEGIN {t} any\n");
+            s += &format!("/pw/{t} --test-threads=1 --include-ignored{skips} {extra} 2>&1\n");
+            s += &format!("echo PWVM-END {t} any rc=$?\n");
         }
     }
     // The automatic choice on a kernel that offers everything is fexit.
@@ -666,42 +679,53 @@ fn hook_of(test: &str) -> Option<&'static str> {
     }
 }
 
-/// kernel x backend x hook: pass/fail counts from the tests that exercise it.
+fn cell<'a>(tests: impl Iterator<Item = &'a (String, bool)>) -> String {
+    let (mut n, mut p) = (0, 0);
+    for t in tests {
+        n += 1;
+        p += t.1 as usize;
+    }
+    if n == 0 {
+        "-".to_string()
+    } else if p == n {
+        format!("pass ({p})")
+    } else {
+        format!("FAIL ({}/{n})", n - p)
+    }
+}
+
+/// kernel x backend x hook: pass/fail counts from the tests that exercise
+/// it (every per-backend test binary together), then the automatic choice
+/// and the binaries that run once (nodeport-steal with IPVS, check).
 pub fn matrix(reports: &[(&str, GuestReport)]) -> String {
-    let mut s = String::from("| kernel | backend | connect hook | bind hook | all tests |\n|---|---|---|---|---|\n");
+    let mut s = String::from(
+        "| kernel | backend | connect hook | bind hook | all tests |\n|---|---|---|---|---|\n",
+    );
     for (k, rep) in reports {
-        for ((_, b), r) in &rep.runs {
-            if b == "auto" {
-                let ok = r.tests.iter().all(|t| t.1) && !r.tests.is_empty();
-                s += &format!(
-                    "| {k} | auto | {} | {} | picks fexit: {} |\n",
-                    "-",
-                    "-",
-                    if ok { "pass" } else { "FAIL" }
-                );
+        fn runs_of<'a>(
+            rep: &'a GuestReport,
+            b: &'a str,
+        ) -> impl Iterator<Item = (&'a (String, String), &'a Run)> + 'a {
+            rep.runs.iter().filter(move |((_, rb), _)| rb == b)
+        }
+        let of = |b: &'static str| runs_of(rep, b);
+        for b in BACKENDS {
+            if of(b).next().is_none() {
                 continue;
             }
-            let cell = |hook: Option<&str>| {
-                let sel: Vec<_> = r
-                    .tests
-                    .iter()
-                    .filter(|t| hook.is_none() || hook_of(&t.0) == hook)
-                    .collect();
-                let p = sel.iter().filter(|t| t.1).count();
-                if sel.is_empty() {
-                    "-".to_string()
-                } else if p == sel.len() {
-                    format!("pass ({p})")
-                } else {
-                    format!("FAIL ({}/{})", sel.len() - p, sel.len())
-                }
-            };
+            let tests = || of(b).flat_map(|(_, r)| r.tests.iter());
             s += &format!(
                 "| {k} | {b} | {} | {} | {} |\n",
-                cell(Some("connect")),
-                cell(Some("bind")),
-                cell(None)
+                cell(tests().filter(|t| hook_of(&t.0) == Some("connect"))),
+                cell(tests().filter(|t| hook_of(&t.0) == Some("bind"))),
+                cell(tests())
             );
+        }
+        for ((bin, _), r) in of("auto") {
+            s += &format!("| {k} | auto | - | - | {bin}: picks fexit: {} |\n", cell(r.tests.iter()));
+        }
+        for ((bin, _), r) in of("any") {
+            s += &format!("| {k} | - | - | - | {bin}: {} |\n", cell(r.tests.iter()));
         }
     }
     s
@@ -739,7 +763,7 @@ mod tests {
         let r = feed(&bad);
         assert!(r.failure().unwrap().contains("bind_port_in_use_ipv4"));
         let m = matrix(&[("6.1", r)]);
-        assert!(m.contains("| 6.1 | fexit | pass (1) | FAIL (1/1) |"), "{m}");
+        assert!(m.contains("| 6.1 | fexit | pass (1) | FAIL (1/1) | FAIL (1/2) |"), "{m}");
 
         // No PWVM-DONE: the guest crashed or hung.
         assert!(feed(&ok[..4]).failure().unwrap().contains("did not finish"));
