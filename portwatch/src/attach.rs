@@ -259,14 +259,21 @@ pub fn attach_nodeport() -> Result<StealAttached> {
 /// Puts the SYN-ACK watch on `iface`'s ingress (adding the clsact qdisc
 /// it needs when the interface has none yet).
 pub fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
-    // EEXIST when a clsact qdisc is already there: fine.
-    let _ = tc::qdisc_add_clsact(iface);
+    // Fails with EEXIST when a clsact qdisc is already there, which is
+    // fine, and is not needed at all where the kernel attaches through TCX
+    // links (6.6+). Its error only matters if the attach fails too.
+    let qdisc = tc::qdisc_add_clsact(iface).err();
     let p: &mut SchedClassifier = ebpf
         .program_mut("pw_tc_synack")
         .context("program pw_tc_synack missing from the object")?
         .try_into()?;
     p.attach(iface, TcAttachType::Ingress)
-        .map_err(|e| anyhow!(e))
+        .map_err(|e| match qdisc {
+            Some(q) => anyhow!(
+                "{e} (adding a clsact qdisc failed first: {q}; is the sch_ingress module available?)"
+            ),
+            None => anyhow!(e),
+        })
         .with_context(|| format!("attaching to the ingress of {iface}"))?;
     Ok(())
 }

@@ -196,10 +196,13 @@ fn ipvs_steal_names_the_real_server() {
     let s = by_port(&reps, 30080)[0];
     assert_eq!(s["kind"], "nodeport_steal", "{s}");
     assert_eq!(s["probe"], "kprobe", "{s}");
+    assert_eq!(s["port"], 30080, "{s}");
     assert_eq!(s["ipvs"]["vip"], "10.0.0.1", "{s}");
     assert_eq!(s["ipvs"]["vport"], 30080, "{s}");
     assert_eq!(s["ipvs"]["real_server"], "10.0.1.3:8080", "{s}");
     assert_eq!(s["outcome"], "failed", "{s}");
     assert_victim(s, 30080);
+    // Shown by the VM stage (--show-output): the README's example.
+    println!("steal report: {s}");
     assert!(t.stop().0.success());
 }

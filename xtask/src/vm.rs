@@ -57,7 +57,16 @@ const VM_PKGS: &[&str] = &[
 ];
 
 /// Modules loaded in the guest (with their dependencies, found by modinfo).
-const MODULES: &[&str] = &["veth", "ip_vs", "ip_vs_rr", "nf_tables"];
+/// A real node's kernel loads sch_ingress (the clsact qdisc) and cls_bpf on
+/// demand through modprobe; the guest has no modprobe, so they come first.
+const MODULES: &[&str] = &[
+    "veth",
+    "ip_vs",
+    "ip_vs_rr",
+    "nf_tables",
+    "sch_ingress",
+    "cls_bpf",
+];
 
 pub const BACKENDS: &[&str] = &["fexit", "kprobe", "tracepoint"];
 
@@ -74,6 +83,7 @@ const SKIP: &[&str] = &[
 const APPLETS: &[&str] = &[
     "sh", "mount", "umount", "mkdir", "cat", "echo", "insmod", "poweroff", "uname", "sleep",
     "ls", "grep", "rm", "true", "false", "env", "kill", "ps", "head", "tail", "dmesg", "sysctl",
+    "tr", "unshare", "nc", "seq", "wc", "cut", "xargs",
 ];
 
 /// Host programs copied into the guest with their libraries.
@@ -507,7 +517,9 @@ fn guest_init(k: &Kernel, mods: &[String], tests: &[String], extra: &[String]) -
             }
         } else {
             s += &format!("echo PWVM-BEGIN {t} any\n");
-            s += &format!("/pw/{t} --test-threads=1 --include-ignored{skips} {extra} 2>&1\n");
+            s += &format!(
+                "/pw/{t} --test-threads=1 --include-ignored --show-output{skips} {extra} 2>&1\n"
+            );
             s += &format!("echo PWVM-END {t} any rc=$?\n");
         }
     }
