@@ -217,6 +217,19 @@ pub struct SynAckKey {
     pub remote_port: u16,
 }
 
+/// Where a socket tracepoint record (`sock:inet_sock_set_state`,
+/// `tcp:tcp_retransmit_skb`) keeps the socket and its IPv4 4-tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TpSockFields {
+    pub skaddr: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+}
+
 /// Offsets of the fields the nodeport-steal programs read: tracepoint
 /// records (from tracefs `format` files, which differ between kernels) and
 /// IPVS's `struct ip_vs_conn_param` (from the ip_vs module's BTF).
@@ -225,23 +238,13 @@ pub struct SynAckKey {
 pub struct StealOffsets {
     pub valid: u32,
     // sock:inet_sock_set_state
-    pub ss_skaddr: u32,
+    pub ss: TpSockFields,
     pub ss_oldstate: u32,
     pub ss_newstate: u32,
-    pub ss_sport: u32,
-    pub ss_dport: u32,
-    pub ss_family: u32,
     pub ss_protocol: u32,
-    pub ss_saddr: u32,
-    pub ss_daddr: u32,
     // tcp:tcp_retransmit_skb
-    pub rt_skaddr: u32,
+    pub rt: TpSockFields,
     pub rt_state: u32,
-    pub rt_sport: u32,
-    pub rt_dport: u32,
-    pub rt_family: u32,
-    pub rt_saddr: u32,
-    pub rt_daddr: u32,
     // struct ip_vs_conn_param
     pub cp_caddr: u32,
     pub cp_vaddr: u32,
@@ -264,6 +267,7 @@ mod user {
     unsafe impl aya::Pod for super::StealEvent {}
     unsafe impl aya::Pod for super::StealOffsets {}
     unsafe impl aya::Pod for super::SynAckKey {}
+    unsafe impl aya::Pod for super::TpSockFields {}
 }
 
 #[cfg(test)]
@@ -280,5 +284,6 @@ mod tests {
         assert_eq!(STEAL_EVENT_SIZE, 88);
         assert_eq!(core::mem::size_of::<SynAckKey>(), 36);
         assert_eq!(core::mem::size_of::<StealOffsets>(), 22 * 4);
+        assert_eq!(core::mem::size_of::<TpSockFields>(), 6 * 4);
     }
 }

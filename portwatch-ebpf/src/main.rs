@@ -36,7 +36,7 @@ use portwatch_common::{
     F_PROTO, F_SADDR, F_SOCK, F_SPORT, KIND_BIND, KIND_CONNECT, OFF_FILES, OFF_NETNS, OFF_SOCK,
     OFF_SOCK_NET, PROBE_FEXIT, PROBE_KPROBE, PROBE_TC, PROBE_TRACEPOINT, SOFF_IPVS, SOFF_RETRANS,
     SOFF_STATE, STEAL_IPVS, STEAL_RETRANS, STEAL_STATE, STEAL_SYNACK, StealEvent, StealOffsets,
-    SynAckKey, TCP_SYN_SENT,
+    SynAckKey, TpSockFields, TCP_SYN_SENT,
 };
 
 /// Set by userspace before load (`EbpfLoader::set_global`).
@@ -606,27 +606,26 @@ pub fn pw_kret(ctx: RetProbeContext) -> u32 {
 #[unsafe(no_mangle)]
 static STEAL_OFFSETS: StealOffsets = StealOffsets {
     valid: 0,
-    ss_skaddr: 0,
+    ss: NO_TP_SOCK,
     ss_oldstate: 0,
     ss_newstate: 0,
-    ss_sport: 0,
-    ss_dport: 0,
-    ss_family: 0,
     ss_protocol: 0,
-    ss_saddr: 0,
-    ss_daddr: 0,
-    rt_skaddr: 0,
+    rt: NO_TP_SOCK,
     rt_state: 0,
-    rt_sport: 0,
-    rt_dport: 0,
-    rt_family: 0,
-    rt_saddr: 0,
-    rt_daddr: 0,
     cp_caddr: 0,
     cp_vaddr: 0,
     cp_cport: 0,
     cp_vport: 0,
     cp_protocol: 0,
+};
+
+const NO_TP_SOCK: TpSockFields = TpSockFields {
+    skaddr: 0,
+    sport: 0,
+    dport: 0,
+    family: 0,
+    saddr: 0,
+    daddr: 0,
 };
 
 #[map]
@@ -840,6 +839,34 @@ unsafe fn tp_field<T>(ctx: &TracePointContext, off: u32) -> Option<T> {
     unsafe { ctx.read_at::<T>(off as usize).ok() }
 }
 
+/// A record for the IPv4 socket a tracepoint names, if its local port is
+/// guarded.
+#[inline(always)]
+fn tp_sock_event(ctx: &TracePointContext, f: &TpSockFields, kind: u8) -> Option<StealEvent> {
+    unsafe {
+        let sport: u16 = tp_field(ctx, f.sport)?;
+        if !is_guarded(sport) {
+            return None;
+        }
+        let family: u16 = tp_field(ctx, f.family)?;
+        if family != AF_INET {
+            return None;
+        }
+        let mut ev = StealEvent::zeroed();
+        ev.ts_ns = bpf_ktime_get_boot_ns();
+        ev.kind = kind;
+        ev.probe = PROBE_TRACEPOINT;
+        ev.family = family;
+        ev.local_port = sport;
+        ev.remote_port = tp_field(ctx, f.dport)?;
+        let s: [u8; 4] = tp_field(ctx, f.saddr)?;
+        let d: [u8; 4] = tp_field(ctx, f.daddr)?;
+        ev.local_addr[..4].copy_from_slice(&s);
+        ev.remote_addr[..4].copy_from_slice(&d);
+        Some(ev)
+    }
+}
+
 /// `sock:inet_sock_set_state`: remembers who connects (entering SYN_SENT
 /// runs in connect()'s context), and reports a guarded socket leaving
 /// SYN_SENT: established, or given up.
@@ -860,7 +887,7 @@ fn sock_state(ctx: &TracePointContext) -> Option<()> {
         if proto != 6 {
             return None;
         }
-        let skaddr: u64 = tp_field(ctx, o.ss_skaddr)?;
+        let skaddr: u64 = tp_field(ctx, o.ss.skaddr)?;
         let old: i32 = tp_field(ctx, o.ss_oldstate)?;
         let new: i32 = tp_field(ctx, o.ss_newstate)?;
         if new == TCP_SYN_SENT as i32 {
@@ -878,28 +905,12 @@ fn sock_state(ctx: &TracePointContext) -> Option<()> {
         if old != TCP_SYN_SENT as i32 {
             return None;
         }
-        let sport: u16 = tp_field(ctx, o.ss_sport)?;
-        if !is_guarded(sport) {
+        let Some(mut ev) = tp_sock_event(ctx, &o.ss, STEAL_STATE) else {
             let _ = OWNERS.remove(&skaddr);
             return None;
-        }
-        let family: u16 = tp_field(ctx, o.ss_family)?;
-        if family != AF_INET {
-            return None;
-        }
-        let mut ev = StealEvent::zeroed();
-        ev.ts_ns = bpf_ktime_get_boot_ns();
-        ev.kind = STEAL_STATE;
-        ev.probe = PROBE_TRACEPOINT;
-        ev.family = family;
+        };
         ev.oldstate = old as u8;
         ev.newstate = new as u8;
-        ev.local_port = sport;
-        ev.remote_port = tp_field(ctx, o.ss_dport)?;
-        let s: [u8; 4] = tp_field(ctx, o.ss_saddr)?;
-        let d: [u8; 4] = tp_field(ctx, o.ss_daddr)?;
-        ev.local_addr[..4].copy_from_slice(&s);
-        ev.remote_addr[..4].copy_from_slice(&d);
         with_owner(&mut ev, skaddr);
         let _ = OWNERS.remove(&skaddr);
         emit_steal(&ev);
@@ -926,26 +937,8 @@ fn retrans(ctx: &TracePointContext) -> Option<()> {
         if state != TCP_SYN_SENT as i32 {
             return None;
         }
-        let sport: u16 = tp_field(ctx, o.rt_sport)?;
-        if !is_guarded(sport) {
-            return None;
-        }
-        let family: u16 = tp_field(ctx, o.rt_family)?;
-        if family != AF_INET {
-            return None;
-        }
-        let skaddr: u64 = tp_field(ctx, o.rt_skaddr)?;
-        let mut ev = StealEvent::zeroed();
-        ev.ts_ns = bpf_ktime_get_boot_ns();
-        ev.kind = STEAL_RETRANS;
-        ev.probe = PROBE_TRACEPOINT;
-        ev.family = family;
-        ev.local_port = sport;
-        ev.remote_port = tp_field(ctx, o.rt_dport)?;
-        let s: [u8; 4] = tp_field(ctx, o.rt_saddr)?;
-        let d: [u8; 4] = tp_field(ctx, o.rt_daddr)?;
-        ev.local_addr[..4].copy_from_slice(&s);
-        ev.remote_addr[..4].copy_from_slice(&d);
+        let mut ev = tp_sock_event(ctx, &o.rt, STEAL_RETRANS)?;
+        let skaddr: u64 = tp_field(ctx, o.rt.skaddr)?;
         with_owner(&mut ev, skaddr);
         emit_steal(&ev);
     }

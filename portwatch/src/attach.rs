@@ -12,7 +12,7 @@ use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 
-use portwatch_common::{StealOffsets, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE};
+use portwatch_common::{StealOffsets, TpSockFields, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE};
 
 use crate::{btf::Btf, event::Probe, offsets, system};
 
@@ -140,26 +140,27 @@ pub struct StealAttached {
 fn steal_offsets(btf: &Btf, notes: &mut Vec<String>) -> Result<(StealOffsets, Option<String>)> {
     use crate::tpformat::Format;
     let mut o = StealOffsets::default();
+    // The socket and its 4-tuple, named alike in both records.
+    let sock = |f: &Format| -> Result<TpSockFields> {
+        Ok(TpSockFields {
+            skaddr: f.offset("skaddr", 8)?,
+            sport: f.offset("sport", 2)?,
+            dport: f.offset("dport", 2)?,
+            family: f.offset("family", 2)?,
+            saddr: f.offset("saddr", 4)?,
+            daddr: f.offset("daddr", 4)?,
+        })
+    };
     let ss = Format::read("sock", "inet_sock_set_state")?;
-    o.ss_skaddr = ss.offset("skaddr", 8)?;
+    o.ss = sock(&ss)?;
     o.ss_oldstate = ss.offset("oldstate", 4)?;
     o.ss_newstate = ss.offset("newstate", 4)?;
-    o.ss_sport = ss.offset("sport", 2)?;
-    o.ss_dport = ss.offset("dport", 2)?;
-    o.ss_family = ss.offset("family", 2)?;
     o.ss_protocol = ss.offset("protocol", 2)?;
-    o.ss_saddr = ss.offset("saddr", 4)?;
-    o.ss_daddr = ss.offset("daddr", 4)?;
     o.valid |= SOFF_STATE;
     match (|| -> Result<()> {
         let rt = Format::read("tcp", "tcp_retransmit_skb")?;
-        o.rt_skaddr = rt.offset("skaddr", 8)?;
+        o.rt = sock(&rt)?;
         o.rt_state = rt.offset("state", 4)?;
-        o.rt_sport = rt.offset("sport", 2)?;
-        o.rt_dport = rt.offset("dport", 2)?;
-        o.rt_family = rt.offset("family", 2)?;
-        o.rt_saddr = rt.offset("saddr", 4)?;
-        o.rt_daddr = rt.offset("daddr", 4)?;
         Ok(())
     })() {
         Ok(()) => o.valid |= SOFF_RETRANS,

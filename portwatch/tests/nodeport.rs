@@ -12,15 +12,6 @@ use std::{process::Command, time::Duration};
 use common::*;
 use serde_json::Value;
 
-fn sh(ns: &Netns, cmd: &str) {
-    let out = ns.cmd("sh").args(["-c", cmd]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A veth pair between `a` (address `a_ip`) and `b` (address `b_ip`).
 fn link(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str) {
     let st = Command::new("ip")
@@ -29,8 +20,8 @@ fn link(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str) {
         .status()
         .unwrap();
     assert!(st.success());
-    sh(a, &format!("ip addr add {a_ip} dev {a_if} && ip link set {a_if} up"));
-    sh(b, &format!("ip addr add {b_ip} dev {b_if} && ip link set {b_if} up"));
+    a.sh(&format!("ip addr add {a_ip} dev {a_if} && ip link set {a_if} up"));
+    b.sh(&format!("ip addr add {b_ip} dev {b_if} && ip link set {b_if} up"));
 }
 
 /// The node (range `node_range`) and a pod with a listener on 10.0.0.2:80.
@@ -65,6 +56,39 @@ fn by_port(reps: &[Value], port: u16) -> Vec<&Value> {
     reps.iter().filter(|r| r["port"] == port).collect()
 }
 
+/// The client on the node connects to pod:80 from 30081, 40000 and 30080,
+/// each connect giving up after one SYN retry. 30080's SYN-ACK is taken
+/// away (its connect times out); 30081 is guarded but gets through; 40000
+/// is not guarded and must never be reported. Returns (near miss, steal).
+fn three_connects(node: &Netns, t: &mut Tracer) -> (Value, Value) {
+    let out = client_once(
+        node,
+        "--syncnt 1 from 10.0.0.1 30081 connect 10.0.0.2 80 from 10.0.0.1 40000 connect 10.0.0.2 80 \
+         from 10.0.0.1 30080 connect 10.0.0.2 80",
+    );
+    assert_eq!(out, ["ok 30081", "ok 40000", "err 110"], "{out:?}");
+    let reps = reports(t, 2);
+    assert_eq!(reps.len(), 2, "{reps:?}");
+    assert!(by_port(&reps, 40000).is_empty(), "{reps:?}");
+    let near = by_port(&reps, 30081);
+    assert_eq!(near.len(), 1, "{reps:?}");
+    let n = near[0].clone();
+    assert_eq!(n["kind"], "nodeport_near_miss", "{n}");
+    assert_eq!(n["outcome"], "established", "{n}");
+    assert!(n["ipvs"].is_null(), "{n}");
+    assert_victim(&n, 30081);
+    let steal = by_port(&reps, 30080);
+    assert_eq!(steal.len(), 1, "{reps:?}");
+    let s = steal[0].clone();
+    assert_eq!(s["kind"], "nodeport_steal", "{s}");
+    assert_eq!(s["port"], 30080, "{s}");
+    assert_eq!(s["outcome"], "failed", "{s}");
+    assert!(s["syn_retransmits"].as_u64().unwrap() >= 1, "{s}");
+    assert_victim(&s, 30080);
+    assert_eq!(s["victim"]["pid"], n["victim"]["pid"], "one client");
+    (n, s)
+}
+
 fn assert_victim(r: &Value, sport: u16) {
     let v = &r["victim"];
     assert_eq!(r["node_addr"], "10.0.0.1", "{r}");
@@ -85,8 +109,7 @@ fn assert_victim(r: &Value, sport: u16) {
 #[test]
 fn packet_path_reports_a_steal_a_near_miss_and_warns_about_the_range() {
     let (node, _pod, _listener) = node_and_pod((1024, 65535));
-    sh(
-        &node,
+    node.sh(
         "nft add table inet pwtest && \
          nft add chain inet pwtest input '{ type filter hook input priority 0; }' && \
          nft add rule inet pwtest input tcp dport 30080 'tcp flags & (syn|ack) == (syn|ack)' drop",
@@ -107,33 +130,9 @@ fn packet_path_reports_a_steal_a_near_miss_and_warns_about_the_range() {
             "{warn}"
         );
     }
-    let out = client_once(
-        &node,
-        "--syncnt 1 from 10.0.0.1 30081 connect 10.0.0.2 80 from 10.0.0.1 40000 connect 10.0.0.2 80 \
-         from 10.0.0.1 30080 connect 10.0.0.2 80",
-    );
-    assert_eq!(out, ["ok 30081", "ok 40000", "err 110"], "{out:?}");
-    let reps = reports(&mut t, 2);
-    assert_eq!(reps.len(), 2, "{reps:?}");
-    assert!(by_port(&reps, 40000).is_empty(), "{reps:?}");
-
-    let near = by_port(&reps, 30081);
-    assert_eq!(near.len(), 1, "{reps:?}");
-    assert_eq!(near[0]["kind"], "nodeport_near_miss", "{}", near[0]);
-    assert_eq!(near[0]["outcome"], "established", "{}", near[0]);
-    assert!(near[0]["ipvs"].is_null());
-    assert_victim(near[0], 30081);
-
-    let steal = by_port(&reps, 30080);
-    assert_eq!(steal.len(), 1, "{reps:?}");
-    let s = steal[0];
-    assert_eq!(s["kind"], "nodeport_steal", "{s}");
-    assert_eq!(s["outcome"], "failed", "{s}");
+    let (_, s) = three_connects(&node, &mut t);
     assert_eq!(s["probe"], "tc", "{s}");
     assert!(s["ipvs"].is_null(), "{s}");
-    assert!(s["syn_retransmits"].as_u64().unwrap() >= 1, "{s}");
-    assert_victim(s, 30080);
-    assert_eq!(s["victim"]["pid"], near[0]["victim"]["pid"], "one client");
     assert!(t.stop().0.success());
 }
 
@@ -149,10 +148,9 @@ fn ipvs_steal_names_the_real_server() {
     let (node, _pod, _listener) = node_and_pod((32768, 60999));
     let rs = Netns::new("rs", (40000, 40999));
     link(&node, "r0", "10.0.1.1/24", &rs, "s0", "10.0.1.3/24");
-    sh(&rs, "ip route add default via 10.0.1.1");
+    rs.sh("ip route add default via 10.0.1.1");
     node.sysctl("net/ipv4/ip_forward", "1");
-    sh(
-        &node,
+    node.sh(
         "ipvsadm -A -t 10.0.0.1:30080 -s rr && ipvsadm -a -t 10.0.0.1:30080 -r 10.0.1.3:8080 -m",
     );
     let mut t = Tracer::start_in(
@@ -180,28 +178,11 @@ fn ipvs_steal_names_the_real_server() {
             "{err:?}"
         );
     }
-    let out = client_once(
-        &node,
-        "--syncnt 1 from 10.0.0.1 30081 connect 10.0.0.2 80 from 10.0.0.1 40000 connect 10.0.0.2 80 \
-         from 10.0.0.1 30080 connect 10.0.0.2 80",
-    );
-    assert_eq!(out, ["ok 30081", "ok 40000", "err 110"], "{out:?}");
-    let reps = reports(&mut t, 2);
-    assert_eq!(reps.len(), 2, "{reps:?}");
-    assert!(by_port(&reps, 40000).is_empty(), "{reps:?}");
-    let near = by_port(&reps, 30081);
-    assert_eq!(near[0]["kind"], "nodeport_near_miss", "{}", near[0]);
-    assert!(near[0]["ipvs"].is_null());
-
-    let s = by_port(&reps, 30080)[0];
-    assert_eq!(s["kind"], "nodeport_steal", "{s}");
+    let (_, s) = three_connects(&node, &mut t);
     assert_eq!(s["probe"], "kprobe", "{s}");
-    assert_eq!(s["port"], 30080, "{s}");
     assert_eq!(s["ipvs"]["vip"], "10.0.0.1", "{s}");
     assert_eq!(s["ipvs"]["vport"], 30080, "{s}");
     assert_eq!(s["ipvs"]["real_server"], "10.0.1.3:8080", "{s}");
-    assert_eq!(s["outcome"], "failed", "{s}");
-    assert_victim(s, 30080);
     // Shown by the VM stage (--show-output): the README's example.
     println!("steal report: {s}");
     assert!(t.stop().0.success());

@@ -105,6 +105,16 @@ impl Netns {
         ]));
     }
 
+    /// Runs `cmd` with `sh -c` inside this netns; panics with its stderr if it fails.
+    pub fn sh(&self, cmd: &str) {
+        let out = self.cmd("sh").args(["-c", cmd]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A command run inside this netns.
     pub fn cmd(&self, prog: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
