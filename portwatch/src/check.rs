@@ -236,24 +236,11 @@ pub fn read_state(t: &Target) -> Result<NsState> {
     })
 }
 
-/// Ports of IPVS virtual services, where the kernel has IPVS
-/// (/proc/net/ip_vs of the node netns: "TCP  0A000001:7580 rr").
+/// Ports of IPVS virtual services, where the kernel has IPVS (in the node
+/// netns, the one portwatch runs in).
 pub fn ipvs_ports() -> Option<PortSet> {
-    let s = std::fs::read_to_string("/proc/net/ip_vs").ok()?;
-    Some(parse_ipvs(&s))
-}
-
-fn parse_ipvs(s: &str) -> PortSet {
-    PortSet::from_ranges(s.lines().filter_map(|l| {
-        let mut it = l.split_whitespace();
-        let proto = it.next()?;
-        if proto != "TCP" && proto != "UDP" && proto != "SCTP" {
-            return None;
-        }
-        let addr = it.next()?;
-        let port = u16::from_str_radix(addr.rsplit(':').next()?, 16).ok()?;
-        Some((port, port))
-    }))
+    let services = crate::ipvs::read_services().ok()??;
+    Some(PortSet::from_ranges(services.iter().map(|s| (s.port, s.port))))
 }
 
 fn endpoint(a: IpAddr, p: u16) -> String {
@@ -297,9 +284,9 @@ pub fn findings_for(
     };
 
     if t.is_node {
-        let uncovered = range.intersect(guarded).minus(&st.reserved);
-        if !uncovered.is_empty() {
-            let merged = st.reserved.union(guarded);
+        if let Some((uncovered, merged)) =
+            crate::ports::exposed_guarded((lo, hi), &st.reserved, guarded)
+        {
             out.push(finding(
                 "nodeport_overlap",
                 Severity::Critical,
@@ -713,18 +700,6 @@ mod tests {
             &Holders::new(),
         );
         assert!(f.is_empty());
-    }
-
-    #[test]
-    fn ipvs_service_ports() {
-        let s = "IP Virtual Server version 1.2.1 (size=4096)\n\
-                 Prot LocalAddress:Port Scheduler Flags\n\
-                   -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n\
-                 TCP  0A000001:7580 rr\n\
-                   -> 0A000103:1F90      Masq    1      0          0\n\
-                 UDP  0A000001:0035 rr\n\
-                 FWM  00000001 rr\n";
-        assert_eq!(parse_ipvs(s).to_string(), "53,30080");
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod enrich;
 mod event;
 mod filter;
 mod holders;
+mod ipvs;
 mod netns;
 mod nodeport;
 mod offsets;

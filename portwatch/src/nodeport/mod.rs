@@ -7,7 +7,6 @@
 //! services, and new interfaces (new pods' veths) get the SYN-ACK watch.
 
 pub mod correlate;
-pub mod ipvs;
 pub mod output;
 
 use std::{
@@ -23,6 +22,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     attach,
     cli::NodeportArgs,
+    ipvs,
     decode::Clock,
     netns,
     ports::{self, PortSet},
@@ -44,9 +44,13 @@ fn boot_ns() -> u64 {
 fn guarded_ports(statics: &PortSet) -> Result<(PortSet, Option<usize>)> {
     let services = ipvs::read_services()?;
     let mut g = statics.clone();
-    let n = services.as_ref().map(|s| s.len());
+    let n = services
+        .as_ref()
+        .map(|s| s.iter().filter(|s| s.proto == "TCP").count());
     for s in services.unwrap_or_default() {
-        g = g.union(&PortSet::range(s.port, s.port));
+        if s.proto == "TCP" {
+            g = g.union(&PortSet::range(s.port, s.port));
+        }
     }
     Ok((g, n))
 }

@@ -1,5 +1,7 @@
 //! The node's IPVS virtual services, read from `/proc/net/ip_vs` (what
-//! `ipvsadm -Ln` shows), in portwatch's own network namespace.
+//! `ipvsadm -Ln` shows), in portwatch's own network namespace. `check`
+//! guards their ports from the ephemeral range; `nodeport-steal` watches
+//! SYN-ACKs for the TCP ones.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -7,6 +9,8 @@ use anyhow::{Context as _, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtualService {
+    /// TCP, UDP or SCTP.
+    pub proto: String,
     pub addr: IpAddr,
     pub port: u16,
     pub scheduler: String,
@@ -21,17 +25,18 @@ pub fn read_services() -> Result<Option<Vec<VirtualService>>> {
     }
 }
 
-/// TCP virtual services of `/proc/net/ip_vs`:
-/// `TCP  0A000001:7580 rr` (hex address and port), IPv6 as
-/// `TCP  [fd00:0000:...:0001]:7580 rr`. Real servers (`  -> ...`) and
-/// firewall-mark services (`FWM`) are skipped.
+/// Virtual services of `/proc/net/ip_vs`: `TCP  0A000001:7580 rr` (hex
+/// address and port), IPv6 as `TCP  [fd00:0000:...:0001]:7580 rr`. Real
+/// servers (`  -> ...`) and firewall-mark services (`FWM`, no port) are
+/// skipped.
 pub fn parse(text: &str) -> Vec<VirtualService> {
     let mut out = vec![];
     for line in text.lines() {
         let mut w = line.split_whitespace();
-        if w.next() != Some("TCP") {
-            continue;
-        }
+        let proto = match w.next() {
+            Some(p @ ("TCP" | "UDP" | "SCTP")) => p,
+            _ => continue,
+        };
         let (Some(ap), sched) = (w.next(), w.next().unwrap_or("")) else {
             continue;
         };
@@ -53,6 +58,7 @@ pub fn parse(text: &str) -> Vec<VirtualService> {
             }
         };
         out.push(VirtualService {
+            proto: proto.to_string(),
             addr,
             port,
             scheduler: sched.to_string(),
@@ -81,11 +87,19 @@ FWM  00000001 rr
             s,
             vec![
                 VirtualService {
+                    proto: "TCP".into(),
                     addr: "10.0.0.1".parse().unwrap(),
                     port: 30080,
                     scheduler: "rr".into()
                 },
                 VirtualService {
+                    proto: "UDP".into(),
+                    addr: "10.0.0.1".parse().unwrap(),
+                    port: 53,
+                    scheduler: "rr".into()
+                },
+                VirtualService {
+                    proto: "TCP".into(),
                     addr: "fd00::1".parse().unwrap(),
                     port: 443,
                     scheduler: "wlc".into()
