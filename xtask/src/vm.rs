@@ -57,8 +57,9 @@ const VM_PKGS: &[&str] = &[
 ];
 
 /// Modules loaded in the guest (with their dependencies, found by modinfo).
-/// A real node's kernel loads sch_ingress (the clsact qdisc) and cls_bpf on
-/// demand through modprobe; the guest has no modprobe, so they come first.
+/// A real node's kernel loads sch_ingress (the clsact qdisc), cls_bpf and
+/// tcp_diag (the socket table `ss` and portwatch's holder look-ups read)
+/// on demand through modprobe; the guest has no modprobe, so they come first.
 const MODULES: &[&str] = &[
     "veth",
     "ip_vs",
@@ -66,6 +67,7 @@ const MODULES: &[&str] = &[
     "nf_tables",
     "sch_ingress",
     "cls_bpf",
+    "tcp_diag",
 ];
 
 pub const BACKENDS: &[&str] = &["fexit", "kprobe", "tracepoint"];
