@@ -89,8 +89,9 @@ pub struct NsState {
     pub range: (u16, u16),
     pub reserved: PortSet,
     pub tw_reuse: Option<u32>,
-    /// TCP sockets with a local port in the range.
-    pub socks: Vec<Sock>,
+    /// TCP sockets with a local port in the range (Err: the table could
+    /// not be read, so the socket checks are not made).
+    pub socks: Result<Vec<Sock>, String>,
 }
 
 fn enter_prefix(path: &Path) -> String {
@@ -227,7 +228,7 @@ pub fn read_state(t: &Target) -> Result<NsState> {
         libc::IPPROTO_TCP as u8,
         PortFilter::SportRange(range.0, range.1),
     )
-    .with_context(|| format!("socket table of netns {} ({})", t.ino, t.place))?;
+    .map_err(|e| format!("socket table of netns {} ({}): {e:#}", t.ino, t.place));
     Ok(NsState {
         range,
         reserved,
@@ -311,7 +312,7 @@ pub fn findings_for(
 
     // Sockets toward each destination, on usable ports of the range.
     let mut by_dst: HashMap<(IpAddr, u16), Vec<&Sock>> = HashMap::new();
-    for s in &st.socks {
+    for s in st.socks.iter().flatten() {
         if s.state != STATE_LISTEN && s.dport != 0 && usable.contains(s.sport) {
             by_dst.entry((s.dst, s.dport)).or_default().push(s);
         }
@@ -420,6 +421,9 @@ struct Summary {
     kind: &'static str,
     netns_checked: usize,
     netns_skipped: usize,
+    /// Netns whose socket table could not be read: no port_pressure /
+    /// time_wait_heavy verdict there (exit 1 unless something else gives 3).
+    netns_sockets_unreadable: usize,
     findings: usize,
     critical: usize,
     warning: usize,
@@ -441,10 +445,14 @@ pub fn run(args: &CheckArgs) -> Result<u8> {
     let mut all: Vec<Finding> = vec![];
     let mut checked = 0;
     let mut skipped = 0;
+    let mut unreadable: Vec<String> = vec![];
     for t in &targets {
         match read_state(t) {
             Ok(st) => {
                 checked += 1;
+                if let Err(e) = &st.socks {
+                    unreadable.push(e.clone());
+                }
                 all.extend(findings_for(t, &st, &guarded, &holders));
             }
             // Named ones must be readable; found ones may vanish meanwhile.
@@ -460,6 +468,9 @@ pub fn run(args: &CheckArgs) -> Result<u8> {
     let count = |s| all.iter().filter(|f| f.severity == s).count();
     let exit = if all.iter().any(|f| f.severity >= Severity::Warning) {
         EXIT_FINDINGS
+    } else if !unreadable.is_empty() {
+        // Nothing found, but not everything could be looked at.
+        1
     } else {
         0
     };
@@ -468,6 +479,7 @@ pub fn run(args: &CheckArgs) -> Result<u8> {
         kind: "summary",
         netns_checked: checked,
         netns_skipped: skipped,
+        netns_sockets_unreadable: unreadable.len(),
         findings: all.len(),
         critical: count(Severity::Critical),
         warning: count(Severity::Warning),
@@ -487,6 +499,12 @@ pub fn run(args: &CheckArgs) -> Result<u8> {
             return Err(e).context("writing the findings")
         }
         _ => {}
+    }
+    if let Some(first) = unreadable.first() {
+        eprintln!(
+            "portwatch: port_pressure and time_wait_heavy not checked in {} netns: {first}",
+            unreadable.len()
+        );
     }
     Ok(exit)
 }
@@ -539,7 +557,16 @@ fn write_table(out: &mut impl Write, all: &[Finding], s: &Summary) -> io::Result
         } else {
             ""
         },
-    )
+    )?;
+    if s.netns_sockets_unreadable > 0 {
+        writeln!(
+            out,
+            "socket tables unreadable in {} network namespace{}: port_pressure and time_wait_heavy not checked there",
+            s.netns_sockets_unreadable,
+            if s.netns_sockets_unreadable == 1 { "" } else { "s" },
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -581,7 +608,7 @@ mod tests {
             range,
             reserved: PortSet::parse(reserved).unwrap(),
             tw_reuse: Some(0),
-            socks,
+            socks: Ok(socks),
         }
     }
 
@@ -676,6 +703,15 @@ mod tests {
             &h
         )
         .is_empty());
+    }
+
+    #[test]
+    fn unreadable_socket_table_still_gives_the_sysctl_findings() {
+        let g = PortSet::range(30000, 32767);
+        let mut st = state((1024, 65535), "", vec![]);
+        st.socks = Err("no inet_diag".into());
+        let f = findings_for(&target(true), &st, &g, &Holders::new());
+        assert_eq!(checks(&f), vec!["nodeport_overlap"]);
     }
 
     #[test]

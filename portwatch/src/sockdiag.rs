@@ -228,6 +228,11 @@ fn dump_family(
                     if err == 0 {
                         return Ok(());
                     }
+                    if -err == libc::ENOENT {
+                        bail!(
+                            "the kernel has no inet_diag for protocol {proto} (modules inet_diag, tcp_diag, udp_diag not loaded?)"
+                        );
+                    }
                     return Err(io::Error::from_raw_os_error(-err)).context("sock_diag answered");
                 }
                 SOCK_DIAG_BY_FAMILY => {
@@ -251,6 +256,11 @@ pub fn dump(proto: u8, f: PortFilter) -> Result<Vec<Sock>> {
     dump_family(&fd, libc::AF_INET as u8, proto, f, &mut out)?;
     dump_family(&fd, libc::AF_INET6 as u8, proto, f, &mut out)?;
     Ok(out)
+}
+
+/// Whether this netns's socket table can be read (one tiny filtered dump).
+pub fn probe() -> Result<()> {
+    dump(libc::IPPROTO_TCP as u8, PortFilter::Sport(1)).map(|_| ())
 }
 
 /// `dump`, in the netns behind `ns` (None: portwatch's own).
@@ -333,6 +343,7 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        probe().unwrap();
         let ranged = dump(tcp, PortFilter::SportRange(cport, cport)).unwrap();
         assert!(ranged.iter().any(|s| s.dport == lport), "{ranged:?}");
         assert!(ranged.iter().all(|s| s.sport == cport));

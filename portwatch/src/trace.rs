@@ -64,6 +64,13 @@ pub async fn run(args: TraceArgs) -> Result<End> {
     let mut source = Source::new(&mut ebpf)?;
     let clock = Clock::now();
     let mut enricher = Enricher::new();
+    if !args.no_detail {
+        if let Err(e) = crate::sockdiag::probe() {
+            eprintln!(
+                "portwatch: the socket table is unreadable ({e:#}): events carry their cause, but in_use, states and holders stay null"
+            );
+        }
+    }
     let (mut detailer, mut detail_done) = Detailer::new(cause::Options {
         budget: args.detail_budget,
         lookups: !args.no_detail,

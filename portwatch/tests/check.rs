@@ -25,8 +25,12 @@ fn parse(out: std::process::Output) -> Run {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
         .collect();
-    let summary = v.pop().unwrap_or_else(|| panic!("no output: {stdout:?}"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let summary = v
+        .pop()
+        .unwrap_or_else(|| panic!("no output ({}): {stderr}", out.status));
     assert_eq!(summary["kind"], "summary", "{summary}");
+    assert_eq!(summary["netns_sockets_unreadable"], 0, "{summary} {stderr}");
     assert_eq!(summary["schema"], 2, "{summary}");
     for f in &v {
         assert_eq!(f["kind"], "finding", "{f}");
@@ -41,7 +45,7 @@ fn parse(out: std::process::Output) -> Run {
         code: out.status.code(),
         findings: v,
         summary,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stderr,
     }
 }
 
