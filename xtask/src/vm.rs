@@ -81,15 +81,23 @@ const SKIP: &[&str] = &[
 ];
 
 /// busybox applets the guest's `/init` and the tests use. Not `ip`: busybox's
-/// has no netns support, Debian's is copied in.
+/// has no netns support, Debian's is copied in. Not `sh` either: busybox's
+/// shell runs its own applets before PATH, so `sh -c "ip netns exec ..."`
+/// (check's printed fixes) would get busybox's `ip`; Debian's dash is /bin/sh.
 const APPLETS: &[&str] = &[
-    "sh", "mount", "umount", "mkdir", "cat", "echo", "insmod", "poweroff", "uname", "sleep",
+    "mount", "umount", "mkdir", "cat", "echo", "insmod", "poweroff", "uname", "sleep",
     "ls", "grep", "rm", "true", "false", "env", "kill", "ps", "head", "tail", "dmesg", "sysctl",
     "tr", "unshare", "nc", "seq", "wc", "cut", "xargs",
 ];
 
 /// Host programs copied into the guest with their libraries.
-const HOST_TOOLS: &[&str] = &["/sbin/ip", "/usr/sbin/bpftool", "/usr/sbin/ipvsadm", "/usr/sbin/nft"];
+const HOST_TOOLS: &[&str] = &[
+    "/sbin/ip",
+    "/usr/sbin/bpftool",
+    "/usr/sbin/ipvsadm",
+    "/usr/sbin/nft",
+    "/bin/dash",
+];
 
 /// Test binaries that honour PORTWATCH_TEST_BACKEND run once per backend;
 /// the others run once, their `#[ignore]`d tests included (those need
@@ -437,6 +445,7 @@ fn build_initramfs(
     for a in APPLETS {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
     }
+    std::os::unix::fs::symlink("dash", root.join("bin/sh"))?;
     // Enough of /etc for programs that look users up.
     fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
     fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
