@@ -19,6 +19,7 @@ mod netns;
 mod nodeport;
 mod offsets;
 mod output;
+mod pods;
 mod ports;
 mod sockdiag;
 mod source;
