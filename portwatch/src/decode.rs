@@ -127,6 +127,8 @@ pub fn from_raw(raw: &FailureEvent, clock: &Clock) -> Result<Event> {
         probe,
         port_range: None,
         reserved: None,
+        cgroup: None,
+        pod: None,
         cause: None,
         detail: None,
         detail_complete: None,

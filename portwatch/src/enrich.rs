@@ -2,7 +2,9 @@
 //! `ip_local_port_range` and `ip_local_reserved_ports` of the event's netns,
 //! read when the event arrives (cached per netns for a second, so a storm
 //! costs one read a second). It also hands out netns handles to the `cause`
-//! stage's look-ups.
+//! stage's look-ups. And the event's cgroup path and pod (`pods`): the
+//! cgroup id resolved through a cache, the pod uid and container id parsed
+//! from the path.
 
 use std::{
     collections::HashMap,
@@ -13,6 +15,7 @@ use crate::{
     cause::NsHandle,
     event::Event,
     netns::{parse_port_range, read_sysctls, NetnsHandles},
+    pods::{self, CgroupResolver},
     ports::PortSet,
 };
 
@@ -22,15 +25,24 @@ pub const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
 type Ports = (Option<(u16, u16)>, Option<PortSet>);
 
-#[derive(Default)]
 pub struct Enricher {
     netns: NetnsHandles,
     ranges: HashMap<u32, (Ports, Instant)>,
+    cgroups: CgroupResolver,
 }
 
 impl Enricher {
     pub fn new() -> Enricher {
-        Enricher::default()
+        Enricher {
+            netns: NetnsHandles::default(),
+            ranges: HashMap::new(),
+            cgroups: CgroupResolver::new(),
+        }
+    }
+
+    /// Where cgroup ids are resolved (None: no cgroup2 mount).
+    pub fn cgroup_root(&self) -> Option<&std::path::Path> {
+        self.cgroups.root()
     }
 
     pub fn enrich(&mut self, ev: &mut Event) {
@@ -40,6 +52,8 @@ impl Enricher {
         };
         ev.port_range = range;
         ev.reserved = reserved;
+        ev.cgroup = self.cgroups.resolve(ev.cgroup_id, &[ev.tid, ev.pid]);
+        ev.pod = ev.cgroup.as_deref().and_then(pods::parse_kube_path);
     }
 
     /// A handle on netns `ino` for a look-up on another thread (None: gone).

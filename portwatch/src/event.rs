@@ -129,6 +129,10 @@ pub struct Event {
     pub port_range: Option<(u16, u16)>,
     /// Filled by `enrich`: the netns's `ip_local_reserved_ports`.
     pub reserved: Option<PortSet>,
+    /// Filled by `enrich`: the cgroup v2 path of `cgroup_id` (None: unresolved).
+    pub cgroup: Option<String>,
+    /// Filled by `enrich`: the pod, when the cgroup path is a pod's.
+    pub pod: Option<crate::pods::Pod>,
     /// Filled by `cause`: why it failed.
     pub cause: Option<Cause>,
     /// Filled by `cause`: the evidence and who holds the ports.

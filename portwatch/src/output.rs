@@ -12,10 +12,11 @@ use serde::Serialize;
 use crate::{
     cause::{self, Cause, Detail, Exhausted, HolderCount, PortHolder, States},
     event::{Errno, Event, Family, Kind, Probe, Proto},
+    pods::Pod,
 };
 
 /// Version of the JSON records; raised on any change to names or meaning.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// `time_ns` (ns since the epoch, UTC) as RFC 3339 with microseconds.
 pub fn rfc3339_micros(time_ns: u64) -> String {
@@ -58,6 +59,7 @@ struct JsonEvent<'a> {
     comm: &'a str,
     uid: u32,
     cgroup_id: u64,
+    cgroup: Option<&'a str>,
     netns: Option<u32>,
     proto: Option<Proto>,
     family: Option<Family>,
@@ -67,7 +69,7 @@ struct JsonEvent<'a> {
     dport: Option<u16>,
     probe: Probe,
     port_range: Option<[u16; 2]>,
-    pod: Option<()>,
+    pod: Option<&'a Pod>,
     /// Bind events only: what the caller asked for.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     requested: Option<Requested>,
@@ -120,6 +122,7 @@ pub fn json_line(ev: &Event) -> String {
         comm: &ev.comm,
         uid: ev.uid,
         cgroup_id: ev.cgroup_id,
+        cgroup: ev.cgroup.as_deref(),
         netns: ev.netns,
         proto: ev.proto,
         family: ev.family,
@@ -129,7 +132,7 @@ pub fn json_line(ev: &Event) -> String {
         dport: ev.dport,
         probe: ev.probe,
         port_range: ev.port_range.map(|(a, b)| [a, b]),
-        pod: None,
+        pod: ev.pod.as_ref(),
         requested: (ev.kind == Kind::Bind).then_some(Requested {
             requested_addr: ev.saddr,
             requested_port: ev.sport,
@@ -352,7 +355,7 @@ impl<W: Write> Sink for TableSink<W> {
         if !self.header_done {
             writeln!(
                 self.out,
-                "{:<15} {:>7} {:<15} {:<7} {:<13} {:<5} {:<22} {:<22} {:<10} {:<11} PROBE",
+                "{:<15} {:>7} {:<15} {:<7} {:<13} {:<5} {:<22} {:<22} {:<10} {:<11} {:<10} POD",
                 "TIME(UTC)",
                 "PID",
                 "COMM",
@@ -362,7 +365,8 @@ impl<W: Write> Sink for TableSink<W> {
                 "SOURCE",
                 "DESTINATION",
                 "NETNS",
-                "RANGE"
+                "RANGE",
+                "PROBE"
             )?;
             self.header_done = true;
         }
@@ -372,7 +376,7 @@ impl<W: Write> Sink for TableSink<W> {
         };
         writeln!(
             self.out,
-            "{:<15} {:>7} {:<15} {:<7} {:<13} {:<5} {:<22} {:<22} {:<10} {:<11} {}",
+            "{:<15} {:>7} {:<15} {:<7} {:<13} {:<5} {:<22} {:<22} {:<10} {:<11} {:<10} {}",
             clock_of(ev.time_ns),
             ev.pid,
             ev.comm,
@@ -388,6 +392,7 @@ impl<W: Write> Sink for TableSink<W> {
                 .map(|(a, b)| format!("{a}-{b}"))
                 .unwrap_or_else(|| "-".into()),
             ev.probe.name(),
+            ev.pod.as_ref().map_or_else(|| "-".into(), Pod::short),
         )?;
         let what = match ev.kind {
             Kind::Connect => endpoint(ev.daddr, ev.dport),
@@ -439,6 +444,8 @@ pub(crate) mod tests {
             probe: Probe::Tracepoint,
             port_range: Some((41000, 41003)),
             reserved: None,
+            cgroup: None,
+            pod: None,
             cause: None,
             detail: None,
             detail_complete: None,
@@ -467,7 +474,7 @@ pub(crate) mod tests {
         let line = json_line(&sample_event());
         assert_eq!(
             line,
-            r#"{"schema":2,"time":"2026-11-23T08:12:33.123456Z","kind":"connect","errno":"EADDRNOTAVAIL","ret":-99,"pid":4242,"tid":4243,"comm":"curl","uid":0,"cgroup_id":1234,"netns":4026532598,"proto":"tcp","family":"ipv4","saddr":null,"sport":null,"daddr":"127.0.0.1","dport":7100,"probe":"tracepoint","port_range":[41000,41003],"pod":null,"cause":null,"detail":null,"detail_complete":null}"#
+            r#"{"schema":3,"time":"2026-11-23T08:12:33.123456Z","kind":"connect","errno":"EADDRNOTAVAIL","ret":-99,"pid":4242,"tid":4243,"comm":"curl","uid":0,"cgroup_id":1234,"cgroup":null,"netns":4026532598,"proto":"tcp","family":"ipv4","saddr":null,"sport":null,"daddr":"127.0.0.1","dport":7100,"probe":"tracepoint","port_range":[41000,41003],"pod":null,"cause":null,"detail":null,"detail_complete":null}"#
         );
         let mut ev = sample_event();
         ev.family = Some(Family::Ipv6);
@@ -494,7 +501,7 @@ pub(crate) mod tests {
         let v = cause::classify(&b);
         cause::finish(&mut b, v, None);
         let v: serde_json::Value = serde_json::from_str(&json_line(&b)).unwrap();
-        assert_eq!(v["schema"], 2);
+        assert_eq!(v["schema"], 3);
         assert_eq!(v["requested_addr"], "127.0.0.1");
         assert_eq!(v["requested_port"], 0);
         assert_eq!(v["cause"], "bind_ports_exhausted");
@@ -502,6 +509,43 @@ pub(crate) mod tests {
         assert_eq!(v["detail"]["usable"], 4);
         assert!(v["detail"]["in_use"].is_null());
         assert_eq!(v["detail_complete"], false);
+    }
+
+    #[test]
+    fn json_and_table_carry_the_pod() {
+        let uid = "0f5e5e8a-1b2c-4d3e-8f90-a1b2c3d4e5f6";
+        let cid = "4c5f1e2d3b4a59687766554433221100ffeeddccbbaa99887766554433221100";
+        let mut ev = sample_event();
+        ev.cgroup = Some(format!("/kubepods/burstable/pod{uid}/{cid}"));
+        ev.pod = crate::pods::parse_kube_path(ev.cgroup.as_deref().unwrap());
+        let v: serde_json::Value = serde_json::from_str(&json_line(&ev)).unwrap();
+        assert_eq!(v["cgroup"], format!("/kubepods/burstable/pod{uid}/{cid}"));
+        assert_eq!(
+            v["pod"],
+            serde_json::json!({"namespace": null, "name": null, "uid": uid,
+                               "container": null, "container_id": cid})
+        );
+        let mut host = sample_event();
+        host.cgroup = Some("/system.slice/cron.service".into());
+        let h: serde_json::Value = serde_json::from_str(&json_line(&host)).unwrap();
+        assert_eq!(h["cgroup"], "/system.slice/cron.service");
+        assert!(h["pod"].is_null(), "{h}");
+
+        let mut buf = vec![];
+        let mut t = TableSink::new(&mut buf);
+        t.event(&ev).unwrap();
+        t.event(&host).unwrap();
+        let mut named = ev.clone();
+        named.pod.as_mut().unwrap().namespace = Some("shop".into());
+        named.pod.as_mut().unwrap().name = Some("web-1".into());
+        t.event(&named).unwrap();
+        let out = String::from_utf8(buf).unwrap();
+        let rows: Vec<&str> = out.lines().filter(|l| !l.starts_with("  ")).collect();
+        assert!(rows[0].ends_with(" PROBE      POD"), "{out}");
+        let pod_col = rows[0].find("POD").unwrap();
+        assert_eq!(&rows[1][pod_col..], "0f5e5e8a", "{out}");
+        assert_eq!(&rows[2][pod_col..], "-", "{out}");
+        assert_eq!(&rows[3][pod_col..], "shop/web-1", "{out}");
     }
 
     #[test]
@@ -526,7 +570,7 @@ pub(crate) mod tests {
         JsonSink::new(&mut buf).lost(7).unwrap();
         assert_eq!(
             String::from_utf8(buf).unwrap(),
-            "{\"schema\":2,\"kind\":\"lost\",\"count\":7}\n"
+            "{\"schema\":3,\"kind\":\"lost\",\"count\":7}\n"
         );
     }
 

@@ -31,10 +31,10 @@ fn parse(out: std::process::Output) -> Run {
         .unwrap_or_else(|| panic!("no output ({}): {stderr}", out.status));
     assert_eq!(summary["kind"], "summary", "{summary}");
     assert_eq!(summary["netns_sockets_unreadable"], 0, "{summary} {stderr}");
-    assert_eq!(summary["schema"], 2, "{summary}");
+    assert_eq!(summary["schema"], 3, "{summary}");
     for f in &v {
         assert_eq!(f["kind"], "finding", "{f}");
-        assert_eq!(f["schema"], 2, "{f}");
+        assert_eq!(f["schema"], 3, "{f}");
         assert!(f["pod"].is_null(), "{f}");
         assert!(
             ["info", "warning", "critical"].contains(&f["severity"].as_str().unwrap()),

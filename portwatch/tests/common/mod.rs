@@ -388,7 +388,7 @@ pub fn assert_common(
     ns: &Netns,
     range: (u16, u16),
 ) {
-    assert_eq!(ev["schema"], 2, "{ev}");
+    assert_eq!(ev["schema"], 3, "{ev}");
     assert_eq!(ev["kind"], kind, "{ev}");
     assert_eq!(ev["errno"], errno, "{ev}");
     let ret = if errno == "EADDRNOTAVAIL" { -99 } else { -98 };
@@ -408,7 +408,20 @@ pub fn assert_common(
         ["fexit", "kprobe", "tracepoint"].contains(&ev["probe"].as_str().unwrap()),
         "{ev}"
     );
+    // The tests' processes are host processes: no pod; their cgroup path is
+    // known wherever cgroup2 is mounted (the VM guests may have none).
     assert!(ev["pod"].is_null(), "{ev}");
+    let cgroup2 = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(" - cgroup2 ");
+    if cgroup2 {
+        assert!(
+            ev["cgroup"].as_str().is_some_and(|c| c.starts_with('/')),
+            "{ev}"
+        );
+    } else {
+        assert!(ev["cgroup"].is_null(), "{ev}");
+    }
     // Every event says why it failed, and whether its detail is complete.
     assert!(ev["cause"].is_string(), "{ev}");
     assert!(ev["detail"].is_object(), "{ev}");
