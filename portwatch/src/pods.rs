@@ -427,8 +427,13 @@ mod tests {
             m[at] = alphabet[(next() % alphabet.len() as u64) as usize];
             let m: String = m.into_iter().collect();
             if let Some(p) = parse_kube_path(&m) {
+                // Whatever parses is what the path says, not a guess.
                 assert_eq!(p.uid.len(), 36, "{m}");
-                assert_eq!(p.container_id.as_ref().map(String::len), Some(64), "{m}");
+                let cid = p.container_id.as_deref().unwrap();
+                assert_eq!(cid.len(), 64, "{m}");
+                let lower = m.to_ascii_lowercase();
+                assert!(lower.replace('_', "-").contains(&p.uid), "{m}");
+                assert!(lower.contains(cid), "{m}");
             }
             let _ = cgroup2_mount(&s);
         }
