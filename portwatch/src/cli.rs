@@ -94,6 +94,21 @@ pub struct TraceArgs {
     /// Only connects toward this destination port.
     #[arg(long, value_name = "PORT")]
     pub dport: Option<u16>,
+    /// Only pods of this namespace. Namespace names come from the CRI
+    /// look-up, not implemented yet: for now this matches nothing.
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Only this pod: its name (from the CRI look-up, not implemented yet)
+    /// or a prefix of its uid.
+    #[arg(long, value_name = "NAME|UID")]
+    pub pod: Option<String>,
+    /// Only this container: its name (from the CRI look-up, not implemented
+    /// yet) or a prefix of its id.
+    #[arg(long, value_name = "NAME|ID")]
+    pub container: Option<String>,
+    /// Only host processes (no pod cgroup).
+    #[arg(long, conflicts_with_all = ["namespace", "pod", "container"])]
+    pub host: bool,
     /// Probe kind: auto picks the best the kernel offers (fexit, then kprobe, then tracepoint).
     #[arg(long, value_name = "BACKEND", default_value = "auto", value_parser = parse_backend)]
     pub backend: BackendChoice,
@@ -195,6 +210,34 @@ mod tests {
         assert_eq!(t.ringbuf_size, 4096);
         assert_eq!(t.detail_budget, Duration::from_millis(50));
         assert!(!t.no_detail);
+        assert!(t.namespace.is_none() && t.pod.is_none() && t.container.is_none() && !t.host);
+        let Command::Trace(t) = parse(&[
+            "trace",
+            "--namespace",
+            "shop",
+            "--pod",
+            "0f5e5e8a",
+            "--container",
+            "4c5f1e2d",
+            "--dport",
+            "80",
+        ])
+        .unwrap()
+        .command
+        else {
+            unreachable!()
+        };
+        assert_eq!(t.namespace.as_deref(), Some("shop"));
+        assert_eq!(t.pod.as_deref(), Some("0f5e5e8a"));
+        assert_eq!(t.container.as_deref(), Some("4c5f1e2d"));
+        assert_eq!(t.dport, Some(80));
+        let Command::Trace(t) = parse(&["trace", "--host", "--comm", "curl"])
+            .unwrap()
+            .command
+        else {
+            unreachable!()
+        };
+        assert!(t.host);
         for (arg, ms) in [("0", 0), ("1s", 1000), ("75", 75), ("2ms", 2)] {
             let Command::Trace(t) = parse(&["trace", "--detail-budget", arg]).unwrap().command
             else {
@@ -277,6 +320,10 @@ mod tests {
             &["trace", "--nope"],
             &["trace", "--detail-budget", "fast"],
             &["trace", "--detail-budget", "2m"],
+            &["trace", "--host", "--pod", "0f5e"],
+            &["trace", "--host", "--namespace", "default"],
+            &["trace", "--host", "--container", "4c5f"],
+            &["trace", "--pod"],
             &["check", "--nodeport-range", "32767-30000"],
             &["check", "--nodeport-range", "30000"],
             &["check", "--netns"],

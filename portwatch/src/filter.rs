@@ -8,6 +8,19 @@ pub struct Filter {
     pub comm: Option<String>,
     pub errno: Option<Errno>,
     pub dport: Option<u16>,
+    /// The pod's namespace (a name: only known from the CRI look-up).
+    pub namespace: Option<String>,
+    /// The pod's name, or a prefix of its uid.
+    pub pod: Option<String>,
+    /// The container's name, or a prefix of its id.
+    pub container: Option<String>,
+    /// Host processes only: events with no pod.
+    pub host: bool,
+}
+
+/// `want` is the name, or a non-empty prefix of the id.
+fn name_or_prefix(name: Option<&str>, id: Option<&str>, want: &str) -> bool {
+    name == Some(want) || (!want.is_empty() && id.is_some_and(|i| i.starts_with(want)))
 }
 
 impl Filter {
@@ -16,6 +29,26 @@ impl Filter {
             && self.comm.as_deref().is_none_or(|c| ev.comm == c)
             && self.errno.is_none_or(|e| ev.errno == e)
             && self.dport.is_none_or(|d| ev.dport == Some(d))
+            && (!self.host || ev.pod.is_none())
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|n| ev.pod.as_ref().and_then(|p| p.namespace.as_deref()) == Some(n))
+            && self.pod.as_deref().is_none_or(|want| {
+                ev.pod.as_ref().is_some_and(|p| {
+                    name_or_prefix(p.name.as_deref(), Some(&p.uid), &want.to_ascii_lowercase())
+                        || p.name.as_deref() == Some(want)
+                })
+            })
+            && self.container.as_deref().is_none_or(|want| {
+                ev.pod.as_ref().is_some_and(|p| {
+                    name_or_prefix(
+                        p.container.as_deref(),
+                        p.container_id.as_deref(),
+                        &want.to_ascii_lowercase(),
+                    ) || p.container.as_deref() == Some(want)
+                })
+            })
     }
 }
 
@@ -23,6 +56,92 @@ impl Filter {
 mod tests {
     use super::*;
     use crate::output::tests::sample_event;
+    use crate::pods::Pod;
+
+    const UID: &str = "0f5e5e8a-1b2c-4d3e-8f90-a1b2c3d4e5f6";
+    const CID: &str = "4c5f1e2d3b4a59687766554433221100ffeeddccbbaa99887766554433221100";
+
+    fn in_pod(named: bool) -> crate::event::Event {
+        let mut ev = sample_event();
+        ev.cgroup = Some(format!("/kubepods/burstable/pod{UID}/{CID}"));
+        ev.pod = Some(Pod {
+            namespace: named.then(|| "shop".into()),
+            name: named.then(|| "web-1".into()),
+            uid: UID.into(),
+            container: named.then(|| "nginx".into()),
+            container_id: Some(CID.into()),
+        });
+        ev
+    }
+
+    fn f(set: impl FnOnce(&mut Filter)) -> Filter {
+        let mut f = Filter::default();
+        set(&mut f);
+        f
+    }
+
+    #[test]
+    fn pod_filters() {
+        let host = sample_event();
+        let anon = in_pod(false);
+        let named = in_pod(true);
+        // --host: only events with no pod.
+        let h = f(|f| f.host = true);
+        assert!(h.matches(&host));
+        assert!(!h.matches(&anon) && !h.matches(&named));
+        // --namespace: names only, so nothing matches until names are known.
+        let ns = f(|f| f.namespace = Some("shop".into()));
+        assert!(ns.matches(&named));
+        assert!(!ns.matches(&anon) && !ns.matches(&host));
+        assert!(!f(|f| f.namespace = Some("shopx".into())).matches(&named));
+        // --pod: the name, or a prefix of the uid.
+        for want in ["web-1", "0f5e5e8a", UID, "0F5E5E8A"] {
+            let p = f(|f| f.pod = Some(want.into()));
+            assert!(p.matches(&named), "{want}");
+            assert!(!p.matches(&host), "{want}");
+        }
+        assert!(f(|f| f.pod = Some("0f5e".into())).matches(&anon));
+        assert!(!f(|f| f.pod = Some("web-1".into())).matches(&anon));
+        assert!(!f(|f| f.pod = Some("web".into())).matches(&named));
+        assert!(!f(|f| f.pod = Some("1b2c".into())).matches(&named));
+        assert!(!f(|f| f.pod = Some(String::new())).matches(&anon));
+        // --container: the name, or a prefix of the id.
+        for want in ["nginx", "4c5f1e2d3b4a", CID] {
+            assert!(
+                f(|f| f.container = Some(want.into())).matches(&named),
+                "{want}"
+            );
+        }
+        assert!(f(|f| f.container = Some("4c5f".into())).matches(&anon));
+        assert!(!f(|f| f.container = Some("nginx".into())).matches(&anon));
+        assert!(!f(|f| f.container = Some("5f1e".into())).matches(&anon));
+        assert!(!f(|f| f.container = Some("4c5f".into())).matches(&host));
+        let mut pod_only = anon.clone();
+        pod_only.pod.as_mut().unwrap().container_id = None;
+        assert!(!f(|f| f.container = Some("4c5f".into())).matches(&pod_only));
+        // Combined with the others (AND), and with each other.
+        assert!(f(|f| {
+            f.pod = Some("0f5e".into());
+            f.container = Some("4c5f".into());
+            f.dport = Some(7100);
+        })
+        .matches(&anon));
+        assert!(!f(|f| {
+            f.pod = Some("0f5e".into());
+            f.dport = Some(7101);
+        })
+        .matches(&anon));
+        assert!(!f(|f| {
+            f.host = true;
+            f.pod = Some("0f5e".into());
+        })
+        .matches(&anon));
+        assert!(!f(|f| {
+            f.host = true;
+            f.comm = Some("wget".into());
+        })
+        .matches(&host));
+    }
 
     #[test]
     fn each_filter_selects() {

@@ -64,6 +64,15 @@ pub async fn run(args: TraceArgs) -> Result<End> {
     let mut source = Source::new(&mut ebpf)?;
     let clock = Clock::now();
     let mut enricher = Enricher::new();
+    match enricher.cgroup_root() {
+        Some(root) => eprintln!(
+            "portwatch: pods: pod uid and container id come from cgroup paths under {}; pod, namespace and container names need the CRI look-up, which is not implemented yet: they stay null (--namespace matches nothing; --pod/--container take a uid/id prefix)",
+            root.display()
+        ),
+        None => eprintln!(
+            "portwatch: pods: no cgroup2 mount in /proc/self/mountinfo: cgroup and pod stay null on every event"
+        ),
+    }
     if !args.no_detail {
         if let Err(e) = crate::sockdiag::probe() {
             eprintln!(
@@ -80,6 +89,10 @@ pub async fn run(args: TraceArgs) -> Result<End> {
         comm: args.comm.clone(),
         errno: args.errno,
         dport: args.dport,
+        namespace: args.namespace.clone(),
+        pod: args.pod.clone(),
+        container: args.container.clone(),
+        host: args.host,
     };
     let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let mut sink: Box<dyn Sink> = if args.json {

@@ -1,0 +1,311 @@
+//! Pod identity, as root and for real: the test makes cgroup v2 directories
+//! with the names kubelet and the runtimes give pods (both cgroup drivers;
+//! containerd, CRI-O and docker), moves a pwclient into each before it acts,
+//! provokes EADDRNOTAVAIL in a test netns, and checks the event's `cgroup`
+//! and `pod`. A host process gets `pod: null`.
+//!
+//! The directories live under a private parent (`/portwatch-test-PID-N/`
+//! under the cgroup2 mount) so that a real `/kubepods` another test or a
+//! runtime uses is never touched; the parser finds `kubepods` below any
+//! parent, as on nested nodes.
+
+mod common;
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use common::*;
+use serde_json::{json, Value};
+
+const RANGE: (u16, u16) = (42000, 42003); // 4 ports: even, so exactly 4 connects fit
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn cgroup2_root() -> PathBuf {
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let f: Vec<&str> = pre.split_whitespace().collect();
+            (post.starts_with("cgroup2 ") && f[3] == "/").then(|| PathBuf::from(f[4]))
+        })
+        .expect("a cgroup2 mount (pure v2 or hybrid)")
+}
+
+/// The directories one test made, removed (deepest first) on drop, after
+/// the processes in them have exited.
+struct Cgroups {
+    root: PathBuf,
+    /// The private parent, relative to the cgroup2 root ("/portwatch-test-…").
+    base: String,
+    made: Vec<PathBuf>,
+}
+
+impl Cgroups {
+    fn new() -> Cgroups {
+        require_root();
+        let base = format!(
+            "/portwatch-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut c = Cgroups {
+            root: cgroup2_root(),
+            base,
+            made: vec![],
+        };
+        let b = c.base.clone();
+        c.mkdir(&b);
+        c
+    }
+
+    /// Makes `rel` (below the private parent) and each missing parent;
+    /// returns its path from the cgroup2 root.
+    fn make(&mut self, rel: &str) -> String {
+        let mut path = self.base.clone();
+        for comp in rel.split('/').filter(|c| !c.is_empty()) {
+            path = format!("{path}/{comp}");
+            self.mkdir(&path);
+        }
+        path
+    }
+
+    fn mkdir(&mut self, path: &str) {
+        let dir = self.root.join(path.trim_start_matches('/'));
+        if !dir.exists() {
+            fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            self.made.push(dir);
+        }
+    }
+
+    /// Moves `pid` into cgroup `path` and returns the cgroup's id (inode).
+    fn enter(&self, path: &str, pid: u32) -> u64 {
+        let dir = self.root.join(path.trim_start_matches('/'));
+        fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", dir.display()));
+        let now = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(now.lines().any(|l| l == format!("0::{path}")), "{now}");
+        fs::metadata(&dir).unwrap().ino()
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for d in self.made.iter().rev() {
+            if let Err(e) = fs::remove_dir(d) {
+                eprintln!("rmdir {}: {e}", d.display());
+            }
+        }
+    }
+}
+
+/// A pod uid and a container id, different for every case.
+fn ids(n: u32) -> (String, String) {
+    let p = std::process::id();
+    let uid = format!(
+        "{p:08x}-{n:04x}-4abc-8def-{:012x}",
+        0x0123_4567_89ab_u64 + n as u64
+    );
+    let cid = format!("{p:08x}{n:08x}{}", "c0ffee00".repeat(6));
+    assert_eq!(cid.len(), 64);
+    (uid, cid)
+}
+
+fn trace(extra: &[&str]) -> Tracer {
+    let mut args = vec!["trace", "--json"];
+    args.extend_from_slice(extra);
+    Tracer::start(&args)
+}
+
+/// A pwclient in `ns`, moved into `cgroup` (None: stays a host process)
+/// before it fills the range and fails once; it holds its sockets (and
+/// stays alive) until finished. Returns it and its cgroup id.
+fn failing_client(ns: &Netns, cgs: &Cgroups, cgroup: Option<&str>) -> (Client, Option<u64>) {
+    let mut c = Client::start(
+        ns,
+        "--wait --hold listen 127.0.0.1 7100 connect 127.0.0.1 7100 5",
+        None,
+    );
+    let id = cgroup.map(|p| cgs.enter(p, c.pid));
+    c.go();
+    let out = c.wait_line("holding");
+    assert_eq!(
+        out.iter().filter(|l| l.starts_with("ok ")).count(),
+        4,
+        "{out:?}"
+    );
+    assert_eq!(out.iter().filter(|l| *l == "err 99").count(), 1, "{out:?}");
+    (c, id)
+}
+
+fn one_event(t: &mut Tracer, ns: &Netns, pid: u32, all: &mut Vec<Value>) -> Value {
+    let evs = t.events_in(ns.inode, 1, all);
+    assert_eq!(evs.len(), 1, "exactly the one failure: {evs:?}");
+    let ev = evs.into_iter().next().unwrap();
+    // Everything but `pod` as for any event (assert_common wants the host's
+    // null there); the callers check `pod` themselves.
+    let mut rest = ev.clone();
+    rest["pod"] = Value::Null;
+    assert_common(
+        &rest,
+        "connect",
+        "EADDRNOTAVAIL",
+        pid,
+        "pwclient",
+        ns,
+        RANGE,
+    );
+    ev
+}
+
+#[test]
+fn pod_uid_container_id_and_cgroup_for_every_layout() {
+    let mut cgs = Cgroups::new();
+    let mut t = trace(&[]);
+    {
+        let errs = t.stderr.lock().unwrap();
+        assert!(
+            errs.iter()
+                .any(|l| l.contains("names need the CRI look-up, which is not implemented yet")),
+            "start-up says names are not looked up: {errs:?}"
+        );
+    }
+    let mut all = vec![];
+    // (layout, uid, container id or None)
+    let mut cases: Vec<(String, String, Option<String>)> = vec![];
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        ids(n)
+    };
+    // cgroupfs driver, containerd (the layout real pods have here), each QoS.
+    for qos in ["burstable/", "besteffort/", ""] {
+        let (uid, cid) = next();
+        cases.push((format!("kubepods/{qos}pod{uid}/{cid}"), uid, Some(cid)));
+    }
+    // cgroupfs driver, CRI-O.
+    let (uid, cid) = next();
+    cases.push((
+        format!("kubepods/burstable/pod{uid}/crio-{cid}"),
+        uid,
+        Some(cid),
+    ));
+    // systemd driver: containerd, CRI-O, docker; burstable, besteffort, guaranteed.
+    for (qos_slice, pod_prefix, rt) in [
+        (
+            "kubepods-burstable.slice/",
+            "kubepods-burstable-pod",
+            "cri-containerd",
+        ),
+        (
+            "kubepods-besteffort.slice/",
+            "kubepods-besteffort-pod",
+            "crio",
+        ),
+        ("", "kubepods-pod", "docker"),
+    ] {
+        let (uid, cid) = next();
+        cases.push((
+            format!(
+                "kubepods.slice/{qos_slice}{pod_prefix}{}.slice/{rt}-{cid}.scope",
+                uid.replace('-', "_")
+            ),
+            uid,
+            Some(cid),
+        ));
+    }
+    // containerd with a systemd-style parent under the cgroupfs driver.
+    let (uid, cid) = next();
+    cases.push((
+        format!(
+            "kubepods-besteffort-pod{}.slice:cri-containerd:{cid}",
+            uid.replace('-', "_")
+        ),
+        uid,
+        Some(cid),
+    ));
+    // A process in the pod's own cgroup: the pod, no container.
+    let (uid, _) = next();
+    cases.push((format!("kubepods/burstable/pod{uid}"), uid, None));
+
+    for (layout, uid, cid) in &cases {
+        let path = cgs.make(layout);
+        let ns = Netns::new("pod", RANGE);
+        let (c, id) = failing_client(&ns, &cgs, Some(&path));
+        let ev = one_event(&mut t, &ns, c.pid, &mut all);
+        assert_eq!(ev["cgroup_id"], id.unwrap(), "{layout}: {ev}");
+        assert_eq!(ev["cgroup"], path.as_str(), "{layout}: {ev}");
+        assert_eq!(
+            ev["pod"],
+            json!({"namespace": null, "name": null, "uid": uid,
+                   "container": null, "container_id": cid}),
+            "{layout}: {ev}"
+        );
+        c.finish();
+    }
+
+    // A host process: no pod, its cgroup path still reported (ours: the
+    // client inherits the test's cgroup).
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap()
+        .to_string();
+    let ns = Netns::new("host", RANGE);
+    let (c, _) = failing_client(&ns, &cgs, None);
+    let ev = one_event(&mut t, &ns, c.pid, &mut all);
+    assert!(ev["pod"].is_null(), "{ev}");
+    assert_eq!(ev["cgroup"], own.as_str(), "{ev}");
+    c.finish();
+
+    let (st, _) = t.stop();
+    assert!(st.success(), "{st}");
+}
+
+/// --pod (uid prefix), --container (id prefix), --host and --namespace, on
+/// the same two failures: one from a pod, one from the host.
+#[test]
+fn pod_filters_select_by_uid_id_and_host() {
+    let mut cgs = Cgroups::new();
+    let (uid, cid) = ids(100);
+    let path = cgs.make(&format!("kubepods/besteffort/pod{uid}/{cid}"));
+    let by_pod = trace(&["--pod", &uid[..8]]);
+    let by_container = trace(&["--container", &cid[..12], "--errno", "EADDRNOTAVAIL"]);
+    let host_only = trace(&["--host"]);
+    let by_namespace = trace(&["--namespace", "default"]);
+    let wrong_pod = trace(&["--pod", "ffffffff"]);
+    let mut tracers = [by_pod, by_container, host_only, by_namespace, wrong_pod];
+
+    let pod_ns = Netns::new("fpod", RANGE);
+    let host_ns = Netns::new("fhost", RANGE);
+    let (pc, _) = failing_client(&pod_ns, &cgs, Some(&path));
+    let (hc, _) = failing_client(&host_ns, &cgs, None);
+
+    // (pod events, host events) each tracer must show.
+    let want = [(1, 0), (1, 0), (0, 1), (0, 0), (0, 0)];
+    for (t, (np, nh)) in tracers.iter_mut().zip(want) {
+        let mut all = vec![];
+        let p = t.events_in(pod_ns.inode, np, &mut all);
+        let h = t.events_in(host_ns.inode, nh, &mut all);
+        assert_eq!((p.len(), h.len()), (np, nh), "{all:?}");
+        for ev in &p {
+            assert_eq!(ev["pid"], pc.pid, "{ev}");
+            assert_eq!(ev["pod"]["uid"], uid.as_str(), "{ev}");
+        }
+        for ev in &h {
+            assert_eq!(ev["pid"], hc.pid, "{ev}");
+            assert!(ev["pod"].is_null(), "{ev}");
+        }
+    }
+    pc.finish();
+    hc.finish();
+    for t in tracers {
+        let (st, _) = t.stop();
+        assert!(st.success(), "{st}");
+    }
+}
