@@ -7,6 +7,9 @@
 //!                            socket, SO_LINGER 0, connect, accept, close, close
 //! pwbench storm PORT FILL N  listener, FILL connects that must succeed (held), then
 //!                            N times: socket, connect (must fail), close
+//! pwbench spread PORT DESTS FILL N
+//!                            DESTS listeners on PORT, PORT+1, ...; FILL held connects
+//!                            to each; then N failing connects, round-robin over them
 //! ```
 //! Result: `op=NAME n=N ns=TOTAL ns_per_op=X cpu_ns=C wait_ns=W errors=E last_errno=K`:
 //! over the timed loop, `cpu_ns` is this process's user+system CPU time and `wait_ns`
@@ -222,8 +225,37 @@ fn main() {
             }
             (n, m.stop())
         }
+        "spread" => {
+            let port: u16 = arg(&args, 1, "PORT");
+            let dests: u16 = arg(&args, 2, "DESTS");
+            let fill: u64 = arg(&args, 3, "FILL");
+            let n: u64 = arg(&args, 4, "N");
+            let sas: Vec<_> = (0..dests).map(|d| sockaddr(port + d)).collect();
+            let _ls: Vec<_> = sas.iter().map(listener).collect();
+            let mut held = Vec::new();
+            for sa in &sas {
+                for i in 0..fill {
+                    let fd = tcp_socket();
+                    connect(fd, sa).unwrap_or_else(|e| panic!("fill connect {i}: errno {e}"));
+                    held.push(fd);
+                }
+            }
+            let m = Meter::start();
+            for i in 0..n {
+                match failing_attempt(&sas[(i % dests as u64) as usize]) {
+                    Ok(e) => last_errno = e,
+                    Err(e) => {
+                        errors += 1;
+                        last_errno = e;
+                    }
+                }
+            }
+            (n, m.stop())
+        }
         _ => {
-            eprintln!("usage: pwbench getppid N | connect PORT N | storm PORT FILL N");
+            eprintln!(
+                "usage: pwbench getppid N | connect PORT N | storm PORT FILL N | spread PORT DESTS FILL N"
+            );
             std::process::exit(2);
         }
     };

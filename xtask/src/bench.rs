@@ -382,11 +382,22 @@ fn read_stderr(
 }
 
 fn start_tracer(kind: Kind, pw: &Path, script: &Path, out: &Path) -> Result<Live> {
+    start_tracer_with(kind, pw, script, out, &[])
+}
+
+/// `extra`: more arguments for `portwatch trace --json`.
+fn start_tracer_with(
+    kind: Kind,
+    pw: &Path,
+    script: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> Result<Live> {
     let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut cmd = match kind {
         Kind::Portwatch => {
             let mut c = Command::new(pw);
-            c.args(["trace", "--json"]);
+            c.args(["trace", "--json"]).args(extra);
             c
         }
         Kind::Bpftrace => {
@@ -750,6 +761,19 @@ pub fn bench(opts: Opts) -> Result<()> {
             )?);
         }
     }
+    // --- 5. cause detail under a storm from many destinations ---------------
+    let mut details: Vec<DetailRun> = Vec::new();
+    for round in 0..2 {
+        for no_detail in [round % 2 == 0, round % 2 == 1] {
+            eprintln!(
+                "xtask: bench: detail storm ({} failures, {SPREAD_DESTS} destinations), round {}/2, {}",
+                SPREAD_N,
+                round + 1,
+                if no_detail { "--no-detail" } else { "with detail" }
+            );
+            details.push(detail_storm(&pw, &script, &pwbench, &storm_ns, &dir, no_detail)?);
+        }
+    }
     drop(_netns);
     let loadavg_end = fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
@@ -763,7 +787,9 @@ pub fn bench(opts: Opts) -> Result<()> {
     );
     let table = report.markdown(&sz, &machine());
     println!("{table}");
+    println!("{}", detail_markdown(&details));
     let mut j = report.json(&sz);
+    j["detail_storm"] = detail_json(&details);
     j["machine"] = machine_json();
     j["loadavg"] = json!({"start": loadavg_start.trim(), "end": loadavg_end.trim()});
     j["duration_s"] = json!(t_all.elapsed().as_secs_f64());
@@ -775,6 +801,141 @@ pub fn bench(opts: Opts) -> Result<()> {
         t_all.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Destinations and failures of the cause-detail storm (issue 8): every
+/// destination's 2-port range held, failures round-robin over them, so
+/// each needs its own socket-table look-up.
+const SPREAD_DESTS: u16 = 50;
+const SPREAD_N: u64 = 10_000;
+const SPREAD_PORT: u16 = 7100;
+
+/// One run of the detail storm.
+struct DetailRun {
+    no_detail: bool,
+    delivered: u64,
+    lost: u64,
+    complete: u64,
+    output_per_s: f64,
+}
+
+fn detail_storm(
+    pw: &Path,
+    script: &Path,
+    pwbench: &Path,
+    netns: &str,
+    dir: &Path,
+    no_detail: bool,
+) -> Result<DetailRun> {
+    let out = dir.join("detail-storm.out");
+    let extra: &[&str] = if no_detail { &["--no-detail"] } else { &[] };
+    let live = start_tracer_with(Kind::Portwatch, pw, script, &out, extra)?;
+    let args = [
+        "spread".to_string(),
+        SPREAD_PORT.to_string(),
+        SPREAD_DESTS.to_string(),
+        STORM_FILL.to_string(),
+        SPREAD_N.to_string(),
+    ];
+    let w = workload(pwbench, netns, &args);
+    let t_end = Instant::now();
+    // Until the output has stopped growing for 1.2 s.
+    let mut size = 0;
+    let mut t_last = t_end;
+    loop {
+        thread::sleep(Duration::from_millis(20));
+        let s = fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        let now = Instant::now();
+        if s != size {
+            size = s;
+            t_last = now;
+        }
+        if now - t_last > Duration::from_millis(1200) || now - t_end > Duration::from_secs(60) {
+            break;
+        }
+    }
+    stop_tracer(live)?;
+    let w = w?;
+    let text = fs::read_to_string(&out).unwrap_or_default();
+    let (delivered, lost) = count_portwatch(&text, "pwbench");
+    let complete = count_complete(&text, "pwbench");
+    let _ = fs::remove_file(&out);
+    if delivered == 0 {
+        bail!("portwatch reported none of the detail storm's failures");
+    }
+    let secs = w.ns / 1e9 + (t_last - t_end).as_secs_f64();
+    Ok(DetailRun {
+        no_detail,
+        delivered,
+        lost,
+        complete,
+        output_per_s: delivered as f64 / secs,
+    })
+}
+
+/// Events of `comm` whose detail was complete.
+pub fn count_complete(text: &str, comm: &str) -> u64 {
+    let c = format!("\"comm\":\"{comm}\"");
+    text.lines()
+        .filter(|l| l.contains(&c) && l.contains("\"detail_complete\":true"))
+        .count() as u64
+}
+
+fn detail_markdown(runs: &[DetailRun]) -> String {
+    let mut s = format!(
+        "Cause detail under a storm of {SPREAD_N} EADDRNOTAVAIL failures over {SPREAD_DESTS} destinations (portwatch trace --json, output to a file):\n\n"
+    );
+    s += &md_row(&[
+        "run".into(),
+        "events out/s".into(),
+        "delivered".into(),
+        "lost".into(),
+        "complete detail".into(),
+        "ratio vs --no-detail".into(),
+    ]);
+    s += "\n";
+    s += &md_row(&vec!["---".to_string(); 6]);
+    s += "\n";
+    let base = median(
+        &runs
+            .iter()
+            .filter(|r| r.no_detail)
+            .map(|r| r.output_per_s)
+            .collect::<Vec<_>>(),
+    );
+    for r in runs {
+        s += &md_row(&[
+            if r.no_detail { "--no-detail" } else { "with detail (default 50 ms budget)" }.into(),
+            thousands(r.output_per_s),
+            r.delivered.to_string(),
+            r.lost.to_string(),
+            if r.no_detail {
+                "-".into()
+            } else {
+                format!("{:.1} %", 100.0 * r.complete as f64 / r.delivered.max(1) as f64)
+            },
+            match base.and_then(|b| ratio(r.output_per_s, b)) {
+                Some(x) => format!("{x:.2}x"),
+                None => "-".into(),
+            },
+        ]);
+        s += "\n";
+    }
+    s
+}
+
+fn detail_json(runs: &[DetailRun]) -> Value {
+    json!({
+        "failures": SPREAD_N,
+        "destinations": SPREAD_DESTS,
+        "runs": runs.iter().map(|r| json!({
+            "no_detail": r.no_detail,
+            "events_out_per_s": r.output_per_s,
+            "delivered": r.delivered,
+            "lost": r.lost,
+            "complete": r.complete,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1397,6 +1558,16 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_complete_detail_of_one_command() {
+        let text = "{\"comm\":\"pwbench\",\"detail_complete\":true}\n\
+                    {\"comm\":\"pwbench\",\"detail_complete\":false}\n\
+                    {\"comm\":\"curl\",\"detail_complete\":true}\n\
+                    {\"schema\":2,\"kind\":\"lost\",\"count\":3}\n";
+        assert_eq!(count_complete(text, "pwbench"), 1);
+        assert_eq!(count_portwatch(text, "pwbench"), (2, 3));
+    }
 
     #[test]
     fn medians() {
