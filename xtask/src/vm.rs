@@ -509,7 +509,10 @@ fn guest_init(k: &Kernel, mods: &[String], tests: &[String], extra: &[String]) -
     s += "#!/bin/sh\n";
     s += "export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root RUST_BACKTRACE=1\n";
     s += "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n";
-    s += "mount -t tmpfs tmp /tmp; mount -t tmpfs run /run; mkdir -p /run/netns /root\n";
+    // No tmpfs over /tmp: the initramfs (already in RAM) may carry the
+    // test binaries there, at the paths they were built for (a checkout
+    // under /tmp, as CI's clean clone is).
+    s += "chmod 1777 /tmp; mount -t tmpfs run /run; mkdir -p /run/netns /root\n";
     s += "mount -t cgroup2 cgroup2 /sys/fs/cgroup; mount -t bpf bpf /sys/fs/bpf\n";
     for m in mods {
         s += &format!("insmod /lib/modules/{m}.ko || echo PWVM-FAIL module {m}\n");
