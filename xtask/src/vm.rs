@@ -87,7 +87,7 @@ const SKIP: &[&str] = &[
 const APPLETS: &[&str] = &[
     "mount", "umount", "mkdir", "cat", "echo", "insmod", "poweroff", "uname", "sleep",
     "ls", "grep", "rm", "true", "false", "env", "kill", "ps", "head", "tail", "dmesg", "sysctl",
-    "tr", "unshare", "nc", "seq", "wc", "cut", "xargs",
+    "tr", "unshare", "nc", "seq", "wc", "cut", "xargs", "chmod",
 ];
 
 /// Host programs copied into the guest with their libraries.
