@@ -213,16 +213,7 @@ pub fn attach_nodeport() -> Result<StealAttached> {
         if prog == "pw_tp_retrans" && offs.valid & SOFF_RETRANS == 0 {
             continue;
         }
-        let p: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .with_context(|| format!("program {prog} missing from the object"))?
-            .try_into()?;
-        p.load()
-            .map_err(|e| anyhow!(e))
-            .with_context(|| format!("loading {prog}"))?;
-        p.attach(cat, name)
-            .map_err(|e| anyhow!(e))
-            .with_context(|| format!("attaching to tracepoint {cat}:{name}"))?;
+        load_attach_tracepoint(&mut ebpf, prog, cat, name)?;
     }
     let p: &mut SchedClassifier = ebpf
         .program_mut("pw_tc_synack")
@@ -509,6 +500,21 @@ fn attach_kprobe(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
     Ok(names.join(", "))
 }
 
+/// Loads tracepoint program `prog` and attaches it to `category:name`.
+fn load_attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from the object"))?
+        .try_into()?;
+    p.load()
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("loading {prog}"))?;
+    p.attach(category, name)
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+    Ok(())
+}
+
 fn attach_tracepoint(ebpf: &mut Ebpf, hook: Hook, notes: &mut Vec<String>) -> Result<String> {
     if let Some(n) = system::ensure_tracefs()? {
         notes.push(n);
@@ -522,19 +528,7 @@ fn attach_tracepoint(ebpf: &mut Ebpf, hook: Hook, notes: &mut Vec<String>) -> Re
         (enter, format!("sys_enter_{sys}")),
         (exit, format!("sys_exit_{sys}")),
     ] {
-        res = (|| -> Result<()> {
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing from the object"))?
-                .try_into()?;
-            p.load()
-                .map_err(|e| anyhow!(e))
-                .with_context(|| format!("loading {prog}"))?;
-            p.attach("syscalls", &tp)
-                .map_err(|e| anyhow!(e))
-                .with_context(|| format!("attaching to tracepoint syscalls:{tp}"))?;
-            Ok(())
-        })();
+        res = load_attach_tracepoint(ebpf, prog, "syscalls", &tp);
         if res.is_err() {
             break;
         }
