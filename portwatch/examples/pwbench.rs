@@ -115,6 +115,28 @@ fn failing_attempt(sa: &libc::sockaddr_in) -> Result<i32, i32> {
     }
 }
 
+/// The timed storm loop: `n` failing attempts toward `dest(i)`, counting
+/// those that did not fail with EADDRNOTAVAIL. Returns the meter reading.
+#[inline(always)]
+fn failing_loop<'a>(
+    n: u64,
+    dest: impl Fn(u64) -> &'a libc::sockaddr_in,
+    errors: &mut u64,
+    last_errno: &mut i32,
+) -> (u128, u128, u128) {
+    let m = Meter::start();
+    for i in 0..n {
+        match failing_attempt(dest(i)) {
+            Ok(e) => *last_errno = e,
+            Err(e) => {
+                *errors += 1;
+                *last_errno = e;
+            }
+        }
+    }
+    m.stop()
+}
+
 /// User + system CPU time of this process, in ns.
 fn cpu_ns() -> u128 {
     let mut ru: libc::rusage = unsafe { mem::zeroed() };
@@ -213,17 +235,7 @@ fn main() {
                 connect(fd, &sa).unwrap_or_else(|e| panic!("fill connect {i}: errno {e}"));
                 held.push(fd);
             }
-            let m = Meter::start();
-            for _ in 0..n {
-                match failing_attempt(&sa) {
-                    Ok(e) => last_errno = e,
-                    Err(e) => {
-                        errors += 1;
-                        last_errno = e;
-                    }
-                }
-            }
-            (n, m.stop())
+            (n, failing_loop(n, |_| &sa, &mut errors, &mut last_errno))
         }
         "spread" => {
             let port: u16 = arg(&args, 1, "PORT");
@@ -240,17 +252,8 @@ fn main() {
                     held.push(fd);
                 }
             }
-            let m = Meter::start();
-            for i in 0..n {
-                match failing_attempt(&sas[(i % dests as u64) as usize]) {
-                    Ok(e) => last_errno = e,
-                    Err(e) => {
-                        errors += 1;
-                        last_errno = e;
-                    }
-                }
-            }
-            (n, m.stop())
+            let pick = |i: u64| &sas[(i % dests as u64) as usize];
+            (n, failing_loop(n, pick, &mut errors, &mut last_errno))
         }
         _ => {
             eprintln!(

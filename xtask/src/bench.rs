@@ -803,6 +803,26 @@ pub fn bench(opts: Opts) -> Result<()> {
     Ok(())
 }
 
+/// Waits until `out` has stopped growing for 1.2 s (longer than portwatch's
+/// 0.5 s lost-report tick; at most 60 s after `t_end`) and returns when it
+/// last grew.
+fn output_settled(out: &Path, t_end: Instant) -> Instant {
+    let mut size = fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    let mut t_last = t_end;
+    loop {
+        thread::sleep(Duration::from_millis(20));
+        let s = fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+        let now = Instant::now();
+        if s != size {
+            size = s;
+            t_last = now;
+        }
+        if now - t_last > Duration::from_millis(1200) || now - t_end > Duration::from_secs(60) {
+            return t_last;
+        }
+    }
+}
+
 /// Destinations and failures of the cause-detail storm (issue 8): every
 /// destination's 2-port range held, failures round-robin over them, so
 /// each needs its own socket-table look-up.
@@ -839,21 +859,7 @@ fn detail_storm(
     ];
     let w = workload(pwbench, netns, &args);
     let t_end = Instant::now();
-    // Until the output has stopped growing for 1.2 s.
-    let mut size = 0;
-    let mut t_last = t_end;
-    loop {
-        thread::sleep(Duration::from_millis(20));
-        let s = fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-        let now = Instant::now();
-        if s != size {
-            size = s;
-            t_last = now;
-        }
-        if now - t_last > Duration::from_millis(1200) || now - t_end > Duration::from_secs(60) {
-            break;
-        }
-    }
+    let t_last = output_settled(&out, t_end);
     stop_tracer(live)?;
     let w = w?;
     let text = fs::read_to_string(&out).unwrap_or_default();
@@ -979,22 +985,7 @@ fn storm(
     let cpu0 = cpu_ticks(pid).unwrap_or(0);
     let w = workload(pwbench, netns, &args);
     let t_end = Instant::now();
-    // Wait until the output stops growing (longer than portwatch's 0.5 s lost
-    // report tick), remembering when it last grew.
-    let mut size = fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-    let mut t_last = t_end;
-    loop {
-        thread::sleep(Duration::from_millis(20));
-        let s = fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-        let now = Instant::now();
-        if s != size {
-            size = s;
-            t_last = now;
-        }
-        if now - t_last > Duration::from_millis(1200) || now - t_end > Duration::from_secs(60) {
-            break;
-        }
-    }
+    let t_last = output_settled(&out, t_end);
     let cpu1 = cpu_ticks(pid).unwrap_or(cpu0);
     let hwm_kb = status_kb(pid, "VmHWM");
     let stderr = stop_tracer(live)?;
