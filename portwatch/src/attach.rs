@@ -67,14 +67,17 @@ struct Loaded {
     notes: Vec<String>,
 }
 
-/// Privileges, memlock, BTF offsets, load. `steal` carries the offsets the
-/// nodeport-steal programs read (all invalid for `trace`).
-fn load(ringbuf_bytes: u32, steal: &StealOffsets) -> Result<Loaded> {
-    system::check_privileges()?;
+/// Memlock, BTF offsets, load, with the kernel BTF the caller parsed (once:
+/// it is 5 MB of start-up work). `steal` carries the offsets the
+/// nodeport-steal programs read (all invalid for `trace`); `notes` are the
+/// caller's so far.
+fn load(
+    btf: Btf,
+    ringbuf_bytes: u32,
+    steal: &StealOffsets,
+    mut notes: Vec<String>,
+) -> Result<Loaded> {
     system::raise_memlock();
-    let mut notes = vec![];
-
-    let btf = Btf::from_sys_fs()?;
     let (offs, missing) = offsets::from_btf(&btf);
     for m in missing {
         notes.push(format!(
@@ -108,7 +111,11 @@ pub fn attach(opts: &Options) -> Result<Attached> {
         btf,
         aya_btf,
         mut notes,
-    } = load(opts.ringbuf_bytes, &StealOffsets::default())?;
+    } = {
+        system::check_privileges()?;
+        let btf = Btf::from_sys_fs()?;
+        load(btf, opts.ringbuf_bytes, &StealOffsets::default(), vec![])?
+    };
     let mut hooks = vec![];
     for hook in [Hook::Connect, Hook::Bind] {
         hooks.push(attach_hook(
@@ -195,16 +202,16 @@ fn steal_offsets(btf: &Btf, notes: &mut Vec<String>) -> Result<(StealOffsets, Op
 
 pub fn attach_nodeport() -> Result<StealAttached> {
     system::check_privileges()?;
-    let mut pre_notes = vec![];
+    let mut notes = vec![];
     if let Some(n) = system::ensure_tracefs()? {
-        pre_notes.push(n);
+        notes.push(n);
     }
     let btf = Btf::from_sys_fs()?;
-    let (offs, mut ipvs_missing) = steal_offsets(&btf, &mut pre_notes)?;
+    let (offs, mut ipvs_missing) = steal_offsets(&btf, &mut notes)?;
+    // trace's ring buffer goes unused here: the smallest one.
     let Loaded {
-        mut ebpf, mut notes, ..
-    } = load(4096, &offs)?;
-    notes.splice(0..0, pre_notes);
+        mut ebpf, notes, ..
+    } = load(btf, 4096, &offs, notes)?;
 
     for (prog, cat, name) in [
         ("pw_tp_sock_state", "sock", "inet_sock_set_state"),
