@@ -14,16 +14,23 @@ pub struct Clock {
     offset_ns: i128,
 }
 
+fn clock_ns(id: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// CLOCK_BOOTTIME now, the clock the kernel side stamps records with.
+pub fn boot_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME) as u64
+}
+
 impl Clock {
     pub fn now() -> Clock {
-        let read = |id| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            unsafe { libc::clock_gettime(id, &mut ts) };
-            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-        };
+        let read = clock_ns;
         // Bracket the realtime read to halve the error of the two reads.
         let b0 = read(libc::CLOCK_BOOTTIME);
         let rt = read(libc::CLOCK_REALTIME);

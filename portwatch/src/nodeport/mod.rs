@@ -23,22 +23,13 @@ use crate::{
     attach,
     cli::NodeportArgs,
     ipvs,
-    decode::Clock,
+    decode::{self, Clock},
     netns,
     ports::{self, PortSet},
     source::Source,
 };
 use correlate::Correlator;
 use output::{Context, JsonSink, Sink, TableSink};
-
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// The ports to guard now: static ones plus the IPVS virtual services.
 fn guarded_ports(statics: &PortSet) -> Result<(PortSet, Option<usize>)> {
@@ -195,30 +186,25 @@ pub async fn run(args: NodeportArgs) -> Result<()> {
     eprintln!("portwatch: attached; watching for NodePort steals. Ctrl-C to stop.");
 
     let mut records = vec![];
-    let emit = |sink: &mut Box<dyn Sink>, reps: Vec<correlate::Report>| -> Result<bool> {
-        let any = !reps.is_empty();
+    let emit = |sink: &mut Box<dyn Sink>, reps: Vec<correlate::Report>| -> Result<()> {
         for r in &reps {
             sink.report(r)?;
         }
-        if any {
+        if !reps.is_empty() {
             sink.flush()?;
         }
-        Ok(any)
+        Ok(())
     };
     let res: Result<()> = async {
         loop {
             tokio::select! {
-                r = source.next_batch(|rec| {
-                    if let Some(x) = correlate::decode(rec) {
-                        records.push(x);
-                    }
-                }) => {
+                r = source.next_batch(decode_into(&mut records)) => {
                     r?;
                     let reps: Vec<_> = records.drain(..).filter_map(|r| corr.feed(r)).collect();
                     emit(&mut sink, reps)?;
                 }
                 _ = tick.tick() => {
-                    emit(&mut sink, corr.expire(boot_ns()))?;
+                    emit(&mut sink, corr.expire(decode::boot_now_ns()))?;
                     let lost = source.lost_total()?;
                     if lost > lost_seen {
                         eprintln!("portwatch: {} records lost (ring buffer full)", lost - lost_seen);
@@ -245,11 +231,7 @@ pub async fn run(args: NodeportArgs) -> Result<()> {
                 _ = sigterm.recv() => break,
             }
         }
-        source.drain(|rec| {
-            if let Some(x) = correlate::decode(rec) {
-                records.push(x);
-            }
-        });
+        source.drain(decode_into(&mut records));
         let mut reps: Vec<_> = records.drain(..).filter_map(|r| corr.feed(r)).collect();
         reps.extend(corr.flush());
         emit(&mut sink, reps)?;
@@ -260,6 +242,11 @@ pub async fn run(args: NodeportArgs) -> Result<()> {
         Err(e) if is_broken_pipe(&e) => Ok(()),
         r => r,
     }
+}
+
+/// The ring buffer's records, decoded, onto `records` (unknown ones dropped).
+fn decode_into(records: &mut Vec<correlate::Record>) -> impl FnMut(&[u8]) + '_ {
+    |rec| records.extend(correlate::decode(rec))
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
