@@ -100,8 +100,7 @@ const HOST_TOOLS: &[&str] = &[
 ];
 
 /// Test binaries that honour PORTWATCH_TEST_BACKEND run once per backend;
-/// the others run once, their `#[ignore]`d tests included (those need
-/// what only the guests have, such as IPVS).
+/// the others run once.
 const PER_BACKEND: &[&str] = &["trace", "cause"];
 
 /// One guest's time limit; a hung kernel must not hang CI.
@@ -205,6 +204,9 @@ fn build_payload() -> Result<Payload> {
         "--release",
         "--package",
         "portwatch",
+        // With the tests that need the guests' kernels (IPVS).
+        "--features",
+        "vm-tests",
         "--no-run",
         "--message-format=json-render-diagnostics",
     ]);
@@ -532,7 +534,7 @@ fn guest_init(k: &Kernel, mods: &[String], tests: &[String], extra: &[String]) -
         } else {
             s += &format!("echo PWVM-BEGIN {t} any\n");
             s += &format!(
-                "/pw/{t} --test-threads=1 --include-ignored --show-output{skips} {extra} 2>&1\n"
+                "/pw/{t} --test-threads=1 --show-output{skips} {extra} 2>&1\n"
             );
             s += &format!("echo PWVM-END {t} any rc=$?\n");
         }
