@@ -21,22 +21,22 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::{bpf_sock, bpf_sock_tuple, BPF_F_CURRENT_NETNS},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf,
     },
-    bindings::{bpf_sock, bpf_sock_tuple, BPF_F_CURRENT_NETNS},
     macros::{classifier, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FExitContext, ProbeContext, RetProbeContext, TcContext, TracePointContext},
 };
 use portwatch_common::{
-    FailureEvent, Offsets, AF_INET, AF_INET6, EADDRINUSE, EADDRNOTAVAIL, F_DADDR, F_DPORT, F_NETNS,
-    F_PROTO, F_SADDR, F_SOCK, F_SPORT, KIND_BIND, KIND_CONNECT, OFF_FILES, OFF_NETNS, OFF_SOCK,
-    OFF_SOCK_NET, PROBE_FEXIT, PROBE_KPROBE, PROBE_TC, PROBE_TRACEPOINT, SOFF_IPVS, SOFF_RETRANS,
-    SOFF_STATE, STEAL_IPVS, STEAL_RETRANS, STEAL_STATE, STEAL_SYNACK, StealEvent, StealOffsets,
-    SynAckKey, TpSockFields, TCP_SYN_SENT,
+    FailureEvent, Offsets, StealEvent, StealOffsets, SynAckKey, TpSockFields, AF_INET, AF_INET6,
+    EADDRINUSE, EADDRNOTAVAIL, F_DADDR, F_DPORT, F_NETNS, F_PROTO, F_SADDR, F_SOCK, F_SPORT,
+    KIND_BIND, KIND_CONNECT, OFF_FILES, OFF_NETNS, OFF_SOCK, OFF_SOCK_NET, PROBE_FEXIT,
+    PROBE_KPROBE, PROBE_TC, PROBE_TRACEPOINT, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE, STEAL_IPVS,
+    STEAL_RETRANS, STEAL_STATE, STEAL_SYNACK, TCP_SYN_SENT,
 };
 
 /// Set by userspace before load (`EbpfLoader::set_global`).

@@ -131,7 +131,11 @@ fn main() {
             "--hold" => hold = true,
             "--syncnt" => {
                 args.remove(0);
-                syncnt = Some(args.first().and_then(|n| n.parse::<i32>().ok()).expect("--syncnt N"));
+                syncnt = Some(
+                    args.first()
+                        .and_then(|n| n.parse::<i32>().ok())
+                        .expect("--syncnt N"),
+                );
             }
             _ => break,
         }
@@ -190,7 +194,10 @@ fn main() {
                     }
                     if let Some(src) = &from {
                         set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
-                        let lg = libc::linger { l_onoff: 1, l_linger: 0 };
+                        let lg = libc::linger {
+                            l_onoff: 1,
+                            l_linger: 0,
+                        };
                         unsafe {
                             libc::setsockopt(
                                 fd,
@@ -466,7 +473,11 @@ mod uring {
                 std::ptr::null::<u8>(),
                 0usize,
             );
-            assert!(rc >= 0, "io_uring_enter: {}", std::io::Error::last_os_error());
+            assert!(
+                rc >= 0,
+                "io_uring_enter: {}",
+                std::io::Error::last_os_error()
+            );
             std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
             let head = *(cq.add(p.cq_off.head as usize) as *const u32);
             let cmask = *(cq.add(p.cq_off.ring_mask as usize) as *const u32);

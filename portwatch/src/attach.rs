@@ -171,9 +171,7 @@ fn steal_offsets(btf: &Btf, notes: &mut Vec<String>) -> Result<(StealOffsets, Op
         Ok(())
     })() {
         Ok(()) => o.valid |= SOFF_RETRANS,
-        Err(e) => notes.push(format!(
-            "SYN retransmissions will not be counted: {e:#}"
-        )),
+        Err(e) => notes.push(format!("SYN retransmissions will not be counted: {e:#}")),
     }
     let ipvs_missing = match (|| -> Result<()> {
         let m = btf

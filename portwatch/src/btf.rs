@@ -462,7 +462,11 @@ pub(crate) mod tests {
             "ip_vs_conn_param",
             false,
             24,
-            &[("caddr", p, 64, 0), ("cport", u16t, 128, 0), ("vport", u16t, 144, 0)],
+            &[
+                ("caddr", p, 64, 0),
+                ("cport", u16t, 128, 0),
+                ("vport", u16t, 144, 0),
+            ],
         );
         m.func("ip_vs_conn_new", &[p, u32t, p, u16t, u32t, p, u32t]);
         let vmlinux = Btf::parse(&base.build()).unwrap();

@@ -241,7 +241,9 @@ pub fn read_state(t: &Target) -> Result<NsState> {
 /// netns, the one portwatch runs in).
 pub fn ipvs_ports() -> Option<PortSet> {
     let services = crate::ipvs::read_services().ok()??;
-    Some(PortSet::from_ranges(services.iter().map(|s| (s.port, s.port))))
+    Some(PortSet::from_ranges(
+        services.iter().map(|s| (s.port, s.port)),
+    ))
 }
 
 fn endpoint(a: IpAddr, p: u16) -> String {

@@ -15,13 +15,19 @@ use serde_json::Value;
 /// A veth pair between `a` (address `a_ip`) and `b` (address `b_ip`).
 fn link(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str) {
     let st = Command::new("ip")
-        .args(["-n", &a.name, "link", "add", a_if, "type", "veth", "peer", "name", b_if])
+        .args([
+            "-n", &a.name, "link", "add", a_if, "type", "veth", "peer", "name", b_if,
+        ])
         .args(["netns", &b.name])
         .status()
         .unwrap();
     assert!(st.success());
-    a.sh(&format!("ip addr add {a_ip} dev {a_if} && ip link set {a_if} up"));
-    b.sh(&format!("ip addr add {b_ip} dev {b_if} && ip link set {b_if} up"));
+    a.sh(&format!(
+        "ip addr add {a_ip} dev {a_if} && ip link set {a_if} up"
+    ));
+    b.sh(&format!(
+        "ip addr add {b_ip} dev {b_if} && ip link set {b_if} up"
+    ));
 }
 
 /// The node (range `node_range`) and a pod with a listener on 10.0.0.2:80.
@@ -41,7 +47,10 @@ fn reports(t: &mut Tracer, n: usize) -> Vec<Value> {
     while out.len() < n && std::time::Instant::now() < deadline {
         if let Some(l) = t.next_line(Duration::from_millis(200)) {
             let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("{l}: {e}"));
-            if v["kind"].as_str().is_some_and(|k| k.starts_with("nodeport_")) {
+            if v["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("nodeport_"))
+            {
                 out.push(v);
             }
         }
@@ -109,16 +118,15 @@ fn assert_victim(r: &Value, sport: u16) {
 #[test]
 fn packet_path_reports_a_steal_a_near_miss_and_warns_about_the_range() {
     let (node, _pod, _listener) = node_and_pod((1024, 65535));
-    node.sh(
-        "nft add table inet pwtest && \
+    node.sh("nft add table inet pwtest && \
          nft add chain inet pwtest input '{ type filter hook input priority 0; }' && \
-         nft add rule inet pwtest input tcp dport 30080 'tcp flags & (syn|ack) == (syn|ack)' drop",
-    );
+         nft add rule inet pwtest input tcp dport 30080 'tcp flags & (syn|ack) == (syn|ack)' drop");
     let mut t = Tracer::start_in(&node, &["nodeport-steal", "--json", "--follow", "10s"]);
     {
         let err = t.stderr.lock().unwrap();
         assert!(
-            err.iter().any(|l| l.contains("SYN-ACK watch: tc ingress on n0")),
+            err.iter()
+                .any(|l| l.contains("SYN-ACK watch: tc ingress on n0")),
             "{err:?}"
         );
         let warn = err
@@ -176,7 +184,8 @@ fn ipvs_steal_names_the_real_server() {
             "{err:?}"
         );
         assert!(
-            err.iter().any(|l| l.contains("guarding 4 ports: 30080-30081,31000-31001 (1 IPVS virtual services)")),
+            err.iter().any(|l| l
+                .contains("guarding 4 ports: 30080-30081,31000-31001 (1 IPVS virtual services)")),
             "{err:?}"
         );
     }

@@ -771,7 +771,9 @@ pub fn bench(opts: Opts) -> Result<()> {
                 round + 1,
                 if no_detail { "--no-detail" } else { "with detail" }
             );
-            details.push(detail_storm(&pw, &script, &pwbench, &storm_ns, &dir, no_detail)?);
+            details.push(detail_storm(
+                &pw, &script, &pwbench, &storm_ns, &dir, no_detail,
+            )?);
         }
     }
     drop(_netns);
@@ -911,14 +913,22 @@ fn detail_markdown(runs: &[DetailRun]) -> String {
     );
     for r in runs {
         s += &md_row(&[
-            if r.no_detail { "--no-detail" } else { "with detail (default 50 ms budget)" }.into(),
+            if r.no_detail {
+                "--no-detail"
+            } else {
+                "with detail (default 50 ms budget)"
+            }
+            .into(),
             thousands(r.output_per_s),
             r.delivered.to_string(),
             r.lost.to_string(),
             if r.no_detail {
                 "-".into()
             } else {
-                format!("{:.1} %", 100.0 * r.complete as f64 / r.delivered.max(1) as f64)
+                format!(
+                    "{:.1} %",
+                    100.0 * r.complete as f64 / r.delivered.max(1) as f64
+                )
             },
             match base.and_then(|b| ratio(r.output_per_s, b)) {
                 Some(x) => format!("{x:.2}x"),

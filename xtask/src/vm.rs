@@ -85,9 +85,9 @@ const SKIP: &[&str] = &[
 /// shell runs its own applets before PATH, so `sh -c "ip netns exec ..."`
 /// (check's printed fixes) would get busybox's `ip`; Debian's dash is /bin/sh.
 const APPLETS: &[&str] = &[
-    "mount", "umount", "mkdir", "cat", "echo", "insmod", "poweroff", "uname", "sleep",
-    "ls", "grep", "rm", "true", "false", "env", "kill", "ps", "head", "tail", "dmesg", "sysctl",
-    "tr", "unshare", "nc", "seq", "wc", "cut", "xargs", "chmod",
+    "mount", "umount", "mkdir", "cat", "echo", "insmod", "poweroff", "uname", "sleep", "ls",
+    "grep", "rm", "true", "false", "env", "kill", "ps", "head", "tail", "dmesg", "sysctl", "tr",
+    "unshare", "nc", "seq", "wc", "cut", "xargs", "chmod",
 ];
 
 /// Host programs copied into the guest with their libraries.
@@ -120,7 +120,11 @@ pub fn select(which: &str) -> Result<Vec<&'static Kernel>> {
         Some(k) => Ok(vec![k]),
         None => bail!(
             "unknown kernel {which:?}: choose one of {}, or all",
-            KERNELS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+            KERNELS
+                .iter()
+                .map(|k| k.name)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -180,9 +184,9 @@ pub fn vm_test(kernels: &[&'static Kernel], extra: &[String]) -> Result<()> {
     let matrix = matrix(&reports);
     println!("\n{matrix}");
     fs::write(out_root.join("matrix.md"), &matrix)?;
-    let (p, f) = reports.iter().fold((0, 0), |(p, f), (_, r)| {
-        (p + r.passed(), f + r.failed())
-    });
+    let (p, f) = reports
+        .iter()
+        .fold((0, 0), |(p, f), (_, r)| (p + r.passed(), f + r.failed()));
     println!(
         "xtask: vm-test: {p} passed, {f} failed in {} kernel(s), {:.0} s (console logs in {})",
         reports.len(),
@@ -211,7 +215,10 @@ fn build_payload() -> Result<Payload> {
         "--message-format=json-render-diagnostics",
     ]);
     eprintln!("xtask: $ {}", show(&c));
-    let out = c.stderr(Stdio::inherit()).output().context("running cargo")?;
+    let out = c
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo")?;
     if !out.status.success() {
         bail!("building the integration tests failed");
     }
@@ -290,8 +297,9 @@ fn unpack_kernel(k: &Kernel) -> Result<PathBuf> {
                 } else {
                     "^linux-image-6\\.12\\..*-cloud-amd64$"
                 };
-                let avail = output(Command::new("apt-cache").args(["search", "--names-only", flavour]))
-                    .unwrap_or_default();
+                let avail =
+                    output(Command::new("apt-cache").args(["search", "--names-only", flavour]))
+                        .unwrap_or_default();
                 bail!(
                     "the pinned kernel {} is not served any more; pin one of these in xtask/src/vm.rs:\n{avail}",
                     k.package
@@ -310,7 +318,11 @@ fn unpack_kernel(k: &Kernel) -> Result<PathBuf> {
 fn find_vmlinuz(kdir: &Path) -> Result<PathBuf> {
     for e in fs::read_dir(kdir.join("boot"))? {
         let p = e?.path();
-        if p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-") {
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("vmlinuz-")
+        {
             return Ok(p);
         }
     }
@@ -407,7 +419,10 @@ fn put_stripped(root: &Path, src: &Path, at: &Path) -> Result<()> {
 
 /// The shared libraries (and the loader) a dynamically linked program needs.
 fn libraries_of(prog: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(prog).output().context("running ldd")?;
+    let out = Command::new("ldd")
+        .arg(prog)
+        .output()
+        .context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if text.contains("not a dynamic executable") {
         return Ok(vec![]);
@@ -437,8 +452,19 @@ fn build_initramfs(
     let root = dir.join("root");
     let _ = fs::remove_dir_all(&root);
     for d in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "lib/modules",
-        "pw", "etc", "var",
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "lib/modules",
+        "pw",
+        "etc",
+        "var",
     ] {
         fs::create_dir_all(root.join(d))?;
     }
@@ -449,7 +475,10 @@ fn build_initramfs(
     }
     std::os::unix::fs::symlink("dash", root.join("bin/sh"))?;
     // Enough of /etc for programs that look users up.
-    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
     fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
 
     let mut dynamic: Vec<PathBuf> = vec![];
@@ -498,7 +527,12 @@ fn build_initramfs(
         bail!("building {} failed", initrd.display());
     }
     let mb = fs::metadata(&initrd)?.len() as f64 / (1 << 20) as f64;
-    eprintln!("xtask: {} initramfs {:.1} MiB, modules: {}", k.name, mb, mods.join(" "));
+    eprintln!(
+        "xtask: {} initramfs {:.1} MiB, modules: {}",
+        k.name,
+        mb,
+        mods.join(" ")
+    );
     Ok(initrd)
 }
 
@@ -533,9 +567,7 @@ fn guest_init(k: &Kernel, mods: &[String], tests: &[String], extra: &[String]) -
             }
         } else {
             s += &format!("echo PWVM-BEGIN {t} any\n");
-            s += &format!(
-                "/pw/{t} --test-threads=1 --show-output{skips} {extra} 2>&1\n"
-            );
+            s += &format!("/pw/{t} --test-threads=1 --show-output{skips} {extra} 2>&1\n");
             s += &format!("echo PWVM-END {t} any rc=$?\n");
         }
     }
@@ -569,12 +601,18 @@ impl GuestReport {
         let l = l.trim_end_matches('\r');
         if let Some(rest) = l.strip_prefix("PWVM-BEGIN ") {
             let mut w = rest.split_whitespace();
-            let key = (w.next().unwrap_or("").to_string(), w.next().unwrap_or("").to_string());
+            let key = (
+                w.next().unwrap_or("").to_string(),
+                w.next().unwrap_or("").to_string(),
+            );
             self.runs.entry(key.clone()).or_default();
             *cur = Some(key);
         } else if let Some(rest) = l.strip_prefix("PWVM-END ") {
             let mut w = rest.split_whitespace();
-            let key = (w.next().unwrap_or("").to_string(), w.next().unwrap_or("").to_string());
+            let key = (
+                w.next().unwrap_or("").to_string(),
+                w.next().unwrap_or("").to_string(),
+            );
             let rc = w
                 .next()
                 .and_then(|r| r.strip_prefix("rc="))
@@ -603,11 +641,19 @@ impl GuestReport {
     }
 
     pub fn passed(&self) -> usize {
-        self.runs.values().flat_map(|r| &r.tests).filter(|t| t.1).count()
+        self.runs
+            .values()
+            .flat_map(|r| &r.tests)
+            .filter(|t| t.1)
+            .count()
     }
 
     pub fn failed(&self) -> usize {
-        self.runs.values().flat_map(|r| &r.tests).filter(|t| !t.1).count()
+        self.runs
+            .values()
+            .flat_map(|r| &r.tests)
+            .filter(|t| !t.1)
+            .count()
     }
 
     /// Why this guest's run counts as failed, if it does.
@@ -616,13 +662,20 @@ impl GuestReport {
             return Some(self.problems.join("; "));
         }
         if !self.done {
-            return Some("the guest did not finish (crash or time-out; see its console log)".into());
+            return Some(
+                "the guest did not finish (crash or time-out; see its console log)".into(),
+            );
         }
         for ((t, b), r) in &self.runs {
             if r.tests.is_empty() {
                 return Some(format!("{t} on {b}: no test ran"));
             }
-            let bad: Vec<_> = r.tests.iter().filter(|x| !x.1).map(|x| x.0.as_str()).collect();
+            let bad: Vec<_> = r
+                .tests
+                .iter()
+                .filter(|x| !x.1)
+                .map(|x| x.0.as_str())
+                .collect();
             if !bad.is_empty() {
                 return Some(format!("{t} on {b}: failed {}", bad.join(", ")));
             }
@@ -642,7 +695,13 @@ fn boot(k: &Kernel, vmlinuz: &Path, initrd: &Path, dir: &Path) -> Result<GuestRe
     let mut log = fs::File::create(&log_path)?;
     let mut c = Command::new("qemu-system-x86_64");
     c.args(["-accel", "tcg", "-cpu", "max", "-m", "1536", "-smp", "1"])
-        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
@@ -676,10 +735,8 @@ fn boot(k: &Kernel, vmlinuz: &Path, initrd: &Path, dir: &Path) -> Result<GuestRe
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if t0.elapsed() > GUEST_TIMEOUT {
                     let _ = child.kill();
-                    rep.problems.push(format!(
-                        "timed out after {} s",
-                        GUEST_TIMEOUT.as_secs()
-                    ));
+                    rep.problems
+                        .push(format!("timed out after {} s", GUEST_TIMEOUT.as_secs()));
                     break;
                 }
             }
@@ -750,7 +807,10 @@ pub fn matrix(reports: &[(&str, GuestReport)]) -> String {
             );
         }
         for ((bin, _), r) in of("auto") {
-            s += &format!("| {k} | auto | - | - | {bin}: picks fexit: {} |\n", cell(r.tests.iter()));
+            s += &format!(
+                "| {k} | auto | - | - | {bin}: picks fexit: {} |\n",
+                cell(r.tests.iter())
+            );
         }
         for ((bin, _), r) in of("any") {
             s += &format!("| {k} | - | - | - | {bin}: {} |\n", cell(r.tests.iter()));
@@ -791,12 +851,19 @@ mod tests {
         let r = feed(&bad);
         assert!(r.failure().unwrap().contains("bind_port_in_use_ipv4"));
         let m = matrix(&[("6.1", r)]);
-        assert!(m.contains("| 6.1 | fexit | pass (1) | FAIL (1/1) | FAIL (1/2) |"), "{m}");
+        assert!(
+            m.contains("| 6.1 | fexit | pass (1) | FAIL (1/1) | FAIL (1/2) |"),
+            "{m}"
+        );
 
         // No PWVM-DONE: the guest crashed or hung.
         assert!(feed(&ok[..4]).failure().unwrap().contains("did not finish"));
         // A run in which no test ran is not a pass.
-        let r = feed(&["PWVM-BEGIN trace kprobe", "PWVM-END trace kprobe rc=0", "PWVM-DONE"]);
+        let r = feed(&[
+            "PWVM-BEGIN trace kprobe",
+            "PWVM-END trace kprobe rc=0",
+            "PWVM-DONE",
+        ]);
         assert!(r.failure().unwrap().contains("no test ran"));
         // A test line outside a run is ignored, a module failure is not.
         let r = feed(&["test x ... ok", "PWVM-FAIL module veth", "PWVM-DONE"]);

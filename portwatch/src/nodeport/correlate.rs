@@ -34,10 +34,14 @@ pub struct Record {
 pub enum What {
     SynAck,
     /// IPVS sent the SYN-ACK on to this real server.
-    Ipvs { real_server: SocketAddr },
+    Ipvs {
+        real_server: SocketAddr,
+    },
     Retransmit,
     /// The socket left SYN_SENT for `new` (a TCP state number).
-    State { new: u8 },
+    State {
+        new: u8,
+    },
 }
 
 fn addr(family: u16, b: &[u8; 16]) -> IpAddr {
@@ -64,8 +68,15 @@ pub fn decode(rec: &[u8]) -> Option<Record> {
         _ => return None,
     };
     let owner = (ev.pid != 0).then(|| {
-        let end = ev.comm.iter().position(|&c| c == 0).unwrap_or(ev.comm.len());
-        (ev.pid, String::from_utf8_lossy(&ev.comm[..end]).into_owned())
+        let end = ev
+            .comm
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(ev.comm.len());
+        (
+            ev.pid,
+            String::from_utf8_lossy(&ev.comm[..end]).into_owned(),
+        )
     });
     Some(Record {
         ts_ns: ev.ts_ns,
@@ -138,8 +149,8 @@ impl Correlator {
             None if o.retransmits > 0 => Outcome::Retransmitting,
             None => Outcome::Unknown,
         };
-        let steal = o.real_server.is_some()
-            || matches!(outcome, Outcome::Retransmitting | Outcome::Failed);
+        let steal =
+            o.real_server.is_some() || matches!(outcome, Outcome::Retransmitting | Outcome::Failed);
         Report {
             ts_ns: o.ts_ns,
             steal,
@@ -264,7 +275,14 @@ mod tests {
     fn delivered_reply_is_a_near_miss_and_silence_expires() {
         let mut c = Correlator::new(100);
         c.feed(rec(1, What::SynAck));
-        let rep = c.feed(rec(2, What::State { new: TCP_ESTABLISHED })).unwrap();
+        let rep = c
+            .feed(rec(
+                2,
+                What::State {
+                    new: TCP_ESTABLISHED,
+                },
+            ))
+            .unwrap();
         assert!(!rep.steal);
         assert_eq!(rep.outcome, Outcome::Established);
 
@@ -303,9 +321,8 @@ mod tests {
         ev.rs_port = 8080;
         ev.pid = 7;
         ev.comm[..4].copy_from_slice(b"curl");
-        let bytes = unsafe {
-            std::slice::from_raw_parts(&ev as *const _ as *const u8, STEAL_EVENT_SIZE)
-        };
+        let bytes =
+            unsafe { std::slice::from_raw_parts(&ev as *const _ as *const u8, STEAL_EVENT_SIZE) };
         let r = decode(bytes).unwrap();
         assert_eq!(r.local, sa("10.0.0.1:30080"));
         assert_eq!(r.remote, sa("10.0.0.2:80"));

@@ -22,9 +22,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     attach,
     cli::NodeportArgs,
-    ipvs,
     decode::{self, Clock},
-    netns,
+    ipvs, netns,
     ports::{self, PortSet},
     source::Source,
 };
@@ -53,7 +52,8 @@ fn sync_guarded(
     want: &PortSet,
 ) -> Result<()> {
     for p in want.minus(have).iter() {
-        map.insert(p, 1, 0).context("updating the guarded ports map")?;
+        map.insert(p, 1, 0)
+            .context("updating the guarded ports map")?;
     }
     for p in have.minus(want).iter() {
         let _ = map.remove(&p);
@@ -127,10 +127,8 @@ pub async fn run(args: NodeportArgs) -> Result<()> {
             Err(e) => eprintln!("portwatch: not watching {i}: {e:#}"),
         }
     }
-    let mut gmap: BpfHashMap<MapData, u16, u8> = BpfHashMap::try_from(
-        ebpf.take_map("GUARDED")
-            .context("GUARDED map missing")?,
-    )?;
+    let mut gmap: BpfHashMap<MapData, u16, u8> =
+        BpfHashMap::try_from(ebpf.take_map("GUARDED").context("GUARDED map missing")?)?;
     let (mut guarded, nsvc) = guarded_ports(&statics)?;
     sync_guarded(&mut gmap, &PortSet::new(), &guarded)?;
 

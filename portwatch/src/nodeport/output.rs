@@ -200,7 +200,11 @@ mod tests {
     #[test]
     fn json_fields_are_the_contract() {
         let clock = Clock::fixed(1_700_000_000_000_000_000);
-        let v = to_json(&report(Some("10.0.1.3:8080"), Outcome::Failed), &clock, &ctx());
+        let v = to_json(
+            &report(Some("10.0.1.3:8080"), Outcome::Failed),
+            &clock,
+            &ctx(),
+        );
         assert_eq!(v["kind"], "nodeport_steal");
         assert_eq!(v["port"], 30080);
         assert_eq!(v["node_addr"], "10.0.0.1");
@@ -217,7 +221,10 @@ mod tests {
         assert_eq!(v["outcome"], "failed");
         assert_eq!(v["probe"], "kprobe");
         assert_eq!(v["schema"], SCHEMA_VERSION);
-        assert!(v["time"].as_str().unwrap().starts_with("2023-11-14T22:13:2"));
+        assert!(v["time"]
+            .as_str()
+            .unwrap()
+            .starts_with("2023-11-14T22:13:2"));
 
         let v = to_json(&report(None, Outcome::Established), &clock, &ctx());
         assert_eq!(v["kind"], "nodeport_near_miss");
@@ -236,10 +243,16 @@ mod tests {
         let lines: Vec<_> = s.lines().collect();
         assert!(lines[0].starts_with("TIME"), "{s}");
         assert!(lines[1].contains("nodeport_steal") && lines[1].contains("10.0.1.3:8080"));
-        assert!(lines[2].contains("IPVS took the SYN-ACK for 10.0.0.1:30080"), "{s}");
+        assert!(
+            lines[2].contains("IPVS took the SYN-ACK for 10.0.0.1:30080"),
+            "{s}"
+        );
         assert!(lines[2].contains("kubelet (pid 42)"), "{s}");
         assert!(lines[2].ends_with("Fix: sysctl -w net.ipv4.ip_local_reserved_ports=30000-32767"));
-        assert!(lines[4].contains("never reached kubelet (pid 42)'s socket (failed)"), "{s}");
+        assert!(
+            lines[4].contains("never reached kubelet (pid 42)'s socket (failed)"),
+            "{s}"
+        );
         assert_eq!(lines.len(), 5);
     }
 }
