@@ -36,8 +36,8 @@ impl Format {
         Err(e).with_context(|| format!("reading {path} (tracepoint {category}:{name})"))
     }
 
-    /// Parses lines like
-    /// `field:__u16 sport;	offset:24;	size:2;	signed:0;`.
+    /// Parses lines like `field:__u16 sport; offset:24; size:2; signed:0;`
+    /// (tab-separated in the kernel's files).
     pub fn parse(event: &str, text: &str) -> Result<Format> {
         let mut fields = HashMap::new();
         for line in text.lines() {

@@ -137,8 +137,8 @@ impl<W: Write> Sink for TableSink<W> {
         if !self.header {
             writeln!(
                 self.w,
-                "{:<15} {:<18} {:>5} {:<44} {:>7} {:<15} {:<21} {}",
-                "TIME", "KIND", "PORT", "VICTIM", "PID", "COMM", "REAL SERVER", "OUTCOME"
+                "{:<15} {:<18} {:>5} {:<44} {:>7} {:<15} {:<21} OUTCOME",
+                "TIME", "KIND", "PORT", "VICTIM", "PID", "COMM", "REAL SERVER"
             )?;
             self.header = true;
         }
