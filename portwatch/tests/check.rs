@@ -219,12 +219,7 @@ fn port_pressure_at_four_of_five_usable() {
         )
     );
     // The fix is written for the host's shell.
-    let out = Command::new("sh").args(["-c", fix]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{fix}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    host_sh(fix);
     let r = check_from_host(&ns);
     assert_eq!(r.code, Some(0), "{:?}", r.findings);
     assert!(r.findings.is_empty(), "{:?}", r.findings);
@@ -263,12 +258,7 @@ fn time_wait_heavy_reports_tw_reuse() {
             ns.name
         )
     );
-    let out = Command::new("sh").args(["-c", fix]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{fix}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    host_sh(fix);
     assert_eq!(read_in(&ns, "net/ipv4/tcp_tw_reuse"), "1");
     let r = check_from_host(&ns);
     let tw = of(&r, "time_wait_heavy");

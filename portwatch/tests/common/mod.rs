@@ -63,6 +63,21 @@ fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Runs `cmd` with `sh -c` on the host (a printed fix that enters a netns
+/// itself, say); panics with its stderr if it fails.
+pub fn host_sh(cmd: &str) {
+    sh_checked(Command::new("sh"), cmd);
+}
+
+fn sh_checked(mut sh: Command, cmd: &str) {
+    let out = sh.args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A network namespace made for one test, deleted on drop.
 pub struct Netns {
     pub name: String,
@@ -107,12 +122,7 @@ impl Netns {
 
     /// Runs `cmd` with `sh -c` inside this netns; panics with its stderr if it fails.
     pub fn sh(&self, cmd: &str) {
-        let out = self.cmd("sh").args(["-c", cmd]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        sh_checked(self.cmd("sh"), cmd);
     }
 
     /// A command run inside this netns.
