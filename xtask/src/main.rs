@@ -28,6 +28,8 @@ const TEST_PKGS: &[&str] = &[
     "bpftool",
     "util-linux",
     "nftables",
+    // k8s-cri generates its gRPC bindings with protoc at build time.
+    "protobuf-compiler",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_LIB: &str = "/usr/lib/x86_64-linux-gnu/libLLVM.so.22.1";
