@@ -9,6 +9,7 @@ mod btf;
 mod cause;
 mod check;
 mod cli;
+mod control;
 mod decode;
 mod enrich;
 mod event;

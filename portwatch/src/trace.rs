@@ -7,12 +7,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     attach::{self, Attached},
     cause::{self, Detailer},
     cli::TraceArgs,
+    control::{self, Control},
     decode::{self, Clock},
     enrich::Enricher,
     event::Event,
@@ -31,7 +31,37 @@ fn is_broken_pipe(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
 }
 
+/// `portwatch trace`: the pipeline into a table or JSON lines on stdout,
+/// until SIGINT/SIGTERM.
 pub async fn run(args: TraceArgs) -> Result<End> {
+    let (_stop, rx) = control::stop_on_signals()?;
+    let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    let sink: Box<dyn Sink> = if args.json {
+        Box::new(JsonSink::new(stdout))
+    } else {
+        Box::new(TableSink::new(stdout))
+    };
+    pipeline(&args, sink, Control::new(rx)).await
+}
+
+/// The filter the trace options ask for.
+pub fn filter_of(args: &TraceArgs) -> Filter {
+    Filter {
+        pid: args.pid,
+        comm: args.comm.clone(),
+        errno: args.errno,
+        dport: args.dport,
+        namespace: args.namespace.clone(),
+        pod: args.pod.clone(),
+        container: args.container.clone(),
+        host: args.host,
+    }
+}
+
+/// attach -> ring buffer -> decode -> enrich -> filter -> cause -> `sink`,
+/// until `ctl` says stop (then what the kernel already wrote still goes
+/// out) or the sink's reader is gone.
+pub async fn pipeline(args: &TraceArgs, mut sink: Box<dyn Sink>, mut ctl: Control) -> Result<End> {
     let Attached {
         mut ebpf,
         hooks,
@@ -43,7 +73,9 @@ pub async fn run(args: TraceArgs) -> Result<End> {
     for n in &notes {
         eprintln!("portwatch: {n}");
     }
+    let mut attached = vec![];
     for h in &hooks {
+        attached.push(format!("{}={}", h.hook.name(), h.probe.name()));
         let skipped = h
             .skipped
             .iter()
@@ -84,28 +116,11 @@ pub async fn run(args: TraceArgs) -> Result<End> {
         budget: args.detail_budget,
         lookups: !args.no_detail,
     })?;
-    let filter = Filter {
-        pid: args.pid,
-        comm: args.comm.clone(),
-        errno: args.errno,
-        dport: args.dport,
-        namespace: args.namespace.clone(),
-        pod: args.pod.clone(),
-        container: args.container.clone(),
-        host: args.host,
-    };
-    let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-    let mut sink: Box<dyn Sink> = if args.json {
-        Box::new(JsonSink::new(stdout))
-    } else {
-        Box::new(TableSink::new(stdout))
-    };
-
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let filter = filter_of(args);
     let mut lost_tick = tokio::time::interval(Duration::from_millis(500));
     let mut lost_seen = 0u64;
     eprintln!("portwatch: attached; tracing connect()/bind() failures (EADDRNOTAVAIL, EADDRINUSE). Ctrl-C to stop.");
+    ctl.report_attached(&attached.join(" "));
 
     // Records are decoded straight out of the ring buffer (no copy), and
     // the rest of the pipeline runs once the ring's borrow has ended.
@@ -165,8 +180,7 @@ pub async fn run(args: TraceArgs) -> Result<End> {
                 emit(&mut detailer, &mut sink)
             }
             _ = lost_tick.tick() => report_lost(&mut sink, &source, &mut lost_seen),
-            _ = sigint.recv() => break End::Signal,
-            _ = sigterm.recv() => break End::Signal,
+            _ = ctl.stopped() => break End::Signal,
         };
         if let Err(e) = res {
             if is_broken_pipe(&e) {

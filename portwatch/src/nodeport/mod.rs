@@ -17,11 +17,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     attach,
     cli::NodeportArgs,
+    control::{self, Control},
     decode::{self, Clock},
     ipvs, netns,
     ports::{self, PortSet},
@@ -101,7 +101,30 @@ fn overlap_warning(guarded: &PortSet) -> Option<(String, String)> {
     ))
 }
 
+/// `portwatch nodeport-steal`: reports as a table or JSON lines on stdout,
+/// until SIGINT/SIGTERM.
 pub async fn run(args: NodeportArgs) -> Result<()> {
+    let (_stop, rx) = control::stop_on_signals()?;
+    let json = args.json;
+    let make_sink = move |clock: Clock, ctx: Context| -> Box<dyn Sink> {
+        let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+        if json {
+            Box::new(JsonSink::new(stdout, clock, ctx))
+        } else {
+            Box::new(TableSink::new(stdout, clock, ctx))
+        }
+    };
+    pipeline(&args, make_sink, Control::new(rx)).await
+}
+
+/// attach -> STEALS ring buffer -> correlate -> the sink `make_sink` builds
+/// (it gets the clock and the context reports are rendered with), until
+/// `ctl` says stop (pending reports are flushed) or the reader is gone.
+pub async fn pipeline(
+    args: &NodeportArgs,
+    make_sink: impl FnOnce(Clock, Context) -> Box<dyn Sink>,
+    mut ctl: Control,
+) -> Result<()> {
     let mut statics = PortSet::range(args.nodeport_range.0, args.nodeport_range.1);
     if let Some(p) = &args.ports {
         statics = statics.union(p);
@@ -169,19 +192,16 @@ pub async fn run(args: NodeportArgs) -> Result<()> {
     let mut source = Source::named(&mut ebpf, "STEALS", &[2])?;
     let clock = Clock::now();
     let ctx = Context { probe, fix };
-    let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-    let mut sink: Box<dyn Sink> = if args.json {
-        Box::new(JsonSink::new(stdout, clock, ctx))
-    } else {
-        Box::new(TableSink::new(stdout, clock, ctx))
-    };
+    let mut sink = make_sink(clock, ctx);
     let mut corr = Correlator::new(args.follow.as_nanos() as u64);
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
     let mut lost_seen = 0u64;
     eprintln!("portwatch: attached; watching for NodePort steals. Ctrl-C to stop.");
+    ctl.report_attached(&format!(
+        "synack=tc ipvs={}",
+        if ipvs.is_some() { "kprobe" } else { "none" }
+    ));
 
     let mut records = vec![];
     let emit = |sink: &mut Box<dyn Sink>, reps: Vec<correlate::Report>| -> Result<()> {
@@ -206,6 +226,7 @@ pub async fn run(args: NodeportArgs) -> Result<()> {
                     let lost = source.lost_total()?;
                     if lost > lost_seen {
                         eprintln!("portwatch: {} records lost (ring buffer full)", lost - lost_seen);
+                        sink.lost(lost - lost_seen)?;
                         lost_seen = lost;
                     }
                 }
@@ -225,8 +246,7 @@ pub async fn run(args: NodeportArgs) -> Result<()> {
                         }
                     }
                 }
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
+                _ = ctl.stopped() => break,
             }
         }
         source.drain(decode_into(&mut records));

@@ -89,6 +89,11 @@ pub fn hint(r: &Report, ctx: &Context) -> String {
 pub trait Sink {
     fn report(&mut self, r: &Report) -> Result<()>;
     fn flush(&mut self) -> Result<()>;
+    /// `count` kernel records were dropped (ring buffer full); the stream
+    /// outputs say so on stderr already.
+    fn lost(&mut self, _count: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 pub struct JsonSink<W: Write> {
