@@ -46,7 +46,7 @@ pub enum Severity {
 }
 
 impl Severity {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Severity::Info => "info",
             Severity::Warning => "warning",
@@ -82,6 +82,8 @@ pub struct Target {
     /// What to put before a command to run it in this netns ("" for the node).
     enter: String,
     pub is_node: bool,
+    /// A process in this netns, when one was seen (tells whose pod it is).
+    pub pid: Option<u32>,
 }
 
 /// What was read from one netns.
@@ -153,6 +155,7 @@ pub fn discover(specs: &[String]) -> Result<Vec<Target>> {
                     enter_prefix(&path)
                 },
                 is_node,
+                pid: s.parse().ok(),
             });
         }
         return Ok(out);
@@ -164,6 +167,7 @@ pub fn discover(specs: &[String]) -> Result<Vec<Target>> {
         place: "node".into(),
         enter: String::new(),
         is_node: true,
+        pid: Some(std::process::id()),
     });
     let mut named: Vec<PathBuf> = vec![];
     for dir in ["/run/netns", "/var/run/netns"] {
@@ -181,6 +185,7 @@ pub fn discover(specs: &[String]) -> Result<Vec<Target>> {
                     place: p.display().to_string(),
                     enter: enter_prefix(&p),
                     is_node: false,
+                    pid: None,
                 });
             }
         }
@@ -197,6 +202,11 @@ pub fn discover(specs: &[String]) -> Result<Vec<Target>> {
             continue;
         };
         if seen.contains(&ino) {
+            // A named netns (CNI's /run/netns/cni-…) gets the first pid
+            // seen in it: through it, the pod it belongs to.
+            if let Some(t) = out.iter_mut().find(|t| t.ino == ino && t.pid.is_none()) {
+                t.pid = Some(pid);
+            }
             continue;
         }
         // A process may exit between the two looks: skip it then.
@@ -208,6 +218,7 @@ pub fn discover(specs: &[String]) -> Result<Vec<Target>> {
                     place: format!("pid {pid} ({})", comm_of(pid).unwrap_or_default()),
                     enter: enter_prefix(&p),
                     is_node: false,
+                    pid: Some(pid),
                 });
             }
         }

@@ -27,6 +27,92 @@ pub enum Command {
     /// Catch SYN-ACKs for local clients on NodePort / IPVS ports that IPVS
     /// takes as new connections (the client never gets its reply).
     NodeportSteal(NodeportArgs),
+    /// The node agent (a DaemonSet): trace and nodeport-steal events as JSON
+    /// lines on stdout, plus Prometheus metrics, the netns port scan and the
+    /// check, on --listen (/metrics, /healthz, /readyz). Stops on SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Where to serve /metrics, /healthz and /readyz: ADDR:PORT or :PORT.
+    /// 9477 is free in Prometheus' list of default exporter ports.
+    #[arg(long, value_name = "ADDR:PORT", default_value = ":9477", value_parser = parse_listen)]
+    pub listen: std::net::SocketAddr,
+    /// How often to run the check (NodePort overlap, port pressure, ...).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_interval)]
+    pub check_interval: Duration,
+    /// How often to sample the ports in use and usable in every netns.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_interval)]
+    pub scan_interval: Duration,
+    /// Destinations exported per netns (the most used ones): bounds the
+    /// in-use series to this many per netns.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_destinations: u16,
+    /// The NodePort range (guarded, and audited by the check).
+    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::ports::parse_lo_hi)]
+    pub nodeport_range: (u16, u16),
+    /// Probe kind for the trace hooks: auto, fexit, kprobe, tracepoint.
+    #[arg(long, value_name = "BACKEND", default_value = "auto", value_parser = parse_backend)]
+    pub backend: BackendChoice,
+    /// How long an event may wait for its detail before it goes out.
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_budget)]
+    pub detail_budget: Duration,
+}
+
+/// The trace options `serve` runs its trace pipeline with: `trace`'s
+/// defaults (no filter: the node's every failure), with serve's choices.
+pub fn trace_args_for_serve(s: &ServeArgs) -> TraceArgs {
+    let Command::Trace(mut t) = Cli::parse_from(["portwatch", "trace", "--json"]).command else {
+        unreachable!("parsed as trace")
+    };
+    t.backend = s.backend;
+    t.detail_budget = s.detail_budget;
+    t
+}
+
+/// The nodeport-steal options `serve` runs with.
+pub fn nodeport_args_for_serve(s: &ServeArgs) -> NodeportArgs {
+    let Command::NodeportSteal(mut n) =
+        Cli::parse_from(["portwatch", "nodeport-steal", "--json"]).command
+    else {
+        unreachable!("parsed as nodeport-steal")
+    };
+    n.nodeport_range = s.nodeport_range;
+    n
+}
+
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let full = match s.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => s.to_string(),
+    };
+    full.parse()
+        .map_err(|_| "expected ADDR:PORT or :PORT, e.g. :9477 or 127.0.0.1:9477".to_string())
+}
+
+/// 500ms, 10s, 2m, 1h: between 100ms and 24h.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let (num, ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000)
+    } else {
+        return Err("expected a duration with its unit: 500ms, 10s, 2m, 1h".into());
+    };
+    let v: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| "expected a duration with its unit: 500ms, 10s, 2m, 1h".to_string())?;
+    let d = Duration::from_millis(v.saturating_mul(ms));
+    if d < Duration::from_millis(100) || d > Duration::from_secs(86_400) {
+        return Err("must be between 100ms and 24h".into());
+    }
+    Ok(d)
 }
 
 #[derive(Args, Debug, Clone)]
@@ -306,6 +392,57 @@ mod tests {
             &["nodeport-steal", "--nodeport-range", "5"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_serve_options() {
+        let Command::Serve(s) = parse(&["serve"]).unwrap().command else {
+            panic!("serve")
+        };
+        assert_eq!(s.listen, "0.0.0.0:9477".parse().unwrap());
+        assert_eq!(s.check_interval, Duration::from_secs(60));
+        assert_eq!(s.scan_interval, Duration::from_secs(10));
+        assert_eq!(s.max_destinations, 20);
+        assert_eq!(s.nodeport_range, (30000, 32767));
+        let Command::Serve(s) = parse(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:19477",
+            "--check-interval",
+            "2m",
+            "--scan-interval",
+            "500ms",
+            "--max-destinations",
+            "5",
+            "--backend",
+            "tracepoint",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("serve")
+        };
+        assert_eq!(s.listen, "127.0.0.1:19477".parse().unwrap());
+        assert_eq!(s.check_interval, Duration::from_secs(120));
+        assert_eq!(s.scan_interval, Duration::from_millis(500));
+        assert_eq!(s.max_destinations, 5);
+        let t = trace_args_for_serve(&s);
+        assert!(t.json && t.pid.is_none() && !t.host && !t.no_detail);
+        assert_eq!(t.backend, BackendChoice(Some(Probe::Tracepoint)));
+        let n = nodeport_args_for_serve(&s);
+        assert!(n.json && n.interface.is_empty());
+        for bad in [
+            &["serve", "--listen", "9477"][..],
+            &["serve", "--listen", "nowhere:1"],
+            &["serve", "--scan-interval", "10"],
+            &["serve", "--scan-interval", "10ms"],
+            &["serve", "--check-interval", "2d"],
+            &["serve", "--max-destinations", "0"],
+            &["serve", "--max-destinations", "1001"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
     }
 

@@ -22,6 +22,7 @@ mod offsets;
 mod output;
 mod pods;
 mod ports;
+mod serve;
 mod sockdiag;
 mod source;
 mod system;
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
         match cli.command {
             cli::Command::Trace(args) => trace::run(args).await.map(|_| ()),
             cli::Command::NodeportSteal(args) => nodeport::run(args).await,
+            cli::Command::Serve(args) => serve::run(args).await,
             cli::Command::Check(_) => unreachable!("handled above"),
         }
     });

@@ -283,7 +283,7 @@ impl CgroupResolver {
 }
 
 /// The cgroup v2 path in /proc/PID/cgroup (the `0::` line).
-fn proc_cgroup(pid: u32) -> Option<String> {
+pub fn proc_cgroup(pid: u32) -> Option<String> {
     let s = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     s.lines()
         .find_map(|l| l.strip_prefix("0::"))

@@ -1,0 +1,284 @@
+//! What `portwatch serve` exports, in Prometheus' text format.
+//!
+//! Cardinality is bounded by construction (README, "Metrics"):
+//! - failures: kind (2) x errno (2) x cause (6) per pod, and at most
+//!   `MAX_FAILURE_PODS` pods; past that, failures count under
+//!   `namespace="", pod="_other"`;
+//! - steals: guarded ports x outcomes (the guarded set is the NodePort range
+//!   plus the IPVS services);
+//! - in_use: at most `--max-destinations` destinations per netns, rewritten
+//!   at every scan (destinations that fell out of the top disappear);
+//! - usable: one per netns; check findings: checks x severities per pod.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{event::Event, nodeport::correlate::Report};
+
+/// Pods with their own failure series; the rest share one `_other` series.
+pub const MAX_FAILURE_PODS: usize = 1000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub kind: String,
+    pub errno: String,
+    pub cause: String,
+    pub namespace: String,
+    pub pod: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StealLabels {
+    pub port: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InUseLabels {
+    pub namespace: String,
+    pub pod: String,
+    /// The netns inode: tells apart netns that are not pods (all "", "").
+    pub netns: String,
+    pub daddr: String,
+    pub dport: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UsableLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub netns: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabels {
+    pub check: String,
+    pub severity: String,
+    pub namespace: String,
+    pub pod: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub backend: String,
+}
+
+/// The (namespace, pod) labels of a pod: names when the runtime gave them,
+/// else the uid as the pod; host processes get ("", "").
+pub fn pod_labels(pod: Option<&crate::pods::Pod>) -> (String, String) {
+    match pod {
+        None => (String::new(), String::new()),
+        Some(p) => (
+            p.namespace.clone().unwrap_or_default(),
+            p.name.clone().unwrap_or_else(|| p.uid.clone()),
+        ),
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    failures: Family<FailureLabels, Counter>,
+    failure_pods: Mutex<HashSet<(String, String)>>,
+    steals: Family<StealLabels, Counter>,
+    near_misses: Family<StealLabels, Counter>,
+    lost: Counter,
+    lost_seen: AtomicU64,
+    in_use: Family<InUseLabels, Gauge>,
+    usable: Family<UsableLabels, Gauge>,
+    findings: Family<FindingLabels, Gauge>,
+    build: Family<BuildLabels, Gauge>,
+    scans: Counter,
+    scan_errors: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            registry: Registry::default(),
+            failures: Family::default(),
+            failure_pods: Mutex::new(HashSet::new()),
+            steals: Family::default(),
+            near_misses: Family::default(),
+            lost: Counter::default(),
+            lost_seen: AtomicU64::new(0),
+            in_use: Family::default(),
+            usable: Family::default(),
+            findings: Family::default(),
+            build: Family::default(),
+            scans: Counter::default(),
+            scan_errors: Counter::default(),
+        };
+        registry.register(
+            "portwatch_failures",
+            "connect()/bind() failures with EADDRNOTAVAIL or EADDRINUSE, by why and by pod",
+            m.failures.clone(),
+        );
+        registry.register(
+            "portwatch_nodeport_steals",
+            "SYN-ACKs for a local client taken by IPVS (the connection lost its reply), by local port and what became of the connection",
+            m.steals.clone(),
+        );
+        registry.register(
+            "portwatch_nodeport_near_misses",
+            "SYN-ACKs for a local client on a guarded port that no IPVS service took",
+            m.near_misses.clone(),
+        );
+        registry.register(
+            "portwatch_events_lost",
+            "kernel records dropped because a ring buffer was full",
+            m.lost.clone(),
+        );
+        registry.register(
+            "portwatch_ephemeral_ports_in_use",
+            "ephemeral ports in use toward a destination from a netns (the top --max-destinations per netns, sampled each --scan-interval)",
+            m.in_use.clone(),
+        );
+        registry.register(
+            "portwatch_ephemeral_ports_usable",
+            "ephemeral ports a netns can use: ip_local_port_range minus ip_local_reserved_ports",
+            m.usable.clone(),
+        );
+        registry.register(
+            "portwatch_check_findings",
+            "findings of the last `portwatch check` run, by check and severity",
+            m.findings.clone(),
+        );
+        registry.register(
+            "portwatch_build",
+            "1, labelled with the version and the probe backend attached",
+            m.build.clone(),
+        );
+        registry.register(
+            "portwatch_scans",
+            "netns scans done (in_use, usable)",
+            m.scans.clone(),
+        );
+        registry.register(
+            "portwatch_scan_errors",
+            "netns that could not be read during a scan (they may have gone meanwhile)",
+            m.scan_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn build_info(&self, version: &str, backend: &str) {
+        self.build.clear();
+        self.build
+            .get_or_create(&BuildLabels {
+                version: version.into(),
+                backend: backend.into(),
+            })
+            .set(1);
+    }
+
+    pub fn failure(&self, ev: &Event) {
+        let (mut namespace, mut pod) = pod_labels(ev.pod.as_ref());
+        if !pod.is_empty() {
+            let mut seen = self.failure_pods.lock().unwrap();
+            let key = (namespace.clone(), pod.clone());
+            if !seen.contains(&key) {
+                if seen.len() >= MAX_FAILURE_PODS {
+                    namespace.clear();
+                    pod = "_other".into();
+                } else {
+                    seen.insert(key);
+                }
+            }
+        }
+        self.failures
+            .get_or_create(&FailureLabels {
+                kind: ev.kind.name().into(),
+                errno: ev.errno.name().into(),
+                cause: ev.cause.map(|c| c.name()).unwrap_or("unknown").into(),
+                namespace,
+                pod,
+            })
+            .inc();
+    }
+
+    pub fn steal(&self, r: &Report) {
+        let labels = StealLabels {
+            port: r.local.port().to_string(),
+            outcome: r.outcome.name().into(),
+        };
+        if r.steal {
+            self.steals.get_or_create(&labels).inc();
+        } else {
+            self.near_misses.get_or_create(&labels).inc();
+        }
+    }
+
+    pub fn lost(&self, n: u64) {
+        self.lost.inc_by(n);
+        self.lost_seen.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One scan's results replace the last one's.
+    pub fn set_usage(&self, netns: &[NetnsUsage]) {
+        self.in_use.clear();
+        self.usable.clear();
+        for n in netns {
+            self.usable
+                .get_or_create(&UsableLabels {
+                    namespace: n.namespace.clone(),
+                    pod: n.pod.clone(),
+                    netns: n.ino.to_string(),
+                })
+                .set(n.usable as i64);
+            for d in &n.top {
+                self.in_use
+                    .get_or_create(&InUseLabels {
+                        namespace: n.namespace.clone(),
+                        pod: n.pod.clone(),
+                        netns: n.ino.to_string(),
+                        daddr: d.0.to_string(),
+                        dport: d.1.to_string(),
+                    })
+                    .set(d.2 as i64);
+            }
+        }
+        self.scans.inc();
+    }
+
+    pub fn scan_errors(&self, n: u64) {
+        self.scan_errors.inc_by(n);
+    }
+
+    /// One check run's counts replace the last one's.
+    pub fn set_findings(&self, counts: &[(FindingLabels, u32)]) {
+        self.findings.clear();
+        for (l, n) in counts {
+            self.findings.get_or_create(l).set(*n as i64);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+/// One netns as a scan saw it.
+#[derive(Debug, Clone)]
+pub struct NetnsUsage {
+    pub ino: u32,
+    pub namespace: String,
+    pub pod: String,
+    pub usable: u32,
+    /// (daddr, dport, ports in use), most used first, at most the bound.
+    pub top: Vec<(std::net::IpAddr, u16, u32)>,
+}
