@@ -30,6 +30,9 @@ const TEST_PKGS: &[&str] = &[
     "nftables",
     // k8s-cri generates its gRPC bindings with protoc at build time.
     "protobuf-compiler",
+    // The serve tests scrape portwatch with a real Prometheus; promtool
+    // checks the alert rules.
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_LIB: &str = "/usr/lib/x86_64-linux-gnu/libLLVM.so.22.1";

@@ -157,7 +157,7 @@ impl Metrics {
             m.findings.clone(),
         );
         registry.register(
-            "portwatch_build",
+            "portwatch_build_info",
             "1, labelled with the version and the probe backend attached",
             m.build.clone(),
         );
