@@ -28,6 +28,7 @@ mod source;
 mod system;
 mod tpformat;
 mod trace;
+mod usage;
 
 use std::process::ExitCode;
 
