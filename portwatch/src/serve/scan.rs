@@ -5,12 +5,14 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
+
 use crate::{
     check,
     holders::Holders,
     pods::{self, Pod},
     ports::{self, PortSet},
-    sockdiag::{Sock, STATE_LISTEN},
+    sockdiag::Sock,
+    usage,
 };
 
 use super::metrics::{pod_labels, FindingLabels, NetnsUsage};
@@ -24,21 +26,14 @@ pub struct Pass {
     pub errors: u64,
 }
 
-/// Ephemeral ports in use toward each destination: sockets with a local
-/// port in the usable range, every state but LISTEN (TIME_WAIT holds its
-/// tuple too), grouped by remote address and port; the `max` most used.
+/// The `max` destinations with the most ephemeral ports in use (the
+/// counting rule is `usage::group`'s: what `ss -tan` shows).
 pub fn top_destinations(socks: &[Sock], usable: &PortSet, max: usize) -> Vec<(IpAddr, u16, u32)> {
-    let mut by: HashMap<(IpAddr, u16), u32> = HashMap::new();
-    for s in socks {
-        if s.state != STATE_LISTEN && s.dport != 0 && usable.contains(s.sport) {
-            *by.entry((s.dst, s.dport)).or_default() += 1;
-        }
-    }
-    let mut v: Vec<_> = by.into_iter().map(|((a, p), n)| (a, p, n)).collect();
-    // Most used first; ties in address order, so the cut is stable.
-    v.sort_by(|a, b| b.2.cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
-    v.truncate(max);
-    v
+    usage::group(socks, usable, None)
+        .into_iter()
+        .take(max)
+        .map(|d| (d.daddr, d.dport, d.in_use))
+        .collect()
 }
 
 /// The pod a process belongs to, from its cgroup path.
@@ -130,54 +125,31 @@ pub fn pass(opts: &Options, with_check: bool, name: &dyn Fn(&mut Pod)) -> Pass {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sockdiag::STATE_TIME_WAIT;
 
-    fn sock(state: u8, sport: u16, dst: &str, dport: u16) -> Sock {
+    fn sock(sport: u16, dst: &str) -> Sock {
         Sock {
-            state,
+            state: 1,
             src: "10.0.0.2".parse().unwrap(),
             sport,
             dst: dst.parse().unwrap(),
-            dport,
+            dport: 80,
             inode: 0,
             uid: 0,
         }
     }
 
     #[test]
-    fn top_counts_range_ports_per_destination_most_used_first() {
-        let usable = PortSet::range(40000, 40009);
-        let socks = vec![
-            sock(1, 40000, "10.96.0.10", 80),
-            sock(STATE_TIME_WAIT, 40001, "10.96.0.10", 80),
-            sock(1, 40002, "10.96.0.11", 443),
-            sock(1, 40003, "10.96.0.10", 80),
-            // A listener in the range and a port outside it do not count.
-            sock(STATE_LISTEN, 40004, "0.0.0.0", 0),
-            sock(1, 50000, "10.96.0.10", 80),
-            sock(1, 40005, "10.96.0.12", 53),
-        ];
-        let top = top_destinations(&socks, &usable, 10);
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(
-            top,
-            vec![
-                (ip("10.96.0.10"), 80, 3),
-                (ip("10.96.0.11"), 443, 1),
-                (ip("10.96.0.12"), 53, 1)
-            ]
-        );
-        assert_eq!(top_destinations(&socks, &usable, 1).len(), 1);
-    }
-
-    #[test]
-    fn top_is_bounded_with_a_thousand_destinations() {
+    fn top_keeps_the_most_used_within_the_bound() {
         let usable = PortSet::range(20000, 29999);
-        let socks: Vec<Sock> = (0..1000u16)
-            .map(|i| sock(1, 20000 + i, &format!("10.1.{}.{}", i / 250, i % 250), 80))
+        // 1,000 destinations with one port each, one with three.
+        let mut socks: Vec<Sock> = (0..1000u16)
+            .map(|i| sock(20000 + i, &format!("10.1.{}.{}", i / 250, i % 250)))
             .collect();
+        socks.push(sock(21000, "10.1.3.7"));
+        socks.push(sock(21001, "10.1.3.7"));
         let top = top_destinations(&socks, &usable, 20);
         assert_eq!(top.len(), 20);
-        assert!(top.iter().all(|d| d.2 == 1));
+        assert_eq!(top[0], ("10.1.3.7".parse().unwrap(), 80, 3));
+        assert!(top[1..].iter().all(|d| d.2 == 1));
     }
 }
