@@ -64,11 +64,6 @@ impl Usage {
             .map_or(0, |u| u.in_use)
     }
 
-    /// The `n` destinations with the most ports in use.
-    pub fn top(&self, n: usize) -> &[DestUse] {
-        &self.dests[..n.min(self.dests.len())]
-    }
-
     /// `in_use` as a percentage of `usable` (None when nothing is usable).
     pub fn percent(&self, in_use: u32) -> Option<f64> {
         percent(in_use, self.usable)
@@ -205,14 +200,17 @@ impl Sampler {
     /// A sample of netns `ino` (`only`: just these destinations). Netns not
     /// remembered are looked for under /run/netns and in /proc.
     pub fn sample(&mut self, ino: u32, only: Option<&[Dest]>) -> Result<Usage> {
-        if self.handles.is_own(ino) {
-            return sample_in(None, only);
+        let ns = if self.handles.is_own(ino) {
+            None
+        } else {
+            let f = self.handles.get(ino, &[]);
+            Some(f.ok_or_else(|| anyhow!("netns {ino} is gone (no process or mount holds it)"))?)
+        };
+        match only {
+            Some(d) => sample_toward(ns, d),
+            None => sample(ns),
         }
-        let ns = self
-            .handles
-            .get(ino, &[])
-            .ok_or_else(|| anyhow!("netns {ino} is gone (no process or mount holds it)"))?;
-        sample_in(Some(ns), only).with_context(|| format!("netns {ino}"))
+        .with_context(|| format!("netns {ino}"))
     }
 }
 
@@ -306,8 +304,6 @@ mod tests {
         };
         assert_eq!(u.in_use((ip("::ffff:10.0.0.9"), 80)), 3);
         assert_eq!(u.in_use((ip("10.0.0.9"), 81)), 0);
-        assert_eq!(u.top(1).len(), 1);
-        assert_eq!(u.top(9).len(), 2);
         assert_eq!(u.percent(3), Some(75.0));
         assert_eq!(percent(1, 3), Some(33.3));
         assert_eq!(percent(2, 3), Some(66.7));
