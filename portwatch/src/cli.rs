@@ -31,6 +31,20 @@ pub enum Command {
     /// lines on stdout, plus Prometheus metrics, the netns port scan and the
     /// check, on --listen (/metrics, /healthz, /readyz). Stops on SIGTERM.
     Serve(ServeArgs),
+    /// A live summary of the failures: by pod, errno and destination, with
+    /// the ephemeral ports in use toward each failing destination.
+    Top(TopArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    /// The trace options: filters, backend; --json prints one summary
+    /// object per interval (schema in the README) instead of a table.
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// How often to summarize: 2s, 500ms, 1m (100ms to 24h).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_interval)]
+    pub interval: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -440,6 +454,51 @@ mod tests {
             &["serve", "--check-interval", "2d"],
             &["serve", "--max-destinations", "0"],
             &["serve", "--max-destinations", "1001"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_top_options() {
+        let Command::Top(t) = parse(&["top"]).unwrap().command else {
+            panic!("top")
+        };
+        assert_eq!(t.interval, Duration::from_secs(2));
+        assert!(!t.trace.json && t.trace.pid.is_none() && !t.trace.host);
+        assert_eq!(t.trace.backend, BackendChoice(None));
+        let Command::Top(t) = parse(&[
+            "top",
+            "--interval",
+            "500ms",
+            "--json",
+            "--errno",
+            "EADDRNOTAVAIL",
+            "--dport",
+            "443",
+            "--pod",
+            "0f5e",
+            "--backend",
+            "tracepoint",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("top")
+        };
+        assert_eq!(t.interval, Duration::from_millis(500));
+        assert!(t.trace.json);
+        assert_eq!(t.trace.errno, Some(Errno::EADDRNOTAVAIL));
+        assert_eq!(t.trace.dport, Some(443));
+        assert_eq!(t.trace.pod.as_deref(), Some("0f5e"));
+        assert_eq!(t.trace.backend, BackendChoice(Some(Probe::Tracepoint)));
+        for bad in [
+            &["top", "--interval", "0"][..],
+            &["top", "--interval", "2"],
+            &["top", "--interval", "soon"],
+            &["top", "--host", "--pod", "0f5e"],
+            &["top", "--errno", "ENOENT"],
         ] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}");

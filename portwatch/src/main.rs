@@ -26,6 +26,7 @@ mod serve;
 mod sockdiag;
 mod source;
 mod system;
+mod top;
 mod tpformat;
 mod trace;
 mod usage;
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
         match cli.command {
             cli::Command::Trace(args) => trace::run(args).await.map(|_| ()),
             cli::Command::NodeportSteal(args) => nodeport::run(args).await,
+            cli::Command::Top(args) => top::run(args).await.map(|_| ()),
             cli::Command::Serve(args) => serve::run(args).await,
             cli::Command::Check(_) => unreachable!("handled above"),
         }

@@ -1,0 +1,932 @@
+//! `portwatch top`: the trace pipeline into a live summary. Each interval,
+//! the failures grouped by pod x netns x kind x errno x destination (counts
+//! in the interval and since start), and for every destination seen
+//! failing, the ephemeral ports in use toward it from that netns against
+//! the netns's usable ports (`usage`). A redrawn table on a terminal, plain
+//! blocks when stdout is not one, or one JSON object per interval.
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap, HashSet},
+    io::{self, IsTerminal as _, Write},
+    net::IpAddr,
+    rc::Rc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::{
+    cli::TopArgs,
+    control::{self, Control},
+    event::{Errno, Event, Kind, Proto},
+    output::{rfc3339_micros, Sink},
+    trace::{self, End},
+    usage::{Dest, Sampler, Usage},
+};
+
+/// Version of the summary records; raised on any change to names or meaning.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Who failed: a pod (by uid: names may come later) or the host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Who {
+    Host,
+    Pod(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RowKey {
+    who: Who,
+    netns: Option<u32>,
+    kind: Kind,
+    errno: Errno,
+    /// `Proto::name`.
+    proto: Option<&'static str>,
+    /// connect(): where to. bind(): none.
+    dest: Option<Dest>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    now: u64,
+    total: u64,
+    causes: BTreeMap<&'static str, u64>,
+    /// The latest event's process.
+    pid: u32,
+    comm: String,
+}
+
+/// Pod names as the latest event carried them.
+#[derive(Debug, Default, Clone)]
+struct Names {
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// The failures seen, by row, with the counts of the running interval.
+#[derive(Debug, Default)]
+pub struct Agg {
+    rows: HashMap<RowKey, Counts>,
+    pods: HashMap<String, Names>,
+    events_now: u64,
+    events_total: u64,
+    lost_now: u64,
+    lost_total: u64,
+}
+
+/// One row of a summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    /// `namespace/name` when known, else the pod uid, else `host`.
+    pub pod: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub uid: Option<String>,
+    pub netns: Option<u32>,
+    pub kind: Kind,
+    pub errno: Errno,
+    /// tcp, udp, ...
+    pub proto: Option<&'static str>,
+    pub daddr: Option<IpAddr>,
+    pub dport: Option<u16>,
+    /// Failures in this interval.
+    pub count: u64,
+    /// Failures since start.
+    pub total: u64,
+    /// `total` by cause.
+    pub causes: BTreeMap<&'static str, u64>,
+    /// The latest failing process.
+    pub pid: u32,
+    pub comm: String,
+    /// Ephemeral ports in use toward daddr:dport from the netns (TCP
+    /// connect rows; null when unknown, see `usage_error`).
+    pub in_use: Option<u32>,
+    /// The netns's usable ephemeral ports (range less reserved).
+    pub usable: Option<u32>,
+    pub range: Option<[u16; 2]>,
+    /// in_use / usable, in percent, one decimal.
+    pub percent: Option<f64>,
+    /// Why in_use is null on a row that should have it.
+    pub usage_error: Option<String>,
+}
+
+/// What one interval prints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub schema: u32,
+    pub kind: &'static str,
+    pub time: String,
+    pub interval_ms: u64,
+    /// What this summary's counts cover (the first and last may be shorter).
+    pub window_ms: u64,
+    /// The summary printed on exit.
+    #[serde(rename = "final")]
+    pub last: bool,
+    pub events: u64,
+    pub events_total: u64,
+    /// Events the kernel side dropped (ring buffer full).
+    pub lost: u64,
+    pub lost_total: u64,
+    pub rows: Vec<Row>,
+}
+
+/// A sample of one netns, or why there is none.
+pub type Sampled = HashMap<u32, Result<Usage, String>>;
+
+fn dest_of(ev: &Event) -> Option<Dest> {
+    match ev.kind {
+        Kind::Connect => Some((ev.daddr?.to_canonical(), ev.dport?)),
+        Kind::Bind => None,
+    }
+}
+
+impl Agg {
+    pub fn record(&mut self, ev: &Event) {
+        let who = match &ev.pod {
+            Some(p) => {
+                let n = self.pods.entry(p.uid.clone()).or_default();
+                if p.namespace.is_some() || p.name.is_some() {
+                    n.namespace = p.namespace.clone();
+                    n.name = p.name.clone();
+                }
+                Who::Pod(p.uid.clone())
+            }
+            None => Who::Host,
+        };
+        let key = RowKey {
+            who,
+            netns: ev.netns,
+            kind: ev.kind,
+            errno: ev.errno,
+            proto: ev.proto.map(Proto::name),
+            dest: dest_of(ev),
+        };
+        let c = self.rows.entry(key).or_default();
+        c.now += 1;
+        c.total += 1;
+        if let Some(cause) = ev.cause {
+            *c.causes.entry(cause.name()).or_default() += 1;
+        }
+        c.pid = ev.pid;
+        if c.comm != ev.comm {
+            c.comm = ev.comm.clone();
+        }
+        self.events_now += 1;
+        self.events_total += 1;
+    }
+
+    pub fn lost(&mut self, n: u64) {
+        self.lost_now += n;
+        self.lost_total += n;
+    }
+
+    /// The TCP destinations seen failing, by netns: what to sample.
+    pub fn destinations(&self) -> HashMap<u32, Vec<Dest>> {
+        let mut by: HashMap<u32, HashSet<Dest>> = HashMap::new();
+        for k in self.rows.keys() {
+            if let (Some(ns), Some(d), Some("tcp")) = (k.netns, k.dest, k.proto) {
+                by.entry(ns).or_default().insert(d);
+            }
+        }
+        by.into_iter()
+            .map(|(ns, s)| {
+                let mut v: Vec<Dest> = s.into_iter().collect();
+                v.sort();
+                (ns, v)
+            })
+            .collect()
+    }
+
+    fn label(&self, who: &Who) -> (String, Names, Option<String>) {
+        match who {
+            Who::Host => ("host".into(), Names::default(), None),
+            Who::Pod(uid) => {
+                let n = self.pods.get(uid).cloned().unwrap_or_default();
+                let label = match (&n.namespace, &n.name) {
+                    (Some(ns), Some(name)) => format!("{ns}/{name}"),
+                    (None, Some(name)) => name.clone(),
+                    _ => uid.clone(),
+                };
+                (label, n, Some(uid.clone()))
+            }
+        }
+    }
+
+    /// The summary of the interval that ends now (its counts start over),
+    /// with the ports in use from `sampled`.
+    pub fn take_summary(
+        &mut self,
+        sampled: &Sampled,
+        time_ns: u64,
+        interval: Duration,
+        window: Duration,
+        last: bool,
+    ) -> Summary {
+        let mut rows: Vec<Row> = self
+            .rows
+            .iter()
+            .map(|(k, c)| {
+                let (pod, names, uid) = self.label(&k.who);
+                let mut r = Row {
+                    pod,
+                    namespace: names.namespace,
+                    name: names.name,
+                    uid,
+                    netns: k.netns,
+                    kind: k.kind,
+                    errno: k.errno,
+                    proto: k.proto,
+                    daddr: k.dest.map(|d| d.0),
+                    dport: k.dest.map(|d| d.1),
+                    count: c.now,
+                    total: c.total,
+                    causes: c.causes.clone(),
+                    pid: c.pid,
+                    comm: c.comm.clone(),
+                    in_use: None,
+                    usable: None,
+                    range: None,
+                    percent: None,
+                    usage_error: None,
+                };
+                if let Some(d) = k.dest {
+                    match (k.netns, k.proto) {
+                        (Some(ns), Some("tcp")) => match sampled.get(&ns) {
+                            Some(Ok(u)) => {
+                                let n = u.in_use(d);
+                                r.in_use = Some(n);
+                                r.usable = Some(u.usable);
+                                r.range = Some([u.range.0, u.range.1]);
+                                r.percent = u.percent(n);
+                            }
+                            Some(Err(e)) => r.usage_error = Some(e.clone()),
+                            None => r.usage_error = Some("not sampled".into()),
+                        },
+                        (None, _) => r.usage_error = Some("the event named no netns".into()),
+                        (_, _) => r.usage_error = Some("only TCP sockets are counted".into()),
+                    }
+                }
+                r
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then(b.total.cmp(&a.total))
+                .then_with(|| a.pod.cmp(&b.pod))
+                .then(a.netns.cmp(&b.netns))
+                .then(a.daddr.cmp(&b.daddr))
+                .then(a.dport.cmp(&b.dport))
+                .then(a.kind.name().cmp(b.kind.name()))
+                .then(a.errno.name().cmp(b.errno.name()))
+        });
+        let s = Summary {
+            schema: SCHEMA_VERSION,
+            kind: "summary",
+            time: rfc3339_micros(time_ns),
+            interval_ms: interval.as_millis() as u64,
+            window_ms: window.as_millis() as u64,
+            last,
+            events: self.events_now,
+            events_total: self.events_total,
+            lost: self.lost_now,
+            lost_total: self.lost_total,
+            rows,
+        };
+        for c in self.rows.values_mut() {
+            c.now = 0;
+        }
+        self.events_now = 0;
+        self.lost_now = 0;
+        s
+    }
+}
+
+pub fn json_line(s: &Summary) -> String {
+    serde_json::to_string(s).expect("summary serializes")
+}
+
+fn endpoint(d: Option<IpAddr>, p: Option<u16>) -> String {
+    match (d, p) {
+        (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        _ => "-".into(),
+    }
+}
+
+fn seconds(d: u64) -> String {
+    if d.is_multiple_of(1000) {
+        format!("{}s", d / 1000)
+    } else {
+        format!("{:.1}s", d as f64 / 1000.0)
+    }
+}
+
+/// The most frequent cause of a row.
+fn main_cause(c: &BTreeMap<&'static str, u64>) -> &'static str {
+    c.iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        .map_or("-", |(k, _)| k)
+}
+
+const HEADERS: [&str; 10] = [
+    "POD",
+    "NETNS",
+    "KIND",
+    "ERRNO",
+    "DESTINATION",
+    "NOW",
+    "TOTAL",
+    "IN USE",
+    "USE%",
+    "CAUSE",
+];
+/// Right-aligned columns (numbers).
+const RIGHT: [bool; 10] = [
+    false, false, false, false, false, true, true, true, true, false,
+];
+
+fn cells(r: &Row) -> [String; 10] {
+    let dash = || "-".to_string();
+    [
+        r.pod.clone(),
+        r.netns.map_or_else(dash, |n| n.to_string()),
+        r.kind.name().into(),
+        r.errno.name().into(),
+        endpoint(r.daddr, r.dport),
+        r.count.to_string(),
+        r.total.to_string(),
+        match (r.in_use, r.usable) {
+            (Some(n), Some(u)) => format!("{n}/{u}"),
+            _ => dash(),
+        },
+        r.percent.map_or_else(dash, |p| format!("{p:.1}%")),
+        main_cause(&r.causes).into(),
+    ]
+}
+
+/// The summary as text: a title line, then the table. `max_rows`: a
+/// screenful (the rest is counted on a last line); `width`: lines are cut.
+pub fn table(s: &Summary, max_rows: Option<usize>, width: Option<usize>) -> String {
+    let mut out = vec![];
+    let mut title = format!(
+        "portwatch top  {}Z  every {}  failures: {} in {}, {} in all",
+        &s.time[..19],
+        seconds(s.interval_ms),
+        s.events,
+        seconds(s.window_ms),
+        s.events_total
+    );
+    if s.lost_total > 0 {
+        title.push_str(&format!(
+            "  LOST: {} in {}, {} in all",
+            s.lost,
+            seconds(s.window_ms),
+            s.lost_total
+        ));
+    }
+    out.push(title);
+    if s.rows.is_empty() {
+        out.push("no connect()/bind() failures seen yet".into());
+    } else {
+        let shown = max_rows.unwrap_or(usize::MAX).min(s.rows.len());
+        let body: Vec<[String; 10]> = s.rows[..shown].iter().map(cells).collect();
+        let mut w = HEADERS.map(str::len);
+        for c in &body {
+            for (i, x) in c.iter().enumerate() {
+                w[i] = w[i].max(x.chars().count());
+            }
+        }
+        let line = |c: &[String; 10]| {
+            let mut l = String::new();
+            for (i, x) in c.iter().enumerate() {
+                if i > 0 {
+                    l.push_str("  ");
+                }
+                let pad = w[i] - x.chars().count();
+                if RIGHT[i] {
+                    l.extend(std::iter::repeat_n(' ', pad));
+                    l.push_str(x);
+                } else {
+                    l.push_str(x);
+                    if i + 1 < c.len() {
+                        l.extend(std::iter::repeat_n(' ', pad));
+                    }
+                }
+            }
+            l
+        };
+        out.push(line(&HEADERS.map(String::from)));
+        out.extend(body.iter().map(line));
+        if shown < s.rows.len() {
+            out.push(format!("... {} more rows", s.rows.len() - shown));
+        }
+    }
+    if let Some(w) = width {
+        for l in &mut out {
+            if l.chars().count() > w {
+                *l = l.chars().take(w).collect();
+            }
+        }
+    }
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
+}
+
+/// The terminal's (rows, columns), when stdout is one.
+fn term_size() -> Option<(usize, usize)> {
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row as usize, ws.ws_col as usize))
+}
+
+enum Mode {
+    Json,
+    /// Redrawn in place.
+    Screen,
+    /// Blocks separated by a blank line.
+    Plain,
+}
+
+/// Failures into the aggregate; a handle on each failing netns is taken
+/// while the event's process still lives.
+struct TopSink {
+    state: Rc<RefCell<State>>,
+}
+
+struct State {
+    agg: Agg,
+    sampler: Sampler,
+    /// Netns a handle was asked for this interval (one try each).
+    tried: HashSet<u32>,
+}
+
+impl Sink for TopSink {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        let mut st = self.state.borrow_mut();
+        if let (Some(ns), Some(_)) = (ev.netns, dest_of(ev)) {
+            if st.tried.insert(ns) {
+                st.sampler.remember(ns, &[ev.tid, ev.pid]);
+            }
+        }
+        st.agg.record(ev);
+        Ok(())
+    }
+    fn lost(&mut self, count: u64) -> io::Result<()> {
+        self.state.borrow_mut().agg.lost(count);
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Samples every failing netns, takes the interval's summary, prints it.
+fn report(
+    state: &RefCell<State>,
+    mode: &Mode,
+    interval: Duration,
+    window: Duration,
+    last: bool,
+) -> io::Result<()> {
+    let dests = state.borrow().agg.destinations();
+    let mut sampled = Sampled::new();
+    {
+        let mut st = state.borrow_mut();
+        for (ns, d) in &dests {
+            let r = st
+                .sampler
+                .sample(*ns, Some(d))
+                .map_err(|e| format!("{e:#}"));
+            sampled.insert(*ns, r);
+        }
+        st.tried.clear();
+    }
+    let s = state
+        .borrow_mut()
+        .agg
+        .take_summary(&sampled, now_ns(), interval, window, last);
+    let text = match mode {
+        Mode::Json => format!("{}\n", json_line(&s)),
+        Mode::Plain => format!("{}\n", table(&s, None, None)),
+        Mode::Screen => {
+            let (rows, cols) = term_size().unwrap_or((24, 80));
+            // Title, header, and the "more" line fit with the rows.
+            let max = rows.saturating_sub(3).max(1);
+            format!("\x1b[H\x1b[2J{}", table(&s, Some(max), Some(cols)))
+        }
+    };
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// `portwatch top`, until SIGINT/SIGTERM or the reader closes stdout.
+pub async fn run(args: TopArgs) -> Result<End> {
+    let (stop, rx) = control::stop_on_signals()?;
+    let mode = if args.trace.json {
+        Mode::Json
+    } else if io::stdout().is_terminal() {
+        Mode::Screen
+    } else {
+        Mode::Plain
+    };
+    let state = Rc::new(RefCell::new(State {
+        agg: Agg::default(),
+        sampler: Sampler::new(),
+        tried: HashSet::new(),
+    }));
+    let sink = Box::new(TopSink {
+        state: state.clone(),
+    });
+    // Intervals start once the probes are in.
+    let started: Rc<RefCell<Option<Instant>>> = Rc::new(RefCell::new(None));
+    let s2 = started.clone();
+    let ctl = Control::new(rx).on_attached(move |_| *s2.borrow_mut() = Some(Instant::now()));
+    let pipe = trace::pipeline(&args.trace, sink, ctl);
+    tokio::pin!(pipe);
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reader_gone = false;
+    let end = loop {
+        tokio::select! {
+            r = &mut pipe => break r?,
+            _ = tick.tick(), if !reader_gone => {
+                let Some(since) = *started.borrow() else { continue };
+                // The first tick after a slow attach: a full interval first.
+                if since.elapsed() < args.interval * 9 / 10 {
+                    tick.reset_at((since + args.interval).into());
+                    continue;
+                }
+                let res = report(&state, &mode, args.interval, since.elapsed(), false);
+                *started.borrow_mut() = Some(Instant::now());
+                match res {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                        reader_gone = true;
+                        let _ = stop.send(true);
+                    }
+                    Err(e) => {
+                        let _ = stop.send(true);
+                        let _ = (&mut pipe).await;
+                        return Err(e).context("writing the summary");
+                    }
+                }
+            }
+        }
+    };
+    if reader_gone {
+        return Ok(End::ReaderGone);
+    }
+    // What came in since the last summary (the kernel's backlog included).
+    let since = started.borrow().unwrap_or_else(Instant::now);
+    match report(&state, &mode, args.interval, since.elapsed(), true) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(End::ReaderGone),
+        Err(e) => Err(e).context("writing the summary"),
+        Ok(()) => Ok(end),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{cause::Cause, event::Probe, pods::Pod, ports::PortSet, usage::DestUse};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn ev(kind: Kind, errno: Errno, netns: u32, dest: Option<(&str, u16)>) -> Event {
+        Event {
+            time_ns: 0,
+            kind,
+            errno,
+            ret: -99,
+            pid: 7,
+            tid: 7,
+            comm: "curl".into(),
+            uid: 0,
+            cgroup_id: 1,
+            netns: Some(netns),
+            proto: Some(Proto::Tcp),
+            family: None,
+            saddr: None,
+            sport: None,
+            daddr: dest.map(|d| ip(d.0)),
+            dport: dest.map(|d| d.1),
+            sock_port: None,
+            probe: Probe::Tracepoint,
+            port_range: None,
+            reserved: None,
+            cgroup: None,
+            pod: None,
+            cause: Some(Cause::PortsExhausted),
+            detail: None,
+            detail_complete: None,
+        }
+    }
+
+    fn pod(uid: &str, names: Option<(&str, &str)>) -> Option<Pod> {
+        Some(Pod {
+            namespace: names.map(|n| n.0.into()),
+            name: names.map(|n| n.1.into()),
+            uid: uid.into(),
+            container: None,
+            container_id: None,
+        })
+    }
+
+    fn usage(range: (u16, u16), dests: &[(&str, u16, u32)]) -> Usage {
+        Usage {
+            range,
+            reserved: PortSet::new(),
+            usable: (range.1 - range.0 + 1) as u32,
+            total: dests.iter().map(|d| d.2).sum(),
+            unconnected: 0,
+            dests: dests
+                .iter()
+                .map(|&(a, p, n)| DestUse {
+                    daddr: ip(a),
+                    dport: p,
+                    in_use: n,
+                })
+                .collect(),
+        }
+    }
+
+    const EADDRNOTAVAIL: Errno = Errno::EADDRNOTAVAIL;
+
+    #[test]
+    fn groups_by_pod_errno_and_destination() {
+        let mut a = Agg::default();
+        let web = pod("0f5e5e8a-1111", None);
+        for _ in 0..3 {
+            let mut e = ev(Kind::Connect, EADDRNOTAVAIL, 10, Some(("10.0.0.9", 80)));
+            e.pod = web.clone();
+            a.record(&e);
+        }
+        // The same pod, its names known now: one row, labelled by name.
+        let mut e = ev(
+            Kind::Connect,
+            EADDRNOTAVAIL,
+            10,
+            Some(("::ffff:10.0.0.9", 80)),
+        );
+        e.pod = pod("0f5e5e8a-1111", Some(("shop", "web-1")));
+        e.cause = Some(Cause::TupleInUse);
+        a.record(&e);
+        // Host processes, another netns, a bind and a UDP connect.
+        a.record(&ev(
+            Kind::Connect,
+            EADDRNOTAVAIL,
+            20,
+            Some(("10.0.0.9", 80)),
+        ));
+        a.record(&ev(Kind::Bind, Errno::EADDRINUSE, 20, None));
+        let mut u = ev(Kind::Connect, EADDRNOTAVAIL, 20, Some(("10.0.0.7", 53)));
+        u.proto = Some(Proto::Udp);
+        a.record(&u);
+        a.lost(2);
+
+        let d = a.destinations();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[&10], vec![(ip("10.0.0.9"), 80)]);
+        assert_eq!(d[&20], vec![(ip("10.0.0.9"), 80)], "UDP is not sampled");
+
+        let mut sampled = Sampled::new();
+        sampled.insert(10, Ok(usage((41000, 41003), &[("10.0.0.9", 80, 3)])));
+        sampled.insert(20, Err("netns 20 is gone".into()));
+        let s = a.take_summary(
+            &sampled,
+            1_700_000_000_000_000_000,
+            Duration::from_secs(2),
+            Duration::from_millis(2001),
+            false,
+        );
+        assert_eq!(
+            (s.events, s.events_total, s.lost, s.lost_total),
+            (7, 7, 2, 2)
+        );
+        assert_eq!(s.rows.len(), 4, "{:#?}", s.rows);
+        let r = &s.rows[0];
+        assert_eq!(r.pod, "shop/web-1");
+        assert_eq!(r.uid.as_deref(), Some("0f5e5e8a-1111"));
+        assert_eq!((r.count, r.total), (4, 4));
+        assert_eq!(r.daddr, Some(ip("10.0.0.9")), "v4-mapped folded into v4");
+        assert_eq!(
+            (r.in_use, r.usable, r.percent),
+            (Some(3), Some(4), Some(75.0))
+        );
+        assert_eq!(r.range, Some([41000, 41003]));
+        assert_eq!(r.causes["ports_exhausted"], 3);
+        assert_eq!(r.causes["tuple_in_use"], 1);
+        let host: Vec<&Row> = s.rows.iter().filter(|r| r.pod == "host").collect();
+        assert_eq!(host.len(), 3);
+        assert!(host.iter().all(|r| r.uid.is_none() && r.total == 1));
+        let tcp = host
+            .iter()
+            .find(|r| r.kind == Kind::Connect && r.proto == Some("tcp"))
+            .unwrap();
+        assert_eq!(tcp.usage_error.as_deref(), Some("netns 20 is gone"));
+        assert_eq!(tcp.in_use, None);
+        let bind = host.iter().find(|r| r.kind == Kind::Bind).unwrap();
+        assert_eq!((bind.daddr, bind.usage_error.as_deref()), (None, None));
+        let udp = host.iter().find(|r| r.proto == Some("udp")).unwrap();
+        assert_eq!(
+            udp.usage_error.as_deref(),
+            Some("only TCP sockets are counted")
+        );
+
+        // The next interval: counts start over, totals stay.
+        let mut e = ev(Kind::Bind, Errno::EADDRINUSE, 20, None);
+        e.cause = None;
+        a.record(&e);
+        let s = a.take_summary(
+            &Sampled::new(),
+            0,
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+            true,
+        );
+        assert_eq!(
+            (s.events, s.events_total, s.lost, s.lost_total),
+            (1, 8, 0, 2)
+        );
+        assert_eq!(s.rows[0].kind, Kind::Bind, "the row that failed now first");
+        assert_eq!((s.rows[0].count, s.rows[0].total), (1, 2));
+        assert!(s.rows[1..].iter().all(|r| r.count == 0));
+        assert_eq!(s.rows[1].usage_error.as_deref(), Some("not sampled"));
+    }
+
+    #[test]
+    fn pod_label_falls_back_to_uid() {
+        let mut a = Agg::default();
+        let mut e = ev(Kind::Connect, EADDRNOTAVAIL, 10, Some(("10.0.0.9", 80)));
+        e.pod = pod("0f5e5e8a-2222", None);
+        a.record(&e);
+        let s = a.take_summary(&Sampled::new(), 0, Duration::ZERO, Duration::ZERO, false);
+        assert_eq!(s.rows[0].pod, "0f5e5e8a-2222");
+        assert_eq!(s.rows[0].name, None);
+    }
+
+    fn sample_summary() -> Summary {
+        let mut a = Agg::default();
+        for _ in 0..2 {
+            a.record(&ev(
+                Kind::Connect,
+                EADDRNOTAVAIL,
+                4026532345,
+                Some(("::1", 7300)),
+            ));
+        }
+        let mut e = ev(
+            Kind::Connect,
+            EADDRNOTAVAIL,
+            4026532345,
+            Some(("127.0.0.1", 7100)),
+        );
+        e.pod = pod("0f5e5e8a-1111", Some(("shop", "web-1")));
+        a.record(&e);
+        a.record(&ev(Kind::Bind, Errno::EADDRINUSE, 4026532345, None));
+        let mut sampled = Sampled::new();
+        sampled.insert(
+            4026532345,
+            Ok(usage(
+                (41000, 41003),
+                &[("::1", 7300, 4), ("127.0.0.1", 7100, 1)],
+            )),
+        );
+        a.take_summary(
+            &sampled,
+            1_763_900_000_123_456_000,
+            Duration::from_secs(2),
+            Duration::from_millis(1500),
+            false,
+        )
+    }
+
+    #[test]
+    fn table_columns_and_alignment() {
+        let t = table(&sample_summary(), None, None);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "portwatch top  2025-11-23T12:13:20Z  every 2s  failures: 4 in 1.5s, 4 in all"
+        );
+        assert!(lines[1].starts_with("POD  "), "{t}");
+        assert_eq!(lines.len(), 5, "{t}");
+        let row = |needle: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("{needle}: {t}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            row("[::1]:7300"),
+            [
+                "host",
+                "4026532345",
+                "connect",
+                "EADDRNOTAVAIL",
+                "[::1]:7300",
+                "2",
+                "2",
+                "4/4",
+                "100.0%",
+                "ports_exhausted"
+            ]
+        );
+        assert_eq!(row("shop/web-1")[7..9], ["1/4", "25.0%"]);
+        assert_eq!(
+            row("EADDRINUSE")[4..],
+            ["-", "1", "1", "-", "-", "ports_exhausted"]
+        );
+        // Columns line up: every USE% cell ends where its header ends.
+        let end = lines[1].find("USE%").unwrap() + 4;
+        for l in &lines[2..] {
+            assert!(l[..end].ends_with('%') || l[..end].ends_with('-'), "{l}");
+        }
+        assert!(!t.contains('\x1b'), "no ANSI codes in the text");
+    }
+
+    #[test]
+    fn table_fits_a_screen() {
+        let t = table(&sample_summary(), Some(1), Some(40));
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "title, header, one row, more: {t}");
+        assert_eq!(lines[3], "... 2 more rows");
+        assert!(lines.iter().all(|l| l.chars().count() <= 40), "{t}");
+        let mut empty = sample_summary();
+        empty.rows.clear();
+        empty.lost = 3;
+        empty.lost_total = 5;
+        let t = table(&empty, None, None);
+        assert!(t.contains("LOST: 3 in 1.5s, 5 in all"), "{t}");
+        assert!(
+            t.ends_with("no connect()/bind() failures seen yet\n"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn json_fields() {
+        let v: serde_json::Value = serde_json::from_str(&json_line(&sample_summary())).unwrap();
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["kind"], "summary");
+        assert_eq!(v["time"], "2025-11-23T12:13:20.123456Z");
+        assert_eq!(v["interval_ms"], 2000);
+        assert_eq!(v["window_ms"], 1500);
+        assert_eq!(v["final"], false);
+        assert_eq!(
+            (v["events"].as_u64(), v["lost_total"].as_u64()),
+            (Some(4), Some(0))
+        );
+        let r = &v["rows"][0];
+        for (k, want) in [
+            ("pod", serde_json::json!("host")),
+            ("namespace", serde_json::Value::Null),
+            ("uid", serde_json::Value::Null),
+            ("netns", serde_json::json!(4026532345u32)),
+            ("kind", serde_json::json!("connect")),
+            ("errno", serde_json::json!("EADDRNOTAVAIL")),
+            ("proto", serde_json::json!("tcp")),
+            ("daddr", serde_json::json!("::1")),
+            ("dport", serde_json::json!(7300)),
+            ("count", serde_json::json!(2)),
+            ("total", serde_json::json!(2)),
+            ("causes", serde_json::json!({"ports_exhausted": 2})),
+            ("pid", serde_json::json!(7)),
+            ("comm", serde_json::json!("curl")),
+            ("in_use", serde_json::json!(4)),
+            ("usable", serde_json::json!(4)),
+            ("range", serde_json::json!([41000, 41003])),
+            ("percent", serde_json::json!(100.0)),
+            ("usage_error", serde_json::Value::Null),
+        ] {
+            assert_eq!(r[k], want, "{k}: {r}");
+        }
+        assert_eq!(r.as_object().unwrap().len(), 20, "{r}");
+        let shop = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["pod"] == "shop/web-1")
+            .unwrap();
+        assert_eq!(shop["namespace"], "shop");
+        assert_eq!(shop["name"], "web-1");
+        assert_eq!(shop["uid"], "0f5e5e8a-1111");
+        assert_eq!(shop["percent"], 25.0);
+    }
+}
