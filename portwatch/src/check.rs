@@ -601,6 +601,7 @@ mod tests {
                 "ip netns exec t ".into()
             },
             is_node,
+            pid: None,
         }
     }
 
