@@ -9,11 +9,14 @@ use tokio::{
     sync::watch,
 };
 
+/// Told, once, what a pipeline attached.
+pub type OnAttached = Box<dyn FnOnce(&str)>;
+
 /// Handed to a pipeline: it runs until `stop` turns true, and calls
 /// `attached` once its probes are in (with one line saying what it attached).
 pub struct Control {
     pub stop: watch::Receiver<bool>,
-    pub attached: Option<Box<dyn FnOnce(&str)>>,
+    pub attached: Option<OnAttached>,
 }
 
 impl Control {

@@ -131,7 +131,10 @@ impl Prometheus {
         .unwrap();
         let child = Command::new(bin)
             .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -255,11 +258,16 @@ fn prometheus_sees_exactly_the_failures_provoked_and_the_ports_ss_sees() {
     assert_eq!(want, 4, "the client holds the whole range");
     let ino = ns.inode;
     let r = prom.wait_value(
-        &format!(r#"portwatch_ephemeral_ports_in_use{{netns="{ino}",daddr="127.0.0.1",dport="8080"}}"#),
+        &format!(
+            r#"portwatch_ephemeral_ports_in_use{{netns="{ino}",daddr="127.0.0.1",dport="8080"}}"#
+        ),
         want as f64,
     );
     // Not a pod: namespace="" and pod="", which Prometheus stores as absent.
-    assert!(r[0].0["namespace"].is_null() && r[0].0["pod"].is_null(), "{r:?}");
+    assert!(
+        r[0].0["namespace"].is_null() && r[0].0["pod"].is_null(),
+        "{r:?}"
+    );
     prom.wait_value(
         &format!(r#"portwatch_ephemeral_ports_usable{{netns="{ino}"}}"#),
         4.0,
@@ -308,7 +316,7 @@ fn in_use_series_are_bounded_with_a_thousand_destinations() {
     let serve = Serve::start(&["--scan-interval", "1s", "--max-destinations", "7"]);
     serve.wait_scan();
     let netns = format!("netns=\"{}\"", ns.inode);
-    let s = serve.samples("portwatch_ephemeral_ports_in_use", &[netns.clone()]);
+    let s = serve.samples("portwatch_ephemeral_ports_in_use", std::slice::from_ref(&netns));
     assert_eq!(s.len(), 7, "{s:?}");
     let top: Vec<_> = s.iter().filter(|(_, v)| *v == 6.0).collect();
     assert_eq!(top.len(), 1, "{s:?}");

@@ -94,6 +94,9 @@ struct Attached {
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
+    // In a container with too few capabilities, one sentence and exit 1
+    // rather than a half-blind agent.
+    crate::system::check_agent_privileges()?;
     let (stop_tx, stop_rx) = control::stop_on_signals()?;
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),
@@ -154,7 +157,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         let ctl = Control::new(stop_rx.clone()).on_attached(on_attached(|a| &mut a.trace));
         match trace::pipeline(&trace_args, sink, ctl).await {
             Ok(trace::End::Signal) => Ok(()),
-            Ok(trace::End::ReaderGone) => fail(anyhow!("stdout was closed: events have nowhere to go")),
+            Ok(trace::End::ReaderGone) => {
+                fail(anyhow!("stdout was closed: events have nowhere to go"))
+            }
             Err(e) => fail(e.context("trace pipeline")),
         }
     };
@@ -203,7 +208,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
 /// Every `--scan-interval`: the netns scan; every `--check-interval`: the
 /// check too. Each pass runs on a blocking thread.
-async fn scanner(args: &ServeArgs, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<()> {
+async fn scanner(
+    args: &ServeArgs,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
     let opts = Arc::new(scan::Options {
         max_destinations: args.max_destinations as usize,
         nodeport_range: args.nodeport_range,
@@ -237,7 +246,10 @@ mod tests {
     #[test]
     fn backend_label_names_each_probe_kind_once() {
         assert_eq!(backend_of("connect=fexit bind=fexit"), "fexit");
-        assert_eq!(backend_of("connect=tracepoint bind=kprobe"), "kprobe+tracepoint");
+        assert_eq!(
+            backend_of("connect=tracepoint bind=kprobe"),
+            "kprobe+tracepoint"
+        );
         assert_eq!(backend_of(""), "");
     }
 }

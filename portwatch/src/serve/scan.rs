@@ -5,7 +5,6 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-
 use crate::{
     check,
     holders::Holders,
