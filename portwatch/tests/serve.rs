@@ -316,7 +316,10 @@ fn in_use_series_are_bounded_with_a_thousand_destinations() {
     let serve = Serve::start(&["--scan-interval", "1s", "--max-destinations", "7"]);
     serve.wait_scan();
     let netns = format!("netns=\"{}\"", ns.inode);
-    let s = serve.samples("portwatch_ephemeral_ports_in_use", std::slice::from_ref(&netns));
+    let s = serve.samples(
+        "portwatch_ephemeral_ports_in_use",
+        std::slice::from_ref(&netns),
+    );
     assert_eq!(s.len(), 7, "{s:?}");
     let top: Vec<_> = s.iter().filter(|(_, v)| *v == 6.0).collect();
     assert_eq!(top.len(), 1, "{s:?}");
