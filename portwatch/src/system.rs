@@ -6,6 +6,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
 
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -22,15 +24,77 @@ fn effective_caps() -> Result<u64> {
 
 /// Fails with one clear sentence when portwatch cannot load BPF programs.
 pub fn check_privileges() -> Result<()> {
-    let caps = effective_caps()?;
+    match bpf_missing(effective_caps()?) {
+        None => Ok(()),
+        Some(msg) => bail!("{msg}"),
+    }
+}
+
+/// Why a process with effective capability set `caps` cannot load and
+/// attach the programs (the kernel takes CAP_SYS_ADMIN in place of either
+/// CAP_BPF or CAP_PERFMON), naming what is missing; None when it can.
+fn bpf_missing(caps: u64) -> Option<String> {
     let has = |c: u32| caps & (1u64 << c) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        return Ok(());
+        return None;
     }
-    bail!(
-        "portwatch must run as root (or with CAP_BPF and CAP_PERFMON) to load its eBPF programs; \
-         try: sudo portwatch ..."
-    )
+    let lacking = match (has(CAP_BPF), has(CAP_PERFMON)) {
+        (false, false) => "CAP_BPF and CAP_PERFMON",
+        (false, true) => "CAP_BPF",
+        _ => "CAP_PERFMON",
+    };
+    Some(format!(
+        "portwatch must run as root or with CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load its eBPF programs, \
+         and this process lacks {lacking}: try sudo portwatch ..., or grant the capability"
+    ))
+}
+
+/// What `portwatch serve`, the node agent, needs beyond loading programs,
+/// and why: the capabilities deploy/kubernetes/portwatch.yaml grants.
+const AGENT_CAPS: &[(u32, &str, &str)] = &[
+    (
+        CAP_SYS_ADMIN,
+        "CAP_SYS_ADMIN",
+        "setns() into each pod's network namespace for the port scan and the check",
+    ),
+    (
+        CAP_SYS_PTRACE,
+        "CAP_SYS_PTRACE",
+        "opening other processes' /proc/PID/ns/net and /proc/PID/fd to find each pod's network namespace and who holds its ports",
+    ),
+    (
+        CAP_NET_ADMIN,
+        "CAP_NET_ADMIN",
+        "adding the clsact qdisc and tc program of the NodePort-steal watch over netlink, on kernels before 6.6",
+    ),
+];
+
+/// Fails with one clear sentence when `serve` lacks a capability it needs:
+/// in a container with too few, it would otherwise run half blind (no
+/// per-pod port numbers) without saying so.
+pub fn check_agent_privileges() -> Result<()> {
+    let caps = effective_caps()?;
+    // The agent's own list first: it names CAP_SYS_ADMIN itself, which
+    // also stands in for CAP_BPF and CAP_PERFMON.
+    match agent_missing(caps).or_else(|| bpf_missing(caps)) {
+        None => Ok(()),
+        Some(msg) => bail!("{msg}"),
+    }
+}
+
+fn agent_missing(caps: u64) -> Option<String> {
+    let missing: Vec<String> = AGENT_CAPS
+        .iter()
+        .filter(|(c, _, _)| caps & (1u64 << c) == 0)
+        .map(|(_, name, why)| format!("{name} ({why})"))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "serve lacks {}: run it as root or add the capability to the container's securityContext (see deploy/kubernetes/portwatch.yaml)",
+        missing.join(" and ")
+    ))
 }
 
 /// Lifts RLIMIT_MEMLOCK: before Linux 5.11 every BPF map is charged to it.
@@ -87,4 +151,51 @@ pub fn ensure_tracefs() -> Result<Option<String>> {
     Ok(Some(format!(
         "tracefs was not mounted; mounted it at {target}"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(list: &[u32]) -> u64 {
+        list.iter().fold(0, |m, c| m | (1u64 << c))
+    }
+
+    #[test]
+    fn bpf_check_names_what_is_missing() {
+        assert!(bpf_missing(caps(&[CAP_SYS_ADMIN])).is_none());
+        assert!(bpf_missing(caps(&[CAP_BPF, CAP_PERFMON])).is_none());
+        let m = bpf_missing(caps(&[CAP_BPF])).unwrap();
+        assert!(
+            m.ends_with(
+                "process lacks CAP_PERFMON: try sudo portwatch ..., or grant the capability"
+            ),
+            "{m}"
+        );
+        let m = bpf_missing(caps(&[CAP_PERFMON, CAP_NET_ADMIN])).unwrap();
+        assert!(
+            m.contains("must run as root") && m.contains("lacks CAP_BPF:"),
+            "{m}"
+        );
+        let m = bpf_missing(0).unwrap();
+        assert!(m.contains("lacks CAP_BPF and CAP_PERFMON:"), "{m}");
+    }
+
+    #[test]
+    fn agent_check_names_each_missing_capability_in_one_sentence() {
+        let all = caps(&[CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_NET_ADMIN]);
+        assert!(agent_missing(all).is_none());
+        assert!(agent_missing(u64::MAX).is_none(), "root");
+        for (c, name, _) in AGENT_CAPS {
+            let m = agent_missing(all & !(1u64 << c)).unwrap();
+            assert!(m.starts_with(&format!("serve lacks {name} (")), "{m}");
+            assert_eq!(m.matches("lacks").count(), 1, "{m}");
+            assert!(!m.contains('\n'), "one line: {m}");
+        }
+        let m = agent_missing(caps(&[CAP_NET_ADMIN])).unwrap();
+        assert!(
+            m.contains("CAP_SYS_ADMIN (") && m.contains(" and CAP_SYS_PTRACE ("),
+            "{m}"
+        );
+    }
 }
