@@ -15,6 +15,8 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod deploy;
+mod image;
 mod vm;
 
 /// Debian's rustc ships the library source `-Z build-std=core` needs.
@@ -83,6 +85,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Only the deployment tests: alert rules (promtool), manifests
+    /// (kubernetes-validate), the image under podman with the DaemonSet's
+    /// capabilities (part of `test`).
+    DeployTest,
+    /// Build the DaemonSet's OCI image (localhost/portwatch:<version>) with
+    /// podman, no registry, and save it to target/image/portwatch-<version>.oci.tar.
+    Image,
     /// Measure what `portwatch trace` costs (vs no tracer and bpftrace): success
     /// path, failure storm, start-up, RSS. Markdown on stdout, JSON in target/bench/.
     Bench {
@@ -182,7 +191,11 @@ fn setup() -> Result<()> {
     let t0 = Instant::now();
     let mut pkgs = missing_packages(TOOLCHAIN_PKGS);
     pkgs.extend(missing_packages(TEST_PKGS));
+    pkgs.extend(missing_packages(deploy::PKGS));
+    pkgs.sort();
+    pkgs.dedup();
     apt_install(&pkgs)?;
+    deploy::setup_python()?;
 
     // rustup runs the eBPF build through `rustup run <toolchain> cargo`.
     if let Some(list) = output(Command::new("rustup").args(["toolchain", "list"])) {
@@ -336,10 +349,26 @@ fn main() -> Result<()> {
         Cmd::Test { host_only, args } => {
             setup()?;
             test(&args)?;
+            // The manifests, the alert rules, the image under podman.
+            deploy::test()?;
             if host_only {
                 return Ok(());
             }
             vm::vm_test(&vm::select("all")?, &[])
+        }
+        Cmd::DeployTest => {
+            setup()?;
+            if !is_root() {
+                bail!("the podman test runs a privileged container and makes a network namespace: run it as root");
+            }
+            deploy::test()
+        }
+        Cmd::Image => {
+            setup()?;
+            let bin = build(true)?;
+            let img = image::build(&bin)?;
+            println!("{} {}", img.tag, img.archive.display());
+            Ok(())
         }
         Cmd::Bench { quick, out } => bench::bench(bench::Opts { quick, out }),
         Cmd::VmTest { kernel, args } => {

@@ -423,7 +423,7 @@ fn put_stripped(root: &Path, src: &Path, at: &Path) -> Result<()> {
 }
 
 /// The shared libraries (and the loader) a dynamically linked program needs.
-fn libraries_of(prog: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn libraries_of(prog: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd")
         .arg(prog)
         .output()
