@@ -31,7 +31,8 @@ use crate::{cache_dir, image, output, run, show, workspace_root};
 /// apt packages: promtool comes with Debian's prometheus; podman builds
 /// and runs the image, with runc (crun refuses this machine's hybrid
 /// cgroups).
-pub const PKGS: &[&str] = &["prometheus", "podman", "runc", "python3-venv"];
+/// containerd's `ctr` imports the archive as a node without a registry would.
+pub const PKGS: &[&str] = &["prometheus", "podman", "runc", "python3-venv", "containerd"];
 
 /// kubernetes-validate and everything it imports, pinned (PyPI); it carries
 /// the schemas of Kubernetes 1.25 to 1.37, so validation is offline.
@@ -127,6 +128,7 @@ pub fn test() -> Result<()> {
     let t2 = Instant::now();
     let bin = crate::build(true)?;
     let img = image::build(&bin)?;
+    ctr_import(&img)?;
     let t3 = Instant::now();
     podman(&img)?;
     eprintln!(
@@ -137,6 +139,64 @@ pub fn test() -> Result<()> {
         t3.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `ctr -n k8s.io images import` of the archive, into a containerd of the
+/// test's own (private root, state and socket; stopped after): the image
+/// must come out under the name the DaemonSet runs.
+fn ctr_import(img: &image::Image) -> Result<()> {
+    let dir = workspace_root().join("target/deploy-containerd");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let sock = dir.join("containerd.sock");
+    fs::write(
+        dir.join("config.toml"),
+        format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\n[grpc]\n  address = \"{}\"\n",
+            dir.join("root").display(),
+            dir.join("state").display(),
+            sock.display()
+        ),
+    )?;
+    let log = fs::File::create(dir.join("containerd.log"))?;
+    let mut daemon = Command::new("containerd")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting containerd")?;
+    let res = (|| -> Result<()> {
+        let ctr = || {
+            let mut c = Command::new("ctr");
+            c.arg("--address")
+                .arg(&sock)
+                .args(["--namespace", "k8s.io"]);
+            c
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while output(ctr().arg("version")).is_none() {
+            ensure!(
+                Instant::now() < deadline,
+                "containerd did not answer in 20 s"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        run(ctr().args(["images", "import"]).arg(&img.archive))?;
+        let list = output(ctr().args(["images", "list", "--quiet"])).unwrap_or_default();
+        let ds = DaemonSet::read()?;
+        ensure!(
+            list.lines().any(|l| l == ds.image),
+            "containerd lists {list:?} after the import, not {}",
+            ds.image
+        );
+        eprintln!("xtask: containerd imported the archive as {}", ds.image);
+        Ok(())
+    })();
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    let _ = fs::remove_dir_all(dir.join("root"));
+    res
 }
 
 fn rules() -> Result<()> {
@@ -186,6 +246,7 @@ fn validate() -> Result<()> {
         "kubernetes-validate accepted an unknown field"
     );
     eprintln!("xtask: kubernetes-validate rejects an unknown field, as it should");
+    prometheus_rule_wrap()?;
 
     // What the image, the Service and the scrape annotations must agree on.
     let spec = DaemonSet::read()?;
@@ -212,6 +273,37 @@ fn validate() -> Result<()> {
     ensure!(
         svc["metadata"]["annotations"]["prometheus.io/port"] == "9477",
         "the Service's prometheus.io/port annotation is not 9477"
+    );
+    Ok(())
+}
+
+/// README's step 3 for the Prometheus Operator: the rule file wrapped into
+/// a PrometheusRule (its `groups:` indented under `spec:`), piped to kubectl.
+const PROMETHEUS_RULE_WRAP: &str = "{ printf 'apiVersion: monitoring.coreos.com/v1\\nkind: PrometheusRule\\nmetadata:\\n  name: portwatch\\n  namespace: portwatch\\nspec:\\n'; sed 's/^/  /' deploy/kubernetes/prometheus-rules.yaml; }";
+
+/// The wrap gives a PrometheusRule whose spec.groups are the rule file's
+/// groups, and README shows it as tested here.
+fn prometheus_rule_wrap() -> Result<()> {
+    let out = Command::new("sh")
+        .current_dir(workspace_root())
+        .arg("-c")
+        .arg(PROMETHEUS_RULE_WRAP)
+        .output()?;
+    ensure!(out.status.success(), "the PrometheusRule wrap failed");
+    let tmp = workspace_root().join("target/deploy-prometheusrule.yaml");
+    fs::write(&tmp, &out.stdout)?;
+    let wrapped = yaml_docs(&tmp)?;
+    let plain = yaml_docs(&deploy_dir().join("prometheus-rules.yaml"))?;
+    ensure!(
+        wrapped.len() == 1
+            && wrapped[0]["kind"] == "PrometheusRule"
+            && wrapped[0]["spec"]["groups"] == plain[0]["groups"],
+        "the PrometheusRule wrap does not carry the rule file's groups"
+    );
+    let readme = fs::read_to_string(workspace_root().join("README.md"))?;
+    ensure!(
+        readme.contains(PROMETHEUS_RULE_WRAP),
+        "README does not show the PrometheusRule wrap the test checks"
     );
     Ok(())
 }
