@@ -11,7 +11,8 @@
 //! and /proc (holders). Those look-ups run on worker threads, off the event
 //! path, at most one per netns x destination per second; an event waits for
 //! its detail no longer than the budget and then goes out with what is known
-//! and `detail_complete: false`.
+//! and `detail_complete: false`. Within the same budget it waits for its
+//! pod's names when the enrich stage is still asking the runtime (`cri`).
 
 use std::{
     cell::RefCell,
@@ -27,6 +28,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
+    cri,
     event::{Errno, Event, Kind, Proto},
     holders::{Holders, Owner},
     ports::{self, PortSet},
@@ -497,6 +499,8 @@ struct Waiting {
     ev: Event,
     verdict: Verdict,
     slot: Option<Slot>,
+    /// The pod's names, when their look-up was still under way.
+    names: Option<cri::Slot>,
     deadline: Instant,
 }
 
@@ -576,7 +580,19 @@ impl Detailer {
 
     /// Takes an event (already enriched and filtered). `handle` gives a
     /// handle on a netns by inode when a look-up has to start (None: gone).
+    #[cfg(test)]
     pub fn push(&mut self, ev: Event, handle: impl FnOnce(u32, &Event) -> Option<NsHandle>) {
+        self.push_named(ev, None, handle)
+    }
+
+    /// As `push`, for an event whose pod names are still being looked up
+    /// (`names`): it waits for them too, within the same budget.
+    pub fn push_named(
+        &mut self,
+        ev: Event,
+        names: Option<cri::Slot>,
+        handle: impl FnOnce(u32, &Event) -> Option<NsHandle>,
+    ) {
         let now = Instant::now();
         let verdict = classify(&ev);
         let slot = match (&self.jobs, key_for(&ev, verdict)) {
@@ -587,6 +603,7 @@ impl Detailer {
             ev,
             verdict,
             slot,
+            names,
             deadline: now + self.opts.budget,
         });
     }
@@ -662,14 +679,15 @@ impl Detailer {
     /// order they came.
     pub fn pop_ready(&mut self, now: Instant) -> Option<Event> {
         let w = self.queue.front()?;
-        let ready = match &w.slot {
-            None => true,
-            Some(s) => s.borrow().is_some() || now >= w.deadline,
-        };
-        if !ready {
+        let detail = w.slot.as_ref().is_none_or(|s| s.borrow().is_some());
+        let names = w.names.as_ref().is_none_or(|s| s.get().is_some());
+        if !(detail && names || now >= w.deadline) {
             return None;
         }
         let mut w = self.queue.pop_front()?;
+        if let (Some(n), Some(pod)) = (w.names.as_ref().and_then(cri::names_in), &mut w.ev.pod) {
+            n.apply(pod);
+        }
         let outcome = w.slot.as_ref().and_then(|s| s.borrow().clone());
         finish(&mut w.ev, w.verdict, outcome.as_ref());
         Some(w.ev)
@@ -907,6 +925,54 @@ mod tests {
         let ev = d.pop_ready(dl).expect("out at the deadline");
         assert_eq!(ev.cause, Some(Cause::PortsExhausted));
         assert!(d.is_empty());
+    }
+
+    /// An event whose pod names are being looked up waits for them (in
+    /// order, behind nothing else) and leaves as soon as they are in; at the
+    /// deadline it leaves without them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn events_wait_for_pod_names_within_the_budget() {
+        let (mut d, _rx) = Detailer::new(Options {
+            budget: Duration::from_millis(30),
+            lookups: false,
+        })
+        .unwrap();
+        let in_pod = || {
+            let mut ev = sample_event();
+            ev.pod = crate::pods::parse_kube_path(
+                "/kubepods/pod0f5e5e8a-1b2c-4d3e-8f90-a1b2c3d4e5f6/4c5f1e2d3b4a59687766554433221100ffeeddccbbaa99887766554433221100",
+            );
+            ev
+        };
+        let slot: cri::Slot = Default::default();
+        d.push_named(in_pod(), Some(slot.clone()), |_, _| None);
+        d.push_named(in_pod(), Some(slot.clone()), |_, _| None);
+        assert!(d.pop_ready(Instant::now()).is_none(), "waits for its names");
+        slot.set(cri::Answer {
+            names: Some(cri::Names {
+                namespace: Some("shop".into()),
+                name: Some("web-1".into()),
+                uid: None,
+                container: Some("nginx".into()),
+            }),
+            at: Instant::now(),
+        })
+        .unwrap();
+        for _ in 0..2 {
+            let ev = d.pop_ready(Instant::now()).expect("names in: out at once");
+            let p = ev.pod.unwrap();
+            assert_eq!(p.short(), "shop/web-1");
+            assert_eq!(p.container.as_deref(), Some("nginx"));
+            assert_eq!(ev.cause, Some(Cause::PortsExhausted));
+        }
+        let never: cri::Slot = Default::default();
+        d.push_named(in_pod(), Some(never), |_, _| None);
+        assert!(d.pop_ready(Instant::now()).is_none());
+        let ev = d
+            .pop_ready(d.next_deadline().unwrap())
+            .expect("out at the deadline");
+        assert_eq!(ev.pod.as_ref().unwrap().name, None);
+        assert!(ev.pod.unwrap().container_id.is_some());
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -194,16 +194,16 @@ pub struct TraceArgs {
     /// Only connects toward this destination port.
     #[arg(long, value_name = "PORT")]
     pub dport: Option<u16>,
-    /// Only pods of this namespace. Namespace names come from the CRI
-    /// look-up, not implemented yet: for now this matches nothing.
+    /// Only pods of this namespace (its name, from the container runtime
+    /// over CRI: with no runtime reachable, nothing matches).
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
-    /// Only this pod: its name (from the CRI look-up, not implemented yet)
-    /// or a prefix of its uid.
+    /// Only this pod: its name (from the runtime over CRI) or a prefix of
+    /// its uid.
     #[arg(long, value_name = "NAME|UID")]
     pub pod: Option<String>,
-    /// Only this container: its name (from the CRI look-up, not implemented
-    /// yet) or a prefix of its id.
+    /// Only this container: its name (from the runtime over CRI) or a
+    /// prefix of its id.
     #[arg(long, value_name = "NAME|ID")]
     pub container: Option<String>,
     /// Only host processes (no pod cgroup).
@@ -222,6 +222,11 @@ pub struct TraceArgs {
     /// Cause from the event alone: no socket-table or holder look-ups.
     #[arg(long)]
     pub no_detail: bool,
+    /// The container runtime's CRI socket, for pod, namespace and container
+    /// names. Default: the first that answers of
+    /// /run/containerd/containerd.sock, /var/run/crio/crio.sock.
+    #[arg(long, value_name = "PATH")]
+    pub cri_endpoint: Option<std::path::PathBuf>,
 }
 
 fn parse_budget(s: &str) -> Result<Duration, String> {
@@ -311,6 +316,7 @@ mod tests {
         assert_eq!(t.detail_budget, Duration::from_millis(50));
         assert!(!t.no_detail);
         assert!(t.namespace.is_none() && t.pod.is_none() && t.container.is_none() && !t.host);
+        assert!(t.cri_endpoint.is_none());
         let Command::Trace(t) = parse(&[
             "trace",
             "--namespace",
@@ -338,6 +344,16 @@ mod tests {
             unreachable!()
         };
         assert!(t.host);
+        let Command::Trace(t) = parse(&["trace", "--cri-endpoint", "/run/k3s/containerd.sock"])
+            .unwrap()
+            .command
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            t.cri_endpoint.as_deref(),
+            Some(std::path::Path::new("/run/k3s/containerd.sock"))
+        );
         for (arg, ms) in [("0", 0), ("1s", 1000), ("75", 75), ("2ms", 2)] {
             let Command::Trace(t) = parse(&["trace", "--detail-budget", arg]).unwrap().command
             else {
@@ -520,6 +536,7 @@ mod tests {
             &["trace", "--host", "--namespace", "default"],
             &["trace", "--host", "--container", "4c5f"],
             &["trace", "--pod"],
+            &["trace", "--cri-endpoint"],
             &["check", "--nodeport-range", "32767-30000"],
             &["check", "--nodeport-range", "30000"],
             &["check", "--netns"],

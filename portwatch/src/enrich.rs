@@ -4,15 +4,21 @@
 //! costs one read a second). It also hands out netns handles to the `cause`
 //! stage's look-ups. And the event's cgroup path and pod (`pods`): the
 //! cgroup id resolved through a cache, the pod uid and container id parsed
-//! from the path.
+//! from the path, and their names from the container runtime (`cri`): from
+//! its cache at once, or a slot the event waits for in the `cause` stage.
 
 use std::{
     collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use anyhow::Result;
+
 use crate::{
     cause::NsHandle,
+    cri::{self, Cri, Lookup},
     event::Event,
     netns::{parse_port_range, read_sysctls, NetnsHandles},
     pods::{self, CgroupResolver},
@@ -29,23 +35,57 @@ pub struct Enricher {
     netns: NetnsHandles,
     ranges: HashMap<u32, (Ports, Instant)>,
     cgroups: CgroupResolver,
+    cri: Cri,
 }
 
 impl Enricher {
-    pub fn new() -> Enricher {
-        Enricher {
+    /// `cri_endpoint`: the runtime's CRI socket (None: the first of
+    /// `cri::DEFAULT_ENDPOINTS` that answers). Without a cgroup2 mount
+    /// there are no pods, and no runtime is asked.
+    pub fn new(cri_endpoint: Option<PathBuf>) -> Result<Enricher> {
+        let cgroups = CgroupResolver::new();
+        let cri = match cgroups.root() {
+            Some(_) => Cri::start(cri_endpoint)?,
+            None => Cri::off(),
+        };
+        Ok(Enricher {
             netns: NetnsHandles::default(),
             ranges: HashMap::new(),
-            cgroups: CgroupResolver::new(),
+            cgroups,
+            cri,
+        })
+    }
+
+    /// What start-up says about pod identity, once, on stderr.
+    pub fn pods_note(&self) -> String {
+        let Some(root) = self.cgroups.root() else {
+            return "pods: no cgroup2 mount in /proc/self/mountinfo: cgroup and pod stay null on every event".into();
+        };
+        let ids = format!(
+            "pods: pod uid and container id come from cgroup paths under {}",
+            root.display()
+        );
+        match self.cri.status() {
+            cri::Status::Found { .. } => format!(
+                "{ids}; pod, namespace and container names from the CRI runtime, {}",
+                self.cri.status()
+            ),
+            _ => format!(
+                "{ids}; {}: pod, namespace and container names stay null (--namespace matches nothing; --pod/--container take a uid/id prefix; --cri-endpoint names the runtime's socket)",
+                self.cri.status()
+            ),
         }
     }
 
-    /// Where cgroup ids are resolved (None: no cgroup2 mount).
-    pub fn cgroup_root(&self) -> Option<&std::path::Path> {
-        self.cgroups.root()
+    /// Notified whenever a name look-up finishes.
+    pub fn names_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.cri.wake()
     }
 
-    pub fn enrich(&mut self, ev: &mut Event) {
+    /// Fills what userspace knows. Returns the slot of a name look-up still
+    /// under way (the pod's names are then filled when it is, see
+    /// `cause::Detailer`).
+    pub fn enrich(&mut self, ev: &mut Event) -> Option<cri::Slot> {
         let (range, reserved) = match ev.netns {
             Some(ino) => self.ports(ino, &[ev.tid, ev.pid]),
             None => (None, None),
@@ -54,6 +94,15 @@ impl Enricher {
         ev.reserved = reserved;
         ev.cgroup = self.cgroups.resolve(ev.cgroup_id, &[ev.tid, ev.pid]);
         ev.pod = ev.cgroup.as_deref().and_then(pods::parse_kube_path);
+        let pod = ev.pod.as_mut()?;
+        match self.cri.names(cri::Key::of(pod)) {
+            Lookup::Known(Some(names)) => {
+                names.apply(pod);
+                None
+            }
+            Lookup::Known(None) => None,
+            Lookup::Pending(slot) => Some(slot),
+        }
     }
 
     /// A handle on netns `ino` for a look-up on another thread (None: gone).

@@ -8,11 +8,11 @@ pub struct Filter {
     pub comm: Option<String>,
     pub errno: Option<Errno>,
     pub dport: Option<u16>,
-    /// The pod's namespace (a name: only known from the CRI look-up).
+    /// The pod's namespace (a name: known from the CRI look-up only).
     pub namespace: Option<String>,
-    /// The pod's name, or a prefix of its uid.
+    /// The pod's name (from the CRI look-up), or a prefix of its uid.
     pub pod: Option<String>,
-    /// The container's name, or a prefix of its id.
+    /// The container's name (from the CRI look-up), or a prefix of its id.
     pub container: Option<String>,
     /// Host processes only: events with no pod.
     pub host: bool,
@@ -24,6 +24,25 @@ fn name_or_prefix(name: Option<&str>, id: Option<&str>, want: &str) -> bool {
 }
 
 impl Filter {
+    /// Whether `ev` may still match once the names of its pod, being looked
+    /// up (`names_pending`), are known: every criterion but the names is
+    /// decided now. The final word is `matches`, once the names are in.
+    pub fn could_match(&self, ev: &Event, names_pending: bool) -> bool {
+        if !names_pending || ev.pod.is_none() {
+            return self.matches(ev);
+        }
+        let undecided = Filter {
+            namespace: None,
+            pod: None,
+            container: None,
+            ..self.clone()
+        };
+        // A process in the pod's own cgroup has no container to be named.
+        undecided.matches(ev)
+            && (self.container.is_none()
+                || ev.pod.as_ref().is_some_and(|p| p.container_id.is_some()))
+    }
+
     pub fn matches(&self, ev: &Event) -> bool {
         self.pid.is_none_or(|p| ev.pid == p)
             && self.comm.as_deref().is_none_or(|c| ev.comm == c)
@@ -90,8 +109,28 @@ mod tests {
         assert!(h.matches(&host));
         assert!(!h.matches(&anon) && !h.matches(&named));
         // --namespace: names only, so nothing matches until names are known.
+        // While they are being looked up, the event is kept for the final word.
         let ns = f(|f| f.namespace = Some("shop".into()));
         assert!(ns.matches(&named));
+        assert!(ns.could_match(&anon, true));
+        assert!(!ns.could_match(&anon, false));
+        assert!(
+            !ns.could_match(&host, true),
+            "a host process has no names to wait for"
+        );
+        let mut own = anon.clone();
+        own.pod.as_mut().unwrap().container_id = None;
+        assert!(!f(|f| f.container = Some("nginx".into())).could_match(&own, true));
+        assert!(f(|f| f.container = Some("nginx".into())).could_match(&anon, true));
+        assert!(
+            !f(|f| {
+                f.pod = Some("web-1".into());
+                f.dport = Some(7101);
+            })
+            .could_match(&anon, true),
+            "what is known now still decides"
+        );
+
         assert!(!ns.matches(&anon) && !ns.matches(&host));
         assert!(!f(|f| f.namespace = Some("shopx".into())).matches(&named));
         // --pod: the name, or a prefix of the uid.

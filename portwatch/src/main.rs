@@ -10,6 +10,7 @@ mod cause;
 mod check;
 mod cli;
 mod control;
+mod cri;
 mod decode;
 mod enrich;
 mod event;

@@ -95,16 +95,9 @@ pub async fn pipeline(args: &TraceArgs, mut sink: Box<dyn Sink>, mut ctl: Contro
     }
     let mut source = Source::new(&mut ebpf)?;
     let clock = Clock::now();
-    let mut enricher = Enricher::new();
-    match enricher.cgroup_root() {
-        Some(root) => eprintln!(
-            "portwatch: pods: pod uid and container id come from cgroup paths under {}; pod, namespace and container names need the CRI look-up, which is not implemented yet: they stay null (--namespace matches nothing; --pod/--container take a uid/id prefix)",
-            root.display()
-        ),
-        None => eprintln!(
-            "portwatch: pods: no cgroup2 mount in /proc/self/mountinfo: cgroup and pod stay null on every event"
-        ),
-    }
+    let mut enricher = Enricher::new(args.cri_endpoint.clone())?;
+    eprintln!("portwatch: {}", enricher.pods_note());
+    let names_wake = enricher.names_wake();
     if !args.no_detail {
         if let Err(e) = crate::sockdiag::probe() {
             eprintln!(
@@ -130,12 +123,14 @@ pub async fn pipeline(args: &TraceArgs, mut sink: Box<dyn Sink>, mut ctl: Contro
         Err(e) => log::warn!("undecodable record: {e:#}"),
     };
     // enrich -> filter -> cause: events wait in the detailer (in order, up
-    // to the budget each) for their look-ups, then go out.
+    // to the budget each) for their look-ups (socket table, pod names), then
+    // go out. An event whose pod names are still being looked up is
+    // filtered on them when they are in (or the budget is spent).
     let mut process = |batch: &mut Vec<Event>, detailer: &mut Detailer| {
         for mut ev in batch.drain(..) {
-            enricher.enrich(&mut ev);
-            if filter.matches(&ev) {
-                detailer.push(ev, |ino, ev| enricher.handle(ino, ev));
+            let names = enricher.enrich(&mut ev);
+            if filter.could_match(&ev, names.is_some()) {
+                detailer.push_named(ev, names, |ino, ev| enricher.handle(ino, ev));
             }
         }
     };
@@ -143,6 +138,9 @@ pub async fn pipeline(args: &TraceArgs, mut sink: Box<dyn Sink>, mut ctl: Contro
         let now = Instant::now();
         let mut any = false;
         while let Some(ev) = detailer.pop_ready(now) {
+            if !filter.matches(&ev) {
+                continue;
+            }
             sink.event(&ev)?;
             any = true;
         }
@@ -176,6 +174,7 @@ pub async fn pipeline(args: &TraceArgs, mut sink: Box<dyn Sink>, mut ctl: Contro
                 detailer.complete(done);
                 emit(&mut detailer, &mut sink)
             }
+            _ = names_wake.notified() => emit(&mut detailer, &mut sink),
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
                 emit(&mut detailer, &mut sink)
             }
@@ -199,6 +198,7 @@ pub async fn pipeline(args: &TraceArgs, mut sink: Box<dyn Sink>, mut ctl: Contro
             let deadline = detailer.next_deadline().unwrap_or_else(Instant::now);
             tokio::select! {
                 Some(done) = detail_done.recv() => detailer.complete(done),
+                _ = names_wake.notified() => {}
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             res = emit(&mut detailer, &mut sink);

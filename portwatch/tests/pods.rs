@@ -169,9 +169,10 @@ fn pod_uid_container_id_and_cgroup_for_every_layout() {
     {
         let errs = t.stderr.lock().unwrap();
         assert!(
-            errs.iter()
-                .any(|l| l.contains("names need the CRI look-up, which is not implemented yet")),
-            "start-up says names are not looked up: {errs:?}"
+            errs.iter().any(|l| l
+                .contains("pods: pod uid and container id come from cgroup paths")
+                && l.contains("CRI runtime")),
+            "start-up says where pod identity comes from: {errs:?}"
         );
     }
     let mut all = vec![];
