@@ -2,8 +2,9 @@
 //! inode of the cgroup's directory under the cgroup2 mount) -> Kubernetes pod
 //! uid and container id, parsed from the path kubelet and the runtime chose.
 //!
-//! Names (namespace, pod, container) need the runtime's CRI API; that look-up
-//! is not implemented yet, so they stay null.
+//! Names (namespace, pod, container) come from the container runtime over
+//! CRI (`cri`), filled in later by the enrich stage; until then, and with no
+//! runtime reachable, they stay null.
 
 use std::{
     collections::HashMap,
@@ -18,13 +19,14 @@ use serde::Serialize;
 /// A pod process as its cgroup path shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pod {
-    /// From the CRI look-up (not yet implemented): null.
+    /// From the CRI look-up; null when the runtime did not say.
     pub namespace: Option<String>,
-    /// From the CRI look-up (not yet implemented): null.
+    /// From the CRI look-up; null when the runtime did not say.
     pub name: Option<String>,
     /// The pod's uid, with dashes (as the API server shows it).
     pub uid: String,
-    /// From the CRI look-up (not yet implemented): null.
+    /// From the CRI look-up; null when the runtime did not say (and for a
+    /// process in the pod's own cgroup).
     pub container: Option<String>,
     /// The container id (64 hex), null for a process in the pod's own cgroup.
     pub container_id: Option<String>,
@@ -436,6 +438,93 @@ mod tests {
                 assert!(lower.contains(cid), "{m}");
             }
             let _ = cgroup2_mount(&s);
+        }
+    }
+
+    /// Generated paths of every known layout, with random uids (UUID or
+    /// static-pod 32 hex, random case) and ids, under random parents and with
+    /// random sub-cgroups below the container: each parses to exactly its
+    /// uid and id.
+    #[test]
+    fn generated_known_layouts_parse_exactly() {
+        let mut x: u64 = 0x2545f4914f6cdd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let hex = |n: usize, next: &mut dyn FnMut() -> u64| -> String {
+            (0..n)
+                .map(|_| b"0123456789abcdefABCDEF"[(next() % 22) as usize] as char)
+                .collect()
+        };
+        for i in 0..5_000 {
+            let uid = if next() % 4 == 0 {
+                hex(32, &mut next)
+            } else {
+                [8, 4, 4, 4, 12].map(|n| hex(n, &mut next)).join("-")
+            };
+            let cid = hex(64, &mut next);
+            let own = next() % 5 == 0; // the pod's own cgroup
+            let qos = ["burstable", "besteffort", ""][(next() % 3) as usize];
+            let rt = ["cri-containerd", "crio", "docker"][(next() % 3) as usize];
+            let u_ = uid.replace('-', "_");
+            let path = match next() % 3 {
+                0 => {
+                    let q = if qos.is_empty() {
+                        String::new()
+                    } else {
+                        format!("/{qos}")
+                    };
+                    let prefix = ["", "crio-", "docker-", "cri-containerd-"][(next() % 4) as usize];
+                    let c = if own {
+                        String::new()
+                    } else {
+                        format!("/{prefix}{cid}")
+                    };
+                    format!("/kubepods{q}/pod{uid}{c}")
+                }
+                1 => {
+                    let (qs, pp) = if qos.is_empty() {
+                        (String::new(), "kubepods-pod".to_string())
+                    } else {
+                        (
+                            format!("/kubepods-{qos}.slice"),
+                            format!("kubepods-{qos}-pod"),
+                        )
+                    };
+                    let c = if own {
+                        String::new()
+                    } else {
+                        format!("/{rt}-{cid}.scope")
+                    };
+                    format!("/kubepods.slice{qs}/{pp}{u_}.slice{c}")
+                }
+                _ => {
+                    if own {
+                        continue; // the colon form always names a container
+                    }
+                    let q = if qos.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{qos}-")
+                    };
+                    format!("/kubepods-{q}pod{u_}.slice:{rt}:{cid}")
+                }
+            };
+            let parent = ["", "/system.slice/kubelet.service", "/a/b/c"][(next() % 3) as usize];
+            let below = if own || next() % 2 == 0 {
+                ""
+            } else {
+                "/init.scope"
+            };
+            let full = format!("{parent}{path}{below}");
+            let p = parse_kube_path(&full).unwrap_or_else(|| panic!("case {i}: {full}"));
+            assert_eq!(p.uid, uid.to_ascii_lowercase(), "{full}");
+            let want = (!own).then(|| cid.to_ascii_lowercase());
+            assert_eq!(p.container_id, want, "{full}");
+            assert!(p.name.is_none() && p.namespace.is_none() && p.container.is_none());
         }
     }
 
