@@ -35,6 +35,10 @@ const TEST_PKGS: &[&str] = &[
     // The serve tests scrape portwatch with a real Prometheus; promtool
     // checks the alert rules.
     "prometheus",
+    // The cri test runs real pod sandboxes (containerd's CRI plugin, runc)
+    // and imports its image with ctr (in the containerd package).
+    "containerd",
+    "runc",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_LIB: &str = "/usr/lib/x86_64-linux-gnu/libLLVM.so.22.1";

@@ -1,0 +1,711 @@
+//! Pod and container names from a real container runtime, as root: the test
+//! starts Debian's containerd with a private config (its own root, state
+//! and socket under a temp dir; CRI plugin with the cgroupfs driver), imports
+//! a busybox-static image it builds itself (no registry here), creates a pod
+//! sandbox and a container through the CRI gRPC API, moves clients into the
+//! container's cgroup and into the pod's own cgroup, provokes EADDRNOTAVAIL
+//! in test netns, and checks that `portwatch trace --cri-endpoint` names the
+//! pod, its namespace and the container, and that the name filters select
+//! on them. Against a socket nobody serves, the same events carry the pod
+//! uid and container id with null names, and start-up says so once.
+//!
+//! containerd runs in a private mount namespace with a tmpfs over /run
+//! (its shims put their sockets under /run/containerd whatever the config
+//! says), so nothing of the machine's own /run/containerd is touched.
+//! Host-only: the VM stage does not run this binary (no containerd there).
+
+mod common;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::{
+    runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
+    CreateContainerRequest, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest, VersionRequest,
+};
+use serde_json::{json, Value};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const RANGE: (u16, u16) = (43000, 43003); // even-sized: exactly 4 connects fit
+const IMAGE: &str = "pw.local/busybox:1";
+const POD_NAMESPACE: &str = "pw-shop";
+const POD_NAME: &str = "pw-web";
+const CONTAINER_NAME: &str = "client";
+
+fn tool(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: `cargo xtask setup` installs containerd and runc (Debian packages containerd, runc)");
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// Moves `file` into the layout's blobs under its digest; (digest, size).
+fn blob(layout: &Path, file: &Path) -> (String, u64) {
+    let d = sha256(file);
+    let size = fs::metadata(file).unwrap().len();
+    fs::rename(file, layout.join("blobs/sha256").join(&d)).unwrap();
+    (format!("sha256:{d}"), size)
+}
+
+/// An OCI image layout tarball holding busybox-static as /bin/busybox,
+/// named IMAGE, whose entrypoint sleeps (it serves as the sandbox image too).
+fn build_image(dir: &Path) -> PathBuf {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "busybox-static is not installed (cargo xtask setup installs it)"
+    );
+    let rootfs = dir.join("rootfs");
+    let layout = dir.join("layout");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    let layer = dir.join("layer.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&layer)
+        .arg("bin")
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar of the layer");
+    let layer_digest = format!("sha256:{}", sha256(&layer));
+    let (layer_blob, layer_size) = blob(&layout, &layer);
+    assert_eq!(
+        layer_blob, layer_digest,
+        "an uncompressed layer is its own diff id"
+    );
+    let config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": ["/bin/busybox", "sleep", "1000000"],
+            "Env": ["PATH=/bin"]
+        },
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]}
+    });
+    let cfg = dir.join("config.json");
+    fs::write(&cfg, config.to_string()).unwrap();
+    let (cfg_digest, cfg_size) = blob(&layout, &cfg);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": cfg_digest, "size": cfg_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_blob, "size": layer_size}]
+    });
+    let man = dir.join("manifest.json");
+    fs::write(&man, manifest.to_string()).unwrap();
+    let (man_digest, man_size) = blob(&layout, &man);
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": man_digest, "size": man_size,
+                       "annotations": {"io.containerd.image.name": IMAGE,
+                                       "org.opencontainers.image.ref.name": "1"}}]
+    });
+    fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let tarball = dir.join("image.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&tarball)
+        .args(["oci-layout", "index.json", "blobs"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar of the image layout");
+    tarball
+}
+
+/// Every cgroup hierarchy's mount point (v1 controllers and cgroup2).
+fn cgroup_mounts() -> Vec<PathBuf> {
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let f: Vec<&str> = pre.split_whitespace().collect();
+            let fs = post.split_whitespace().next()?;
+            ((fs == "cgroup" || fs == "cgroup2") && f[3] == "/").then(|| PathBuf::from(f[4]))
+        })
+        .collect()
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let f: Vec<&str> = pre.split_whitespace().collect();
+            (post.starts_with("cgroup2 ") && f[3] == "/").then(|| PathBuf::from(f[4]))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// rmdir `dir` and everything below it, deepest first (cgroup directories
+/// hold only pseudo-files, which go with their directory).
+fn rmdir_tree(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    if let Err(e) = fs::remove_dir(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("rmdir {}: {e}", dir.display());
+        }
+    }
+}
+
+async fn cri_client(sock: &Path) -> Result<RuntimeServiceClient<Channel>, String> {
+    let p = sock.to_path_buf();
+    let ch = Endpoint::from_static("http://cri.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let p = p.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+            }
+        }))
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let mut c = RuntimeServiceClient::new(ch);
+    c.version(VersionRequest {
+        version: "v1".into(),
+    })
+    .await
+    .map_err(|e| format!("{e}"))?;
+    Ok(c)
+}
+
+/// containerd, private to this test; everything it made goes on drop.
+struct Containerd {
+    dir: PathBuf,
+    sock: PathBuf,
+    child: Child,
+    rt: tokio::runtime::Runtime,
+    client: Option<RuntimeServiceClient<Channel>>,
+    sandboxes: Vec<String>,
+    /// Pod cgroups (`/kubepods/burstable/pod<uid>`) to remove, with all
+    /// below them, in every hierarchy.
+    pods: Vec<String>,
+    /// The kubepods levels that existed before containerd ran, in any
+    /// hierarchy: left alone.
+    preexisting: Vec<PathBuf>,
+}
+
+/// The levels above pods that the runtime makes, deepest first.
+const LEVELS: [&str; 2] = ["kubepods/burstable", "kubepods"];
+
+impl Containerd {
+    fn start() -> Containerd {
+        require_root();
+        let containerd = tool("containerd");
+        tool("runc");
+        tool("containerd-shim-runc-v2");
+        let dir = std::env::temp_dir().join(format!("pw-cri-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("containerd.sock");
+        let d = dir.display();
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{IMAGE}"
+  # This machine's root lacks CAP_SYS_RESOURCE: a negative oom_score_adj
+  # (containerd asks -998 for sandboxes) makes runc fail.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        # PID 1 is not systemd here: the cgroupfs driver.
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni-bin"
+    conf_dir = "{d}/cni"
+"#
+        );
+        fs::write(dir.join("config.toml"), config).unwrap();
+        let preexisting: Vec<PathBuf> = cgroup_mounts()
+            .iter()
+            .flat_map(|m| LEVELS.map(|l| m.join(l)))
+            .filter(|p| p.exists())
+            .collect();
+        let log = fs::File::create(dir.join("containerd.log")).unwrap();
+        // A private mount namespace with its own /run: the shims' sockets
+        // (always under /run/containerd/s) stay out of the machine's /run.
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs pw-cri-run /run && exec '{}' --config '{d}/config.toml'",
+                containerd.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut c = Containerd {
+            dir,
+            sock,
+            child,
+            rt,
+            client: None,
+            sandboxes: vec![],
+            pods: vec![],
+            preexisting,
+        };
+        let t0 = Instant::now();
+        let client = loop {
+            if let Ok(Some(st)) = c.child.try_wait() {
+                panic!("containerd exited {st}: {}", c.log());
+            }
+            if c.sock.exists() {
+                if let Ok(cl) = c.rt.block_on(cri_client(&c.sock)) {
+                    break cl;
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "containerd's CRI did not answer in 20 s: {}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        eprintln!("containerd answered CRI after {:?}", t0.elapsed());
+        c.client = Some(client);
+        c
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr(&self, args: &[&str]) {
+        let out = Command::new(tool("ctr"))
+            .arg("--address")
+            .arg(&self.sock)
+            .args(["--namespace", "k8s.io"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
+    fn client(&mut self) -> RuntimeServiceClient<Channel> {
+        self.client.clone().unwrap()
+    }
+
+    /// A host-network pod sandbox under /kubepods/burstable/pod<uid> and one
+    /// running container in it: (sandbox id, container id).
+    fn run_pod(&mut self, uid: &str) -> (String, String) {
+        let parent = format!("/kubepods/burstable/pod{uid}");
+        let node_ns = |pid| NamespaceOption {
+            network: NamespaceMode::Node as i32,
+            pid,
+            ipc: NamespaceMode::Pod as i32,
+            ..Default::default()
+        };
+        let logs = self.dir.join("pod-logs");
+        fs::create_dir_all(&logs).unwrap();
+        let sandbox_config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: POD_NAME.into(),
+                uid: uid.into(),
+                namespace: POD_NAMESPACE.into(),
+                attempt: 0,
+            }),
+            // Host network: no hostname may be set.
+            log_directory: logs.display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: parent.clone(),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(node_ns(NamespaceMode::Container as i32)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut client = self.client();
+        let t0 = Instant::now();
+        let sandbox = self
+            .rt
+            .block_on(client.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(sandbox_config.clone()),
+                runtime_handler: String::new(),
+            }))
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}: {}", self.log()))
+            .into_inner()
+            .pod_sandbox_id;
+        eprintln!("RunPodSandbox took {:?}", t0.elapsed());
+        self.sandboxes.push(sandbox.clone());
+        let container = self
+            .rt
+            .block_on(client.create_container(CreateContainerRequest {
+                pod_sandbox_id: sandbox.clone(),
+                config: Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata {
+                        name: CONTAINER_NAME.into(),
+                        attempt: 0,
+                    }),
+                    image: Some(ImageSpec {
+                        image: IMAGE.into(),
+                        ..Default::default()
+                    }),
+                    command: vec!["/bin/busybox".into(), "sleep".into(), "1000000".into()],
+                    log_path: "client.log".into(),
+                    linux: Some(LinuxContainerConfig {
+                        security_context: Some(LinuxContainerSecurityContext {
+                            namespace_options: Some(node_ns(NamespaceMode::Container as i32)),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(sandbox_config),
+            }))
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}: {}", self.log()))
+            .into_inner()
+            .container_id;
+        self.rt
+            .block_on(client.start_container(StartContainerRequest {
+                container_id: container.clone(),
+            }))
+            .unwrap_or_else(|e| panic!("StartContainer: {e}: {}", self.log()));
+        self.pods.push(parent);
+        assert!(
+            cgroup2_root()
+                .join(format!("kubepods/burstable/pod{uid}/{container}"))
+                .is_dir(),
+            "the container's cgroup v2 directory"
+        );
+        (sandbox, container)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut client) = self.client.take() {
+            for s in std::mem::take(&mut self.sandboxes) {
+                let (stop, rm) = self.rt.block_on(async {
+                    let limit = Duration::from_secs(10);
+                    let stop = tokio::time::timeout(
+                        limit,
+                        client.stop_pod_sandbox(StopPodSandboxRequest {
+                            pod_sandbox_id: s.clone(),
+                        }),
+                    )
+                    .await;
+                    let rm = tokio::time::timeout(
+                        limit,
+                        client.remove_pod_sandbox(RemovePodSandboxRequest {
+                            pod_sandbox_id: s.clone(),
+                        }),
+                    )
+                    .await;
+                    (stop, rm)
+                });
+                if !matches!(stop, Ok(Ok(_))) || !matches!(rm, Ok(Ok(_))) {
+                    eprintln!("removing sandbox {s}: stop {stop:?}, remove {rm:?}");
+                }
+            }
+        }
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Shims outlive containerd: ours carry our socket's address.
+        let sock = self.sock.display().to_string();
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("containerd-shim") && cmd.contains(&sock) {
+                eprintln!("killing leftover shim {pid}: {cmd}");
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for m in cgroup_mounts() {
+            for p in &self.pods {
+                rmdir_tree(&m.join(p.trim_start_matches('/')));
+            }
+            for l in LEVELS {
+                let p = m.join(l);
+                if !self.preexisting.contains(&p) {
+                    // Not recursive: whatever else is in there stays.
+                    if let Err(e) = fs::remove_dir(&p) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            eprintln!("rmdir {}: {e}", p.display());
+                        }
+                    }
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A pwclient in `ns` moved into cgroup `path` (relative to the cgroup2
+/// root) before it fills the range and fails `fails` times; it holds its
+/// sockets until finished.
+fn failing_client_in(ns: &Netns, path: &str, fails: usize) -> Client {
+    let mut c = Client::start(
+        ns,
+        &format!(
+            "--wait --hold listen 127.0.0.1 7100 connect 127.0.0.1 7100 {}",
+            4 + fails
+        ),
+        None,
+    );
+    let dir = cgroup2_root().join(path.trim_start_matches('/'));
+    fs::write(dir.join("cgroup.procs"), c.pid.to_string())
+        .unwrap_or_else(|e| panic!("moving {} into {}: {e}", c.pid, dir.display()));
+    let now = fs::read_to_string(format!("/proc/{}/cgroup", c.pid)).unwrap();
+    assert!(now.lines().any(|l| l == format!("0::{path}")), "{now}");
+    c.go();
+    let out = c.wait_line("holding");
+    assert_eq!(
+        out.iter().filter(|l| *l == "err 99").count(),
+        fails,
+        "{out:?}"
+    );
+    c
+}
+
+fn pod_json(uid: &str, named: bool, cid: Option<&str>) -> Value {
+    json!({
+        "namespace": named.then_some(POD_NAMESPACE),
+        "name": named.then_some(POD_NAME),
+        "uid": uid,
+        "container": (named && cid.is_some()).then_some(CONTAINER_NAME),
+        "container_id": cid,
+    })
+}
+
+#[test]
+fn names_from_containerd_over_cri() {
+    require_root();
+    let t_all = Instant::now();
+    let mut cd = Containerd::start();
+    let image = build_image(&cd.dir);
+    let t0 = Instant::now();
+    cd.ctr(&["images", "import", image.to_str().unwrap()]);
+    eprintln!("image import took {:?}", t0.elapsed());
+
+    let uid = format!(
+        "{:08x}-c0de-4abc-8def-{:012x}",
+        std::process::id(),
+        0x00c0_ffee_u64
+    );
+    let (_sandbox, cid) = cd.run_pod(&uid);
+    let pod_cgroup = format!("/kubepods/burstable/pod{uid}");
+    let container_cgroup = format!("{pod_cgroup}/{cid}");
+
+    // The look-ups' timings go to stderr at debug level.
+    std::env::set_var("RUST_LOG", "warn,portwatch::cri=debug");
+    let sock = cd.sock.display().to_string();
+    let absent = cd.dir.join("absent.sock").display().to_string();
+    let budget = "500ms";
+    let mut named = Tracer::start(&[
+        "trace",
+        "--json",
+        "--cri-endpoint",
+        &sock,
+        "--detail-budget",
+        budget,
+    ]);
+    let mut by_names = Tracer::start(&[
+        "trace",
+        "--json",
+        "--cri-endpoint",
+        &sock,
+        "--detail-budget",
+        budget,
+        "--namespace",
+        POD_NAMESPACE,
+        "--pod",
+        POD_NAME,
+        "--container",
+        CONTAINER_NAME,
+    ]);
+    let mut other_ns = Tracer::start(&[
+        "trace",
+        "--json",
+        "--cri-endpoint",
+        &sock,
+        "--namespace",
+        "kube-system",
+    ]);
+    let mut unnamed = Tracer::start(&["trace", "--json", "--cri-endpoint", &absent]);
+    let mut table = Tracer::start(&["trace", "--cri-endpoint", &sock, "--detail-budget", budget]);
+    {
+        let errs = named.stderr.lock().unwrap();
+        assert!(
+            errs.iter()
+                .any(|l| l.contains("names from the CRI runtime, containerd") && l.contains(&sock)),
+            "start-up names the runtime: {errs:?}"
+        );
+    }
+    {
+        let errs = unnamed.stderr.lock().unwrap();
+        let notes: Vec<&String> = errs
+            .iter()
+            .filter(|l| l.contains("no CRI runtime answered"))
+            .collect();
+        assert_eq!(notes.len(), 1, "said once: {errs:?}");
+        assert!(
+            notes[0].contains(&absent) && notes[0].contains("names stay null"),
+            "{notes:?}"
+        );
+    }
+
+    // Two failures from the container, one from the pod's own cgroup.
+    let ns_c = Netns::new("cric", RANGE);
+    let ns_p = Netns::new("crip", RANGE);
+    let c1 = failing_client_in(&ns_c, &container_cgroup, 2);
+    let c2 = failing_client_in(&ns_p, &pod_cgroup, 1);
+
+    let mut all = vec![];
+    let evs = named.events_in(ns_c.inode, 2, &mut all);
+    assert_eq!(evs.len(), 2, "{all:?}");
+    for ev in &evs {
+        assert_eq!(ev["pid"], c1.pid, "{ev}");
+        assert_eq!(ev["cgroup"], container_cgroup.as_str(), "{ev}");
+        assert_eq!(ev["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
+    }
+    eprintln!("named event: {}", evs[0]);
+    let evs = named.events_in(ns_p.inode, 1, &mut all);
+    assert_eq!(evs.len(), 1, "{all:?}");
+    eprintln!("named event (pod's own cgroup): {}", evs[0]);
+    assert_eq!(evs[0]["pid"], c2.pid);
+    assert_eq!(evs[0]["pod"], pod_json(&uid, true, None), "{}", evs[0]);
+
+    // The name filters: the container's two events, not the pod's own
+    // (no container there), and nothing for another namespace.
+    let mut all = vec![];
+    let evs = by_names.events_in(ns_c.inode, 2, &mut all);
+    assert_eq!(evs.len(), 2, "{all:?}");
+    assert!(
+        by_names.events_in(ns_p.inode, 0, &mut all).is_empty(),
+        "{all:?}"
+    );
+    let mut all = vec![];
+    assert!(
+        other_ns.events_in(ns_c.inode, 0, &mut all).is_empty(),
+        "{all:?}"
+    );
+    assert!(all.is_empty(), "{all:?}");
+
+    // No runtime at the endpoint: uid and container id, null names.
+    let mut all = vec![];
+    let evs = unnamed.events_in(ns_c.inode, 2, &mut all);
+    assert_eq!(evs.len(), 2, "{all:?}");
+    for ev in &evs {
+        assert_eq!(ev["pod"], pod_json(&uid, false, Some(&cid)), "{ev}");
+    }
+    let evs = unnamed.events_in(ns_p.inode, 1, &mut all);
+    assert_eq!(evs[0]["pod"], pod_json(&uid, false, None), "{}", evs[0]);
+
+    // The table's POD column: namespace/name.
+    let netns = ns_c.inode.to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let l = table.next_line(Duration::from_millis(200));
+        if let Some(l) = l.filter(|l| l.contains(&netns)) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no table row for netns {netns}");
+    };
+    eprintln!("table row: {row}");
+    assert!(
+        row.ends_with(&format!(" {POD_NAMESPACE}/{POD_NAME}")),
+        "{row}"
+    );
+
+    c1.finish();
+    c2.finish();
+    let (st, errs) = named.stop();
+    assert!(st.success(), "{st}");
+    for l in errs.iter().filter(|l| l.contains("pods:")) {
+        eprintln!("start-up: {l}");
+    }
+    // One look-up per container and per pod: the second event of the
+    // container came from the cache.
+    let lookups: Vec<&String> = errs
+        .iter()
+        .filter(|l| l.contains("CRI look-up of"))
+        .collect();
+    for l in &lookups {
+        eprintln!("{l}");
+    }
+    let of = |key: &str| lookups.iter().filter(|l| l.contains(key)).count();
+    assert_eq!(of(&format!("Container(\"{cid}\") in")), 1, "{lookups:?}");
+    assert_eq!(of(&format!("Pod(\"{uid}\") in")), 1, "{lookups:?}");
+    for t in [by_names, other_ns, unnamed, table] {
+        let (st, _) = t.stop();
+        assert!(st.success(), "{st}");
+    }
+    drop(cd);
+    // Nothing left behind in any hierarchy.
+    for m in cgroup_mounts() {
+        let p = m.join(pod_cgroup.trim_start_matches('/'));
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+    eprintln!("whole test: {:?}", t_all.elapsed());
+}
