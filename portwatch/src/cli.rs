@@ -72,6 +72,11 @@ pub struct ServeArgs {
     /// How long an event may wait for its detail before it goes out.
     #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_budget)]
     pub detail_budget: Duration,
+    /// The container runtime's CRI socket, for pod and container names.
+    /// Default: the first of /run/containerd/containerd.sock and
+    /// /var/run/crio/crio.sock that answers.
+    #[arg(long, value_name = "PATH")]
+    pub cri_endpoint: Option<std::path::PathBuf>,
 }
 
 /// The trace options `serve` runs its trace pipeline with: `trace`'s
@@ -82,6 +87,7 @@ pub fn trace_args_for_serve(s: &ServeArgs) -> TraceArgs {
     };
     t.backend = s.backend;
     t.detail_budget = s.detail_budget;
+    t.cri_endpoint.clone_from(&s.cri_endpoint);
     t
 }
 
@@ -447,6 +453,8 @@ mod tests {
             "5",
             "--backend",
             "tracepoint",
+            "--cri-endpoint",
+            "/run/k3s/containerd/containerd.sock",
         ])
         .unwrap()
         .command
@@ -460,6 +468,10 @@ mod tests {
         let t = trace_args_for_serve(&s);
         assert!(t.json && t.pid.is_none() && !t.host && !t.no_detail);
         assert_eq!(t.backend, BackendChoice(Some(Probe::Tracepoint)));
+        assert_eq!(
+            t.cri_endpoint.as_deref(),
+            Some(std::path::Path::new("/run/k3s/containerd/containerd.sock"))
+        );
         let n = nodeport_args_for_serve(&s);
         assert!(n.json && n.interface.is_empty());
         for bad in [

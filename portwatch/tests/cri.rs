@@ -594,6 +594,22 @@ fn names_from_containerd_over_cri() {
     ]);
     let mut unnamed = Tracer::start(&["trace", "--json", "--cri-endpoint", &absent]);
     let mut table = Tracer::start(&["trace", "--cri-endpoint", &sock, "--detail-budget", budget]);
+    // The node agent labels its failure counters with the same names.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let serve = Tracer::start(&[
+        "serve",
+        "--listen",
+        &listen,
+        "--cri-endpoint",
+        &sock,
+        "--detail-budget",
+        budget,
+    ]);
     {
         let errs = named.stderr.lock().unwrap();
         assert!(
@@ -677,6 +693,29 @@ fn names_from_containerd_over_cri() {
         row.ends_with(&format!(" {POD_NAMESPACE}/{POD_NAME}")),
         "{row}"
     );
+
+    // serve: the pod's three failures under its namespace and name.
+    let want = format!(
+        r#"portwatch_failures_total{{kind="connect",errno="EADDRNOTAVAIL",cause="ports_exhausted",namespace="{POD_NAMESPACE}",pod="{POD_NAME}"}} 3"#
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", &format!("http://{listen}/metrics")])
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if body.lines().any(|l| l == want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve's /metrics never had {want}:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (st, _) = serve.stop();
+    assert!(st.success(), "serve: {st}");
 
     c1.finish();
     c2.finish();

@@ -272,7 +272,7 @@ impl Metrics {
     }
 }
 
-/// One netns as a scan saw it.
+/// One netns as a scan saw it, with its labels.
 #[derive(Debug, Clone)]
 pub struct NetnsUsage {
     pub ino: u32,
@@ -281,4 +281,38 @@ pub struct NetnsUsage {
     pub usable: u32,
     /// (daddr, dport, ports in use), most used first, at most the bound.
     pub top: Vec<(std::net::IpAddr, u16, u32)>,
+}
+
+/// Findings per (check, severity, namespace, pod), counted over netns.
+pub fn count_findings<'a>(
+    netns: impl IntoIterator<Item = (&'a str, &'a str, &'a [(&'static str, &'static str)])>,
+) -> Vec<(FindingLabels, u32)> {
+    let mut counts: std::collections::BTreeMap<(String, String, String, String), u32> =
+        Default::default();
+    for (namespace, pod, findings) in netns {
+        for (check, severity) in findings {
+            *counts
+                .entry((
+                    check.to_string(),
+                    severity.to_string(),
+                    namespace.to_string(),
+                    pod.to_string(),
+                ))
+                .or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|((check, severity, namespace, pod), n)| {
+            (
+                FindingLabels {
+                    check,
+                    severity,
+                    namespace,
+                    pod,
+                },
+                n,
+            )
+        })
+        .collect()
 }

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::{
     cli::{self, ServeArgs},
     control::{self, Control},
+    cri::{Cri, Key, Lookup},
     event::Event,
     nodeport::{self, correlate::Report, output as np_out},
     output::{JsonSink, Sink},
@@ -207,7 +208,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 }
 
 /// Every `--scan-interval`: the netns scan; every `--check-interval`: the
-/// check too. Each pass runs on a blocking thread.
+/// check too. Each pass runs on a blocking thread; pod names come from the
+/// runtime (cached; a pod first seen is labelled by uid until its names
+/// arrive, by the next pass).
 async fn scanner(
     args: &ServeArgs,
     shared: Arc<Shared>,
@@ -217,6 +220,11 @@ async fn scanner(
         max_destinations: args.max_destinations as usize,
         nodeport_range: args.nodeport_range,
     });
+    let mut cri = if crate::pods::CgroupResolver::new().root().is_some() {
+        Cri::start(args.cri_endpoint.clone())?
+    } else {
+        Cri::off()
+    };
     let mut scan_tick = tokio::time::interval(args.scan_interval);
     let mut check_tick = tokio::time::interval(args.check_interval);
     scan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -228,12 +236,35 @@ async fn scanner(
             _ = stop.wait_for(|s| *s) => return Ok(()),
         };
         let o = opts.clone();
-        let pass = tokio::task::spawn_blocking(move || scan::pass(&o, with_check, &|_| {}))
+        let pass = tokio::task::spawn_blocking(move || scan::pass(&o, with_check))
             .await
             .context("netns scan")?;
-        shared.metrics.set_usage(&pass.usage);
-        if let Some(f) = &pass.findings {
-            shared.metrics.set_findings(f);
+        let mut usage = Vec::with_capacity(pass.netns.len());
+        for n in &pass.netns {
+            let mut pod = n.pod.clone();
+            if let Some(p) = pod.as_mut() {
+                if let Lookup::Known(Some(names)) = cri.names(Key::Pod(p.uid.clone())) {
+                    names.apply(p);
+                }
+            }
+            let (namespace, pod) = metrics::pod_labels(pod.as_ref());
+            usage.push(metrics::NetnsUsage {
+                ino: n.ino,
+                namespace,
+                pod,
+                usable: n.usable,
+                top: n.top.clone(),
+            });
+        }
+        shared.metrics.set_usage(&usage);
+        if pass.checked {
+            let f = metrics::count_findings(
+                usage
+                    .iter()
+                    .zip(&pass.netns)
+                    .map(|(u, n)| (u.namespace.as_str(), u.pod.as_str(), &n.findings[..])),
+            );
+            shared.metrics.set_findings(&f);
         }
         shared.metrics.scan_errors(pass.errors);
     }

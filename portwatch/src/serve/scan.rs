@@ -3,7 +3,7 @@
 //! audit (every `--check-interval`). Blocking work (setns, netlink, /proc):
 //! `serve` runs it on a blocking thread.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
 
 use crate::{
     check,
@@ -14,13 +14,24 @@ use crate::{
     usage,
 };
 
-use super::metrics::{pod_labels, FindingLabels, NetnsUsage};
+/// One netns as a pass saw it.
+pub struct NetnsPass {
+    pub ino: u32,
+    /// Whose pod it is (uid and ids from the cgroup of a process in it;
+    /// names are the caller's to add).
+    pub pod: Option<Pod>,
+    pub usable: u32,
+    /// (daddr, dport, ports in use), most used first, at most the bound.
+    pub top: Vec<(IpAddr, u16, u32)>,
+    /// (check, severity) of each finding, when the check ran.
+    pub findings: Vec<(&'static str, &'static str)>,
+}
 
 /// What one pass found.
 pub struct Pass {
-    pub usage: Vec<NetnsUsage>,
-    /// Set when the check ran in this pass.
-    pub findings: Option<Vec<(FindingLabels, u32)>>,
+    pub netns: Vec<NetnsPass>,
+    /// The check ran in this pass.
+    pub checked: bool,
     /// Netns that could not be read (gone meanwhile, or unreadable).
     pub errors: u64,
 }
@@ -46,11 +57,10 @@ pub struct Options {
 }
 
 /// One pass over every netns; the check too when `with_check`.
-/// `name`: fills a pod's names from what the runtime said (cached).
-pub fn pass(opts: &Options, with_check: bool, name: &dyn Fn(&mut Pod)) -> Pass {
+pub fn pass(opts: &Options, with_check: bool) -> Pass {
     let mut out = Pass {
-        usage: vec![],
-        findings: None,
+        netns: vec![],
+        checked: with_check,
         errors: 0,
     };
     let targets = match check::discover(&[]) {
@@ -69,7 +79,6 @@ pub fn pass(opts: &Options, with_check: bool, name: &dyn Fn(&mut Pod)) -> Pass {
         }
     };
     let holders = with_check.then(Holders::new);
-    let mut counts: HashMap<FindingLabels, u32> = HashMap::new();
     for t in &targets {
         let st = match check::read_state(t) {
             Ok(st) => st,
@@ -79,11 +88,6 @@ pub fn pass(opts: &Options, with_check: bool, name: &dyn Fn(&mut Pod)) -> Pass {
                 continue;
             }
         };
-        let mut pod = t.pid.and_then(pod_of_pid);
-        if let Some(p) = pod.as_mut() {
-            name(p);
-        }
-        let (namespace, pod_name) = pod_labels(pod.as_ref());
         let usable = ports::usable(st.range, &st.reserved);
         let top = match &st.socks {
             Ok(socks) => top_destinations(socks, &usable, opts.max_destinations),
@@ -93,30 +97,20 @@ pub fn pass(opts: &Options, with_check: bool, name: &dyn Fn(&mut Pod)) -> Pass {
                 vec![]
             }
         };
-        out.usage.push(NetnsUsage {
+        let findings = match &holders {
+            Some(h) => check::findings_for(t, &st, &guarded, h)
+                .iter()
+                .map(|f| (f.check, f.severity.name()))
+                .collect(),
+            None => vec![],
+        };
+        out.netns.push(NetnsPass {
             ino: t.ino,
-            namespace: namespace.clone(),
-            pod: pod_name.clone(),
+            pod: t.pid.and_then(pod_of_pid),
             usable: usable.len(),
             top,
+            findings,
         });
-        if let Some(h) = &holders {
-            for f in check::findings_for(t, &st, &guarded, h) {
-                *counts
-                    .entry(FindingLabels {
-                        check: f.check.into(),
-                        severity: f.severity.name().into(),
-                        namespace: namespace.clone(),
-                        pod: pod_name.clone(),
-                    })
-                    .or_default() += 1;
-            }
-        }
-    }
-    if with_check {
-        let mut v: Vec<_> = counts.into_iter().collect();
-        v.sort_by(|a, b| (&a.0.check, &a.0.pod).cmp(&(&b.0.check, &b.0.pod)));
-        out.findings = Some(v);
     }
     out
 }
