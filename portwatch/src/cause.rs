@@ -31,6 +31,7 @@ use crate::{
     cri,
     event::{Errno, Event, Kind, Proto},
     holders::{Holders, Owner},
+    pods::Pod,
     ports::{self, PortSet},
     sockdiag::{self, PortFilter, Sock, STATE_LISTEN},
 };
@@ -82,7 +83,7 @@ pub type States = BTreeMap<&'static str, u32>;
 pub struct HolderCount {
     pub pid: u32,
     pub comm: String,
-    pub pod: Option<()>,
+    pub pod: Option<Pod>,
     pub count: u32,
 }
 
@@ -92,7 +93,7 @@ pub struct HolderCount {
 pub struct PortHolder {
     pub pid: Option<u32>,
     pub comm: Option<String>,
-    pub pod: Option<()>,
+    pub pod: Option<Pod>,
     pub state: &'static str,
     /// The sockets' local address:port.
     pub local: String,
@@ -287,7 +288,7 @@ pub fn holder_counts<'a>(
                 .or_insert_with(|| HolderCount {
                     pid: o.pid,
                     comm: o.comm.clone(),
-                    pod: None,
+                    pod: o.pod.clone(),
                     count: 0,
                 })
                 .count += 1;
@@ -417,7 +418,7 @@ pub fn finish(ev: &mut Event, v: Verdict, outcome: Option<&Result<Arc<Snapshot>,
                     let h = PortHolder {
                         pid: o.map(|o| o.pid),
                         comm: o.map(|o| o.comm.clone()),
-                        pod: None,
+                        pod: o.and_then(|o| o.pod.clone()),
                         state: sockdiag::state_name(x.state),
                         local: endpoint(x.src, x.sport),
                         count: 1,
@@ -466,6 +467,43 @@ pub fn finish(ev: &mut Event, v: Verdict, outcome: Option<&Result<Arc<Snapshot>,
     ev.cause = Some(cause);
     ev.detail = Some(detail);
     ev.detail_complete = Some(complete);
+    name_holders(ev);
+}
+
+/// Holders in the event's own pod get the names the event's pod has (the
+/// runtime was asked for those; a holder's uid alone would need a look-up
+/// of its own).
+fn name_holders(ev: &mut Event) {
+    let (Some(own), Some(detail)) = (&ev.pod, &mut ev.detail) else {
+        return;
+    };
+    let same = |p: &mut Option<Pod>| {
+        if let Some(p) = p.as_mut().filter(|p| p.uid == own.uid) {
+            p.namespace.clone_from(&own.namespace);
+            p.name.clone_from(&own.name);
+            if p.container_id.is_some() && p.container_id == own.container_id {
+                p.container.clone_from(&own.container);
+            }
+        }
+    };
+    match detail {
+        Detail::Exhausted(d) => d
+            .holders
+            .iter_mut()
+            .flatten()
+            .for_each(|h| same(&mut h.pod)),
+        Detail::Tuple(d) => d
+            .holders
+            .iter_mut()
+            .flatten()
+            .for_each(|h| same(&mut h.pod)),
+        Detail::PortInUse(d) => d
+            .holders
+            .iter_mut()
+            .flatten()
+            .for_each(|h| same(&mut h.pod)),
+        Detail::AddrNotLocal { .. } | Detail::Unknown { .. } => {}
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -716,6 +754,7 @@ mod tests {
         Owner {
             pid,
             comm: format!("p{pid}"),
+            pod: None,
         }
     }
 

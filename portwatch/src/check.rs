@@ -65,7 +65,9 @@ pub struct Finding {
     /// How the netns was found: "node", "/run/netns/NAME", "pid 123 (comm)".
     #[serde(rename = "where")]
     pub place: String,
-    pub pod: Option<()>,
+    /// The pod whose netns it is (uid and ids from the cgroup of a process
+    /// in it; names null: `check` does not ask the runtime).
+    pub pod: Option<crate::pods::Pod>,
     pub evidence: serde_json::Value,
     /// One command that fixes it, run as root on the node (null: no single command does).
     pub fix: Option<String>,
@@ -291,7 +293,7 @@ pub fn findings_for(
         severity,
         netns: t.ino,
         place: t.place.clone(),
-        pod: None,
+        pod: t.pid.filter(|_| !t.is_node).and_then(crate::pods::of_pid),
         evidence,
         fix,
         message,

@@ -18,6 +18,9 @@ const CACHE_TTL: Duration = Duration::from_secs(1);
 pub struct Owner {
     pub pid: u32,
     pub comm: String,
+    /// Its pod (uid and container id from its cgroup; names are filled in
+    /// later where the event's own pod is the same).
+    pub pod: Option<crate::pods::Pod>,
 }
 
 /// Socket inode -> its process.
@@ -79,17 +82,19 @@ fn add_process(pid: u32, map: &mut HashMap<u32, Owner>, want: Option<&HashSet<u3
     if inodes.is_empty() {
         return;
     }
-    let mut comm = None;
+    let mut who = None;
     for ino in inodes {
         if want.is_some_and(|w| !w.contains(&ino)) || map.contains_key(&ino) {
             continue;
         }
-        let c = comm.get_or_insert_with(|| comm_of(pid).unwrap_or_default());
+        let (comm, pod) =
+            who.get_or_insert_with(|| (comm_of(pid).unwrap_or_default(), crate::pods::of_pid(pid)));
         map.insert(
             ino,
             Owner {
                 pid,
-                comm: c.clone(),
+                comm: comm.clone(),
+                pod: pod.clone(),
             },
         );
     }

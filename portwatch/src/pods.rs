@@ -284,6 +284,11 @@ impl CgroupResolver {
     }
 }
 
+/// The pod process `pid` belongs to, from its cgroup path (names null).
+pub fn of_pid(pid: u32) -> Option<Pod> {
+    parse_kube_path(&proc_cgroup(pid)?)
+}
+
 /// The cgroup v2 path in /proc/PID/cgroup (the `0::` line).
 pub fn proc_cgroup(pid: u32) -> Option<String> {
     let s = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;

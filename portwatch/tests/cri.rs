@@ -592,7 +592,14 @@ fn names_from_containerd_over_cri() {
         "--namespace",
         "kube-system",
     ]);
-    let mut unnamed = Tracer::start(&["trace", "--json", "--cri-endpoint", &absent]);
+    let mut unnamed = Tracer::start(&[
+        "trace",
+        "--json",
+        "--cri-endpoint",
+        &absent,
+        "--detail-budget",
+        budget,
+    ]);
     let mut table = Tracer::start(&["trace", "--cri-endpoint", &sock, "--detail-budget", budget]);
     // The node agent labels its failure counters with the same names.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -644,6 +651,10 @@ fn names_from_containerd_over_cri() {
         assert_eq!(ev["pid"], c1.pid, "{ev}");
         assert_eq!(ev["cgroup"], container_cgroup.as_str(), "{ev}");
         assert_eq!(ev["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
+        // Who holds the range: the client itself, in the same pod.
+        let h = &ev["detail"]["holders"][0];
+        assert_eq!(h["pid"], c1.pid, "{ev}");
+        assert_eq!(h["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
     }
     eprintln!("named event: {}", evs[0]);
     let evs = named.events_in(ns_p.inode, 1, &mut all);
@@ -674,6 +685,9 @@ fn names_from_containerd_over_cri() {
     assert_eq!(evs.len(), 2, "{all:?}");
     for ev in &evs {
         assert_eq!(ev["pod"], pod_json(&uid, false, Some(&cid)), "{ev}");
+        // Without the runtime, the holder's pod is still known by its ids.
+        let h = &ev["detail"]["holders"][0];
+        assert_eq!(h["pod"], pod_json(&uid, false, Some(&cid)), "{ev}");
     }
     let evs = unnamed.events_in(ns_p.inode, 1, &mut all);
     assert_eq!(evs[0]["pod"], pod_json(&uid, false, None), "{}", evs[0]);

@@ -118,6 +118,8 @@ pub struct Report {
     pub real_server: Option<SocketAddr>,
     pub outcome: Outcome,
     pub retransmits: u32,
+    /// The victim's pod, filled by the pipeline from the owner's cgroup.
+    pub pod: Option<crate::pods::Pod>,
 }
 
 struct Open {
@@ -160,6 +162,7 @@ impl Correlator {
             real_server: o.real_server,
             outcome,
             retransmits: o.retransmits,
+            pod: None,
         }
     }
 

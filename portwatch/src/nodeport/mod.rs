@@ -204,8 +204,13 @@ pub async fn pipeline(
     ));
 
     let mut records = vec![];
-    let emit = |sink: &mut Box<dyn Sink>, reps: Vec<correlate::Report>| -> Result<()> {
-        for r in &reps {
+    // enrich -> output: the victim's pod, from its owner's cgroup.
+    let emit = |sink: &mut Box<dyn Sink>, mut reps: Vec<correlate::Report>| -> Result<()> {
+        for r in &mut reps {
+            r.pod = r
+                .owner
+                .as_ref()
+                .and_then(|(pid, _)| crate::pods::of_pid(*pid));
             sink.report(r)?;
         }
         if !reps.is_empty() {

@@ -48,7 +48,7 @@ pub fn to_json(r: &Report, clock: &Clock, ctx: &Context) -> serde_json::Value {
             "dport": r.remote.port(),
             "pid": pid,
             "comm": comm,
-            "pod": null,
+            "pod": r.pod,
         },
         "ipvs": ipvs,
         "outcome": r.outcome.name(),
@@ -192,6 +192,7 @@ mod tests {
             real_server: rs.map(|s| s.parse().unwrap()),
             outcome,
             retransmits: 2,
+            pod: None,
         }
     }
 

@@ -46,11 +46,6 @@ pub fn top_destinations(socks: &[Sock], usable: &PortSet, max: usize) -> Vec<(Ip
         .collect()
 }
 
-/// The pod a process belongs to, from its cgroup path.
-pub fn pod_of_pid(pid: u32) -> Option<Pod> {
-    pods::parse_kube_path(&pods::proc_cgroup(pid)?)
-}
-
 pub struct Options {
     pub max_destinations: usize,
     pub nodeport_range: (u16, u16),
@@ -106,7 +101,7 @@ pub fn pass(opts: &Options, with_check: bool) -> Pass {
         };
         out.netns.push(NetnsPass {
             ino: t.ino,
-            pod: t.pid.and_then(pod_of_pid),
+            pod: t.pid.and_then(pods::of_pid),
             usable: usable.len(),
             top,
             findings,
