@@ -50,7 +50,9 @@ pub struct TopArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Where to serve /metrics, /healthz and /readyz: ADDR:PORT or :PORT.
-    /// 9477 is free in Prometheus' list of default exporter ports.
+    /// (9477 is listed for immudb's exporter in Prometheus' port list, and
+    /// no 9xxx port is free there any more: change it if it clashes on the
+    /// node.)
     #[arg(long, value_name = "ADDR:PORT", default_value = ":9477", value_parser = parse_listen)]
     pub listen: std::net::SocketAddr,
     /// How often to run the check (NodePort overlap, port pressure, ...).
