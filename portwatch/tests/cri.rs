@@ -67,6 +67,19 @@ fn blob(layout: &Path, file: &Path) -> (String, u64) {
 
 /// An OCI image layout tarball holding busybox-static as /bin/busybox,
 /// named IMAGE, whose entrypoint sleeps (it serves as the sandbox image too).
+/// `tar -C dir -cf out names...`.
+fn tar(dir: &Path, out: &Path, names: &[&str]) {
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(out)
+        .args(names)
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar of {}", dir.display());
+}
+
 fn build_image(dir: &Path) -> PathBuf {
     let busybox = Path::new("/bin/busybox");
     assert!(
@@ -79,15 +92,7 @@ fn build_image(dir: &Path) -> PathBuf {
     fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
     let layer = dir.join("layer.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&layer)
-        .arg("bin")
-        .status()
-        .unwrap();
-    assert!(st.success(), "tar of the layer");
+    tar(&rootfs, &layer, &["bin"]);
     let layer_digest = format!("sha256:{}", sha256(&layer));
     let (layer_blob, layer_size) = blob(&layout, &layer);
     assert_eq!(
@@ -131,15 +136,7 @@ fn build_image(dir: &Path) -> PathBuf {
     )
     .unwrap();
     let tarball = dir.join("image.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&tarball)
-        .args(["oci-layout", "index.json", "blobs"])
-        .status()
-        .unwrap();
-    assert!(st.success(), "tar of the image layout");
+    tar(&layout, &tarball, &["oci-layout", "index.json", "blobs"]);
     tarball
 }
 
@@ -154,17 +151,6 @@ fn cgroup_mounts() -> Vec<PathBuf> {
             ((fs == "cgroup" || fs == "cgroup2") && f[3] == "/").then(|| PathBuf::from(f[4]))
         })
         .collect()
-}
-
-fn cgroup2_root() -> PathBuf {
-    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mi.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let f: Vec<&str> = pre.split_whitespace().collect();
-            (post.starts_with("cgroup2 ") && f[3] == "/").then(|| PathBuf::from(f[4]))
-        })
-        .expect("a cgroup2 mount")
 }
 
 /// rmdir `dir` and everything below it, deepest first (cgroup directories

@@ -25,17 +25,6 @@ const RANGE: (u16, u16) = (42000, 42003); // 4 ports: even, so exactly 4 connect
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn cgroup2_root() -> PathBuf {
-    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mi.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let f: Vec<&str> = pre.split_whitespace().collect();
-            (post.starts_with("cgroup2 ") && f[3] == "/").then(|| PathBuf::from(f[4]))
-        })
-        .expect("a cgroup2 mount (pure v2 or hybrid)")
-}
-
 /// The directories one test made, removed (deepest first) on drop, after
 /// the processes in them have exited.
 struct Cgroups {

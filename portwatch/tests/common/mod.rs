@@ -440,3 +440,15 @@ pub fn assert_common(
     assert_eq!(t.len(), 27, "RFC 3339 with microseconds: {t}");
     assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
 }
+
+/// Where the cgroup2 hierarchy is mounted (pure v2 or hybrid).
+pub fn cgroup2_root() -> PathBuf {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let f: Vec<&str> = pre.split_whitespace().collect();
+            (post.starts_with("cgroup2 ") && f[3] == "/").then(|| PathBuf::from(f[4]))
+        })
+        .expect("a cgroup2 mount (pure v2 or hybrid)")
+}
