@@ -52,6 +52,8 @@ struct RowKey {
 struct Counts {
     now: u64,
     total: u64,
+    /// The interval (`Agg::intervals`) of the latest failure.
+    seen: u64,
     causes: BTreeMap<&'static str, u64>,
     /// The latest event's process.
     pid: u32,
@@ -65,10 +67,17 @@ struct Names {
     name: Option<String>,
 }
 
+/// Rows kept without a new failure (at the default 2 s interval: 10 minutes).
+const IDLE_INTERVALS: u64 = 300;
+/// Rows kept at most (least recently failing dropped first).
+const MAX_ROWS: usize = 5000;
+
 /// The failures seen, by row, with the counts of the running interval.
 #[derive(Debug, Default)]
 pub struct Agg {
     rows: HashMap<RowKey, Counts>,
+    /// Intervals summarised so far.
+    intervals: u64,
     pods: HashMap<String, Names>,
     events_now: u64,
     events_total: u64,
@@ -166,6 +175,7 @@ impl Agg {
         let c = self.rows.entry(key).or_default();
         c.now += 1;
         c.total += 1;
+        c.seen = self.intervals;
         if let Some(cause) = ev.cause {
             *c.causes.entry(cause.name()).or_default() += 1;
         }
@@ -300,7 +310,46 @@ impl Agg {
         }
         self.events_now = 0;
         self.lost_now = 0;
+        self.intervals += 1;
+        self.forget_old();
         s
+    }
+
+    /// Bounds memory on a long run: rows without a failure for
+    /// `IDLE_INTERVALS` go, and past `MAX_ROWS` the least recently failing
+    /// go first (their counts leave the rows, not `events_total`).
+    fn forget_old(&mut self) {
+        let now = self.intervals;
+        self.rows
+            .retain(|_, c| now.saturating_sub(c.seen) <= IDLE_INTERVALS);
+        if self.rows.len() > MAX_ROWS {
+            let mut seen: Vec<u64> = self.rows.values().map(|c| c.seen).collect();
+            seen.sort_unstable_by(|a, b| b.cmp(a));
+            let cut = seen[MAX_ROWS - 1];
+            self.rows.retain(|_, c| c.seen >= cut);
+            // Ties at the cut: keep at most MAX_ROWS all the same.
+            if self.rows.len() > MAX_ROWS {
+                let drop: Vec<RowKey> = self
+                    .rows
+                    .iter()
+                    .filter(|(_, c)| c.seen == cut)
+                    .map(|(k, _)| k.clone())
+                    .take(self.rows.len() - MAX_ROWS)
+                    .collect();
+                for k in drop {
+                    self.rows.remove(&k);
+                }
+            }
+        }
+        let live: HashSet<&String> = self
+            .rows
+            .keys()
+            .filter_map(|k| match &k.who {
+                Who::Pod(uid) => Some(uid),
+                Who::Host => None,
+            })
+            .collect();
+        self.pods.retain(|uid, _| live.contains(uid));
     }
 }
 
@@ -766,6 +815,50 @@ mod tests {
         assert_eq!((s.rows[0].count, s.rows[0].total), (1, 2));
         assert!(s.rows[1..].iter().all(|r| r.count == 0));
         assert_eq!(s.rows[1].usage_error.as_deref(), Some("not sampled"));
+    }
+
+    #[test]
+    fn rows_are_bounded_and_idle_ones_forgotten() {
+        let mut a = Agg::default();
+        let sum =
+            |a: &mut Agg| a.take_summary(&Sampled::new(), 0, Duration::ZERO, Duration::ZERO, false);
+        // One row that keeps failing, one that failed once.
+        a.record(&ev(
+            Kind::Connect,
+            Errno::EADDRNOTAVAIL,
+            7,
+            Some(("10.0.0.1", 80)),
+        ));
+        a.record(&ev(
+            Kind::Connect,
+            Errno::EADDRNOTAVAIL,
+            7,
+            Some(("10.0.0.2", 80)),
+        ));
+        for _ in 0..IDLE_INTERVALS + 1 {
+            a.record(&ev(
+                Kind::Connect,
+                Errno::EADDRNOTAVAIL,
+                7,
+                Some(("10.0.0.1", 80)),
+            ));
+            sum(&mut a);
+        }
+        let s = sum(&mut a);
+        assert_eq!(s.rows.len(), 1, "{:?}", s.rows);
+        assert_eq!(s.rows[0].daddr, Some(ip("10.0.0.1")));
+        assert_eq!(s.events_total, IDLE_INTERVALS + 3);
+        // A storm toward more destinations than the bound, in one interval.
+        for i in 0..(MAX_ROWS as u32 + 500) {
+            let d = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+            a.record(&ev(Kind::Connect, Errno::EADDRNOTAVAIL, 8, Some((&d, 443))));
+        }
+        assert_eq!(
+            sum(&mut a).rows.len(),
+            MAX_ROWS + 501,
+            "every row of the interval shows once"
+        );
+        assert_eq!(sum(&mut a).rows.len(), MAX_ROWS, "then the bound holds");
     }
 
     #[test]
