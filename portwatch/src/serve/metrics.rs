@@ -10,13 +10,7 @@
 //!   at every scan (destinations that fell out of the top disappear);
 //! - usable: one per netns; check findings: checks x severities per pod.
 
-use std::{
-    collections::HashSet,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Mutex,
-    },
-};
+use std::{collections::HashSet, sync::Mutex};
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -24,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{event::Event, nodeport::correlate::Report};
+use crate::{event::Event, nodeport::correlate::Report, usage::DestUse};
 
 /// Pods with their own failure series; the rest share one `_other` series.
 pub const MAX_FAILURE_PODS: usize = 1000;
@@ -94,7 +88,6 @@ pub struct Metrics {
     steals: Family<StealLabels, Counter>,
     near_misses: Family<StealLabels, Counter>,
     lost: Counter,
-    lost_seen: AtomicU64,
     in_use: Family<InUseLabels, Gauge>,
     usable: Family<UsableLabels, Gauge>,
     findings: Family<FindingLabels, Gauge>,
@@ -105,15 +98,13 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let m = Metrics {
+        let mut m = Metrics {
             registry: Registry::default(),
             failures: Family::default(),
             failure_pods: Mutex::new(HashSet::new()),
             steals: Family::default(),
             near_misses: Family::default(),
             lost: Counter::default(),
-            lost_seen: AtomicU64::new(0),
             in_use: Family::default(),
             usable: Family::default(),
             findings: Family::default(),
@@ -121,57 +112,57 @@ impl Metrics {
             scans: Counter::default(),
             scan_errors: Counter::default(),
         };
-        registry.register(
+        m.registry.register(
             "portwatch_failures",
             "connect()/bind() failures with EADDRNOTAVAIL or EADDRINUSE, by why and by pod",
             m.failures.clone(),
         );
-        registry.register(
+        m.registry.register(
             "portwatch_nodeport_steals",
             "SYN-ACKs for a local client taken by IPVS (the connection lost its reply), by local port and what became of the connection",
             m.steals.clone(),
         );
-        registry.register(
+        m.registry.register(
             "portwatch_nodeport_near_misses",
             "SYN-ACKs for a local client on a guarded port that no IPVS service took",
             m.near_misses.clone(),
         );
-        registry.register(
+        m.registry.register(
             "portwatch_events_lost",
             "kernel records dropped because a ring buffer was full",
             m.lost.clone(),
         );
-        registry.register(
+        m.registry.register(
             "portwatch_ephemeral_ports_in_use",
             "ephemeral ports in use toward a destination from a netns (the top --max-destinations per netns, sampled each --scan-interval)",
             m.in_use.clone(),
         );
-        registry.register(
+        m.registry.register(
             "portwatch_ephemeral_ports_usable",
             "ephemeral ports a netns can use: ip_local_port_range minus ip_local_reserved_ports",
             m.usable.clone(),
         );
-        registry.register(
+        m.registry.register(
             "portwatch_check_findings",
             "findings of the last `portwatch check` run, by check and severity",
             m.findings.clone(),
         );
-        registry.register(
+        m.registry.register(
             "portwatch_build_info",
             "1, labelled with the version and the probe backend attached",
             m.build.clone(),
         );
-        registry.register(
+        m.registry.register(
             "portwatch_scans",
             "netns scans done (in_use, usable)",
             m.scans.clone(),
         );
-        registry.register(
+        m.registry.register(
             "portwatch_scan_errors",
             "netns that could not be read during a scan (they may have gone meanwhile)",
             m.scan_errors.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     pub fn build_info(&self, version: &str, backend: &str) {
@@ -223,7 +214,6 @@ impl Metrics {
 
     pub fn lost(&self, n: u64) {
         self.lost.inc_by(n);
-        self.lost_seen.fetch_add(n, Ordering::Relaxed);
     }
 
     /// One scan's results replace the last one's.
@@ -244,10 +234,10 @@ impl Metrics {
                         namespace: n.namespace.clone(),
                         pod: n.pod.clone(),
                         netns: n.ino.to_string(),
-                        daddr: d.0.to_string(),
-                        dport: d.1.to_string(),
+                        daddr: d.daddr.to_string(),
+                        dport: d.dport.to_string(),
                     })
-                    .set(d.2 as i64);
+                    .set(d.in_use as i64);
             }
         }
         self.scans.inc();
@@ -279,8 +269,8 @@ pub struct NetnsUsage {
     pub namespace: String,
     pub pod: String,
     pub usable: u32,
-    /// (daddr, dport, ports in use), most used first, at most the bound.
-    pub top: Vec<(std::net::IpAddr, u16, u32)>,
+    /// Most used first, at most the bound.
+    pub top: Vec<DestUse>,
 }
 
 /// Findings per (check, severity, namespace, pod), counted over netns.

@@ -3,15 +3,13 @@
 //! audit (every `--check-interval`). Blocking work (setns, netlink, /proc):
 //! `serve` runs it on a blocking thread.
 
-use std::net::IpAddr;
-
 use crate::{
     check,
     holders::Holders,
     pods::{self, Pod},
     ports::{self, PortSet},
     sockdiag::Sock,
-    usage,
+    usage::{self, DestUse},
 };
 
 /// One netns as a pass saw it.
@@ -21,8 +19,8 @@ pub struct NetnsPass {
     /// names are the caller's to add).
     pub pod: Option<Pod>,
     pub usable: u32,
-    /// (daddr, dport, ports in use), most used first, at most the bound.
-    pub top: Vec<(IpAddr, u16, u32)>,
+    /// Most used first, at most the bound.
+    pub top: Vec<DestUse>,
     /// (check, severity) of each finding, when the check ran.
     pub findings: Vec<(&'static str, &'static str)>,
 }
@@ -38,12 +36,10 @@ pub struct Pass {
 
 /// The `max` destinations with the most ephemeral ports in use (the
 /// counting rule is `usage::group`'s: what `ss -tan` shows).
-pub fn top_destinations(socks: &[Sock], usable: &PortSet, max: usize) -> Vec<(IpAddr, u16, u32)> {
-    usage::group(socks, usable, None)
-        .into_iter()
-        .take(max)
-        .map(|d| (d.daddr, d.dport, d.in_use))
-        .collect()
+pub fn top_destinations(socks: &[Sock], usable: &PortSet, max: usize) -> Vec<DestUse> {
+    let mut v = usage::group(socks, usable, None);
+    v.truncate(max);
+    v
 }
 
 pub struct Options {
@@ -137,7 +133,14 @@ mod tests {
         socks.push(sock(21001, "10.1.3.7"));
         let top = top_destinations(&socks, &usable, 20);
         assert_eq!(top.len(), 20);
-        assert_eq!(top[0], ("10.1.3.7".parse().unwrap(), 80, 3));
-        assert!(top[1..].iter().all(|d| d.2 == 1));
+        assert_eq!(
+            top[0],
+            DestUse {
+                daddr: "10.1.3.7".parse().unwrap(),
+                dport: 80,
+                in_use: 3
+            }
+        );
+        assert!(top[1..].iter().all(|d| d.in_use == 1));
     }
 }
