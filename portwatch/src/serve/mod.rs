@@ -182,7 +182,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
     };
 
-    let scanning = scanner(&args, shared.clone(), stop_rx.clone());
+    let scanning = async {
+        match scanner(&args, shared.clone(), stop_rx.clone()).await {
+            Ok(()) => Ok(()),
+            Err(e) => fail(e.context("netns scanner")),
+        }
+    };
 
     let all = async { tokio::join!(server, tracing, stealing, scanning) };
     let mut stop = stop_rx.clone();
