@@ -596,14 +596,6 @@ fn tracepoint_progs() -> usize {
         .unwrap_or(0)
 }
 
-fn ensure_tracefs() -> Result<()> {
-    if Path::new("/sys/kernel/tracing/events/syscalls").exists() {
-        return Ok(());
-    }
-    eprintln!("xtask: bench: tracefs is not mounted; mounting it at /sys/kernel/tracing (bpftrace needs it)");
-    super::run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
-}
-
 #[derive(Default)]
 struct SuccessRun {
     getppid_ns: f64,
@@ -650,7 +642,7 @@ pub fn bench(opts: Opts) -> Result<()> {
         "pwbench",
     ]))?;
     let pwbench = super::workspace_root().join("target/release/examples/pwbench");
-    ensure_tracefs()?;
+    super::ensure_tracefs("bpftrace needs it")?;
 
     let dir = super::workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;

@@ -486,20 +486,6 @@ impl DaemonSet {
     }
 }
 
-const TRACEFS_MAGIC: i64 = 0x74726163;
-
-/// A node has tracefs mounted at /sys/kernel/tracing (systemd mounts it);
-/// a fresh machine here does not, and the DaemonSet mounts the node's.
-fn ensure_host_tracefs() -> Result<()> {
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let p = c"/sys/kernel/tracing";
-    if unsafe { libc::statfs(p.as_ptr(), &mut st) } == 0 && st.f_type as i64 == TRACEFS_MAGIC {
-        return Ok(());
-    }
-    eprintln!("xtask: mounting tracefs at /sys/kernel/tracing, as a node has it");
-    run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
-}
-
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -650,7 +636,8 @@ fn podman(img: &image::Image) -> Result<()> {
             ))
             .collect::<Vec<_>>()
     );
-    ensure_host_tracefs()?;
+    // A node has tracefs mounted; the DaemonSet mounts it from the host.
+    crate::ensure_tracefs("the DaemonSet mounts it from the node")?;
     let client = pwclient()?;
 
     // 1. Exactly the DaemonSet's set: a failure provoked outside the

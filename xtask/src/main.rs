@@ -128,6 +128,19 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Mounts tracefs at /sys/kernel/tracing unless it is there (a fresh
+/// machine has none); `why` says who needs it.
+fn ensure_tracefs(why: &str) -> Result<()> {
+    const TRACEFS_MAGIC: i64 = 0x74726163;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let p = c"/sys/kernel/tracing";
+    if unsafe { libc::statfs(p.as_ptr(), &mut st) } == 0 && st.f_type as i64 == TRACEFS_MAGIC {
+        return Ok(());
+    }
+    eprintln!("xtask: tracefs is not mounted; mounting it at /sys/kernel/tracing ({why})");
+    run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: $ {}", show(cmd));
     let st = cmd
