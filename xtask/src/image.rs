@@ -58,15 +58,6 @@ fn version_in(toml: &str) -> Option<String> {
     None
 }
 
-/// Copies `src` to `root` + `at`, following symlinks (the image has no
-/// /lib -> /usr/lib links of its own).
-fn put(root: &Path, src: &Path, at: &Path) -> Result<()> {
-    let dst = root.join(at.strip_prefix("/").unwrap_or(at));
-    fs::create_dir_all(dst.parent().unwrap())?;
-    fs::copy(src, &dst).with_context(|| format!("copying {} into the image", src.display()))?;
-    Ok(())
-}
-
 /// Builds the image from the release binary `bin`.
 pub fn build(bin: &Path) -> Result<Image> {
     let t0 = Instant::now();
@@ -79,7 +70,7 @@ pub fn build(bin: &Path) -> Result<Image> {
     }
     fs::create_dir_all(&root)?;
 
-    put(&root, bin, Path::new(BIN_IN_IMAGE))?;
+    crate::vm::put(&root, bin, Path::new(BIN_IN_IMAGE))?;
     run(Command::new("strip")
         .arg("--strip-debug")
         .arg(root.join(&BIN_IN_IMAGE[1..])))?;
@@ -91,7 +82,7 @@ pub fn build(bin: &Path) -> Result<Image> {
         );
     }
     for lib in &libs {
-        put(&root, lib, lib)?;
+        crate::vm::put(&root, lib, lib)?;
     }
     // Mount points the runtime and the DaemonSet use; /tmp for anything that
     // wants a scratch file (the root filesystem is mounted read-only).

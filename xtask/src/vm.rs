@@ -407,11 +407,13 @@ fn modules_in_order(idx: &BTreeMap<String, PathBuf>, dir: &Path) -> Result<Vec<S
     Ok(done)
 }
 
-/// Copies `src` to `root` + `at`, creating directories.
-fn put(root: &Path, src: &Path, at: &Path) -> Result<()> {
+/// Copies `src` to `root` + `at` (an initramfs or image root), following
+/// symlinks: the tree has no /lib -> /usr/lib links of its own.
+pub(crate) fn put(root: &Path, src: &Path, at: &Path) -> Result<()> {
     let dst = root.join(at.strip_prefix("/").unwrap_or(at));
     fs::create_dir_all(dst.parent().unwrap())?;
-    fs::copy(src, &dst).with_context(|| format!("copying {} into the initramfs", src.display()))?;
+    fs::copy(src, &dst)
+        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
     Ok(())
 }
 
