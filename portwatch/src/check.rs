@@ -192,13 +192,7 @@ pub fn discover(specs: &[String]) -> Result<Vec<Target>> {
             }
         }
     }
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .context("reading /proc")?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    pids.sort_unstable();
-    for pid in pids {
+    for pid in netns::pids() {
         let p = PathBuf::from(format!("/proc/{pid}/ns/net"));
         let Some(ino) = netns::ino_of(&p) else {
             continue;

@@ -90,6 +90,7 @@ pub fn trace_args_for_serve(s: &ServeArgs) -> TraceArgs {
     t.backend = s.backend;
     t.detail_budget = s.detail_budget;
     t.cri_endpoint.clone_from(&s.cri_endpoint);
+    t.netns_sweep = s.scan_interval;
     t
 }
 
@@ -235,6 +236,10 @@ pub struct TraceArgs {
     /// /run/containerd/containerd.sock, /var/run/crio/crio.sock.
     #[arg(long, value_name = "PATH")]
     pub cri_endpoint: Option<std::path::PathBuf>,
+    /// How often handles on network namespaces that have gone are closed
+    /// (not a flag: `serve` sweeps every scan interval).
+    #[arg(skip = crate::netns::DEFAULT_SWEEP)]
+    pub netns_sweep: Duration,
 }
 
 fn parse_budget(s: &str) -> Result<Duration, String> {

@@ -20,7 +20,7 @@ use crate::{
     cause::NsHandle,
     cri::{self, Cri, Lookup},
     event::Event,
-    netns::{parse_port_range, read_sysctls, NetnsHandles},
+    netns::{self, parse_port_range, read_sysctls, NetnsHandles},
     pods::{self, CgroupResolver},
     ports::PortSet,
 };
@@ -41,15 +41,16 @@ pub struct Enricher {
 impl Enricher {
     /// `cri_endpoint`: the runtime's CRI socket (None: the first of
     /// `cri::DEFAULT_ENDPOINTS` that answers). Without a cgroup2 mount
-    /// there are no pods, and no runtime is asked.
-    pub fn new(cri_endpoint: Option<PathBuf>) -> Result<Enricher> {
+    /// there are no pods, and no runtime is asked. Netns handles whose
+    /// namespace has gone are closed every `netns_sweep` (see `maintain`).
+    pub fn new(cri_endpoint: Option<PathBuf>, netns_sweep: Duration) -> Result<Enricher> {
         let cgroups = CgroupResolver::new();
         let cri = match cgroups.root() {
             Some(_) => Cri::start(cri_endpoint)?,
             None => Cri::off(),
         };
         Ok(Enricher {
-            netns: NetnsHandles::default(),
+            netns: NetnsHandles::with(netns_sweep, netns::cap_for(netns::nofile_limit())),
             ranges: HashMap::new(),
             cgroups,
             cri,
@@ -103,6 +104,14 @@ impl Enricher {
             Lookup::Known(None) => None,
             Lookup::Pending(slot) => Some(slot),
         }
+    }
+
+    /// Periodic upkeep, called often (it does work only when due): closes
+    /// the handles of namespaces no process or bind mount holds any more,
+    /// and forgets their cached ranges.
+    pub fn maintain(&mut self) {
+        self.netns.sweep_if_due();
+        self.ranges.retain(|_, (_, t)| t.elapsed() < RANGE_TTL);
     }
 
     /// A handle on netns `ino` for a look-up on another thread (None: gone).

@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::netns::{netns_of, pids};
+
 const CACHE_TTL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,27 +32,6 @@ type OwnerMap = HashMap<u32, Owner>;
 pub struct Holders {
     /// netns inode -> (when scanned, every socket inode of its processes).
     cache: Mutex<HashMap<u32, (Instant, OwnerMap)>>,
-}
-
-fn pids() -> Vec<u32> {
-    let mut v: Vec<u32> = std::fs::read_dir("/proc")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort_unstable();
-    v
-}
-
-fn netns_of(pid: u32) -> Option<u32> {
-    let l = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
-    l.to_str()?
-        .strip_prefix("net:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
 }
 
 pub fn comm_of(pid: u32) -> Option<String> {

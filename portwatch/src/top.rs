@@ -551,6 +551,7 @@ fn report(
     let mut sampled = Sampled::new();
     {
         let mut st = state.borrow_mut();
+        st.sampler.sweep_if_due();
         for (ns, d) in &dests {
             let r = st
                 .sampler

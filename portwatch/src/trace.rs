@@ -95,7 +95,7 @@ pub async fn pipeline(args: &TraceArgs, mut sink: Box<dyn Sink>, mut ctl: Contro
     }
     let mut source = Source::new(&mut ebpf)?;
     let clock = Clock::now();
-    let mut enricher = Enricher::new(args.cri_endpoint.clone())?;
+    let mut enricher = Enricher::new(args.cri_endpoint.clone(), args.netns_sweep)?;
     eprintln!("portwatch: {}", enricher.pods_note());
     let names_wake = enricher.names_wake();
     if !args.no_detail {
@@ -126,7 +126,7 @@ pub async fn pipeline(args: &TraceArgs, mut sink: Box<dyn Sink>, mut ctl: Contro
     // to the budget each) for their look-ups (socket table, pod names), then
     // go out. An event whose pod names are still being looked up is
     // filtered on them when they are in (or the budget is spent).
-    let mut process = |batch: &mut Vec<Event>, detailer: &mut Detailer| {
+    let process = |batch: &mut Vec<Event>, detailer: &mut Detailer, enricher: &mut Enricher| {
         for mut ev in batch.drain(..) {
             let names = enricher.enrich(&mut ev);
             if filter.could_match(&ev, names.is_some()) {
@@ -167,7 +167,7 @@ pub async fn pipeline(args: &TraceArgs, mut sink: Box<dyn Sink>, mut ctl: Contro
         let res = tokio::select! {
             r = source.next_batch(|b| decode_into(&mut batch, b)) => {
                 r?;
-                process(&mut batch, &mut detailer);
+                process(&mut batch, &mut detailer, &mut enricher);
                 emit(&mut detailer, &mut sink)
             }
             Some(done) = detail_done.recv() => {
@@ -178,7 +178,10 @@ pub async fn pipeline(args: &TraceArgs, mut sink: Box<dyn Sink>, mut ctl: Contro
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
                 emit(&mut detailer, &mut sink)
             }
-            _ = lost_tick.tick() => report_lost(&mut sink, &source, &mut lost_seen),
+            _ = lost_tick.tick() => {
+                enricher.maintain();
+                report_lost(&mut sink, &source, &mut lost_seen)
+            }
             _ = ctl.stopped() => break End::Signal,
         };
         if let Err(e) = res {
@@ -192,7 +195,7 @@ pub async fn pipeline(args: &TraceArgs, mut sink: Box<dyn Sink>, mut ctl: Contro
         // What the kernel wrote before the signal still goes out, each event
         // with what its look-up found within the budget.
         source.drain(|b| decode_into(&mut batch, b));
-        process(&mut batch, &mut detailer);
+        process(&mut batch, &mut detailer, &mut enricher);
         let mut res = emit(&mut detailer, &mut sink);
         while res.is_ok() && !detailer.is_empty() {
             let deadline = detailer.next_deadline().unwrap_or_else(Instant::now);

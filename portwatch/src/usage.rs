@@ -197,6 +197,11 @@ impl Sampler {
         self.handles.is_own(ino) || self.handles.get(ino, pids).is_some()
     }
 
+    /// Closes the handles of namespaces that have gone, when a sweep is due.
+    pub fn sweep_if_due(&mut self) {
+        self.handles.sweep_if_due();
+    }
+
     /// A sample of netns `ino` (`only`: just these destinations). Netns not
     /// remembered are looked for under /run/netns and in /proc.
     pub fn sample(&mut self, ino: u32, only: Option<&[Dest]>) -> Result<Usage> {
