@@ -74,10 +74,11 @@ pub struct ServeArgs {
     /// How long an event may wait for its detail before it goes out.
     #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_budget)]
     pub detail_budget: Duration,
-    /// The container runtime's CRI socket, for pod and container names.
-    /// Default: the first of /run/containerd/containerd.sock and
-    /// /var/run/crio/crio.sock that answers.
-    #[arg(long, value_name = "PATH")]
+    /// The container runtime's CRI socket, for pod and container names:
+    /// unix:///PATH (as kubelet and crictl write it) or PATH. Default: the
+    /// first of /run/containerd/containerd.sock and /var/run/crio/crio.sock
+    /// that answers.
+    #[arg(long, value_name = "PATH", env = crate::cri::ENDPOINT_ENV, value_parser = crate::cri::parse_endpoint)]
     pub cri_endpoint: Option<std::path::PathBuf>,
 }
 
@@ -232,9 +233,10 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_detail: bool,
     /// The container runtime's CRI socket, for pod, namespace and container
-    /// names. Default: the first that answers of
-    /// /run/containerd/containerd.sock, /var/run/crio/crio.sock.
-    #[arg(long, value_name = "PATH")]
+    /// names: unix:///PATH (as kubelet and crictl write it) or PATH.
+    /// Default: the first that answers of /run/containerd/containerd.sock,
+    /// /var/run/crio/crio.sock.
+    #[arg(long, value_name = "PATH", env = crate::cri::ENDPOINT_ENV, value_parser = crate::cri::parse_endpoint)]
     pub cri_endpoint: Option<std::path::PathBuf>,
     /// How often handles on network namespaces that have gone are closed
     /// (not a flag: `serve` sweeps every scan interval).
@@ -373,6 +375,46 @@ mod tests {
                 unreachable!()
             };
             assert_eq!(t.detail_budget, Duration::from_millis(ms), "{arg}");
+        }
+    }
+
+    #[test]
+    fn cri_endpoints_in_kubelet_and_crictl_form() {
+        use std::path::PathBuf;
+        let ok = |s: &str| crate::cri::parse_endpoint(s).unwrap();
+        let p = PathBuf::from("/run/containerd/containerd.sock");
+        assert_eq!(ok("unix:///run/containerd/containerd.sock"), p);
+        assert_eq!(ok("/run/containerd/containerd.sock"), p);
+        assert_eq!(ok("unix:/run/containerd/containerd.sock"), p);
+        assert_eq!(ok("run/k3s.sock"), PathBuf::from("run/k3s.sock"));
+        for bad in [
+            "bogus://x",
+            "tcp://127.0.0.1:2376",
+            "npipe:////./pipe/containerd-containerd",
+            "http://localhost/run/containerd/containerd.sock",
+            "unix://run/containerd/containerd.sock",
+            "",
+            " ",
+        ] {
+            let e = crate::cri::parse_endpoint(bad).unwrap_err();
+            assert!(e.contains("unix:///PATH"), "{bad:?}: {e}");
+        }
+        for cmd in ["trace", "top", "serve"] {
+            let c = parse(&[cmd, "--cri-endpoint", "unix:///run/k3s/containerd.sock"]).unwrap();
+            let got = match c.command {
+                Command::Trace(t) => t.cri_endpoint,
+                Command::Top(t) => t.trace.cri_endpoint,
+                Command::Serve(s) => s.cri_endpoint,
+                _ => unreachable!(),
+            };
+            assert_eq!(
+                got,
+                Some(PathBuf::from("/run/k3s/containerd.sock")),
+                "{cmd}"
+            );
+            let e = parse(&[cmd, "--cri-endpoint", "bogus://x"]).err().unwrap();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{cmd}");
+            assert_eq!(e.exit_code(), 2);
         }
     }
 

@@ -40,6 +40,38 @@ use crate::pods::Pod;
 /// Tried in this order when no `--cri-endpoint` is given.
 pub const DEFAULT_ENDPOINTS: &[&str] =
     &["/run/containerd/containerd.sock", "/var/run/crio/crio.sock"];
+/// Where crictl reads the runtime's endpoint from; portwatch reads it the
+/// same way when `--cri-endpoint` is not given.
+pub const ENDPOINT_ENV: &str = "CONTAINER_RUNTIME_ENDPOINT";
+
+/// A CRI endpoint as kubelet's `--container-runtime-endpoint` and crictl
+/// write it (`unix:///run/containerd/containerd.sock`), or a bare socket
+/// path. Any other scheme is refused: the CRI is reached over a unix socket.
+pub fn parse_endpoint(s: &str) -> Result<std::path::PathBuf, String> {
+    const FORMS: &str =
+        "unix:///PATH or a socket PATH, e.g. unix:///run/containerd/containerd.sock";
+    if s.trim().is_empty() {
+        return Err(format!("empty endpoint: give {FORMS}"));
+    }
+    let path = match s.split_once("://") {
+        Some(("unix", rest)) => {
+            if !rest.starts_with('/') {
+                return Err(format!(
+                    "{s:?}: a unix endpoint takes an absolute path after unix:// ({FORMS})"
+                ));
+            }
+            rest
+        }
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{s:?}: scheme {scheme:?} is not supported: the CRI runtime is reached over a unix socket ({FORMS})"
+            ))
+        }
+        None => s.strip_prefix("unix:").unwrap_or(s),
+    };
+    Ok(std::path::PathBuf::from(path))
+}
+
 /// Connecting to a socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// One whole look-up (up to two calls), and the start-up Version call.
@@ -47,7 +79,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// "Not found" / "no answer" is believed this long, then asked again.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// With no runtime found, look again at most this often.
-const REPROBE_EVERY: Duration = Duration::from_secs(30);
+pub const REPROBE_EVERY: Duration = Duration::from_secs(30);
 /// Cached answers (containers and pods), and sandboxes the thread knows.
 const CACHE_MAX: usize = 4096;
 /// Look-ups waiting for the thread; beyond this, events go without names.
@@ -161,6 +193,8 @@ pub struct Cri {
     jobs: Option<mpsc::Sender<Job>>,
     wake: Arc<Notify>,
     status: Status,
+    /// The endpoint was given (flag or environment), not guessed.
+    given: bool,
     /// Look-ups sent to the thread (cache misses).
     pub asked: u64,
 }
@@ -173,6 +207,7 @@ impl Cri {
             jobs: None,
             wake: Arc::new(Notify::new()),
             status: Status::Off,
+            given: false,
             asked: 0,
         }
     }
@@ -181,6 +216,7 @@ impl Cri {
     /// [`DEFAULT_ENDPOINTS`] that answers) and waits for its start-up probe
     /// (a few seconds at most, even against a hung runtime).
     pub fn start(endpoint: Option<PathBuf>) -> Result<Cri> {
+        let given = endpoint.is_some();
         let candidates: Vec<PathBuf> = match endpoint {
             Some(p) => vec![p],
             None => DEFAULT_ENDPOINTS.iter().map(PathBuf::from).collect(),
@@ -216,12 +252,18 @@ impl Cri {
             jobs: Some(tx),
             wake,
             status,
+            given,
             asked: 0,
         })
     }
 
     pub fn status(&self) -> &Status {
         &self.status
+    }
+
+    /// The endpoint was named by `--cri-endpoint` or the environment.
+    pub fn given(&self) -> bool {
+        self.given
     }
 
     /// Notified each time the thread fills a slot.

@@ -71,6 +71,13 @@ impl Enricher {
                 "{ids}; pod, namespace and container names from the CRI runtime, {}",
                 self.cri.status()
             ),
+            cri::Status::NotFound(_) if self.cri.given() => format!(
+                "WARNING: pods: the CRI endpoint given (--cri-endpoint or {}) does not answer, {}: pod, namespace and container names stay null until it does (it is asked again at most every {} s while events need names; a line here says when it answers); pod uid and container id still come from cgroup paths under {}",
+                cri::ENDPOINT_ENV,
+                self.cri.status(),
+                cri::REPROBE_EVERY.as_secs(),
+                root.display()
+            ),
             _ => format!(
                 "{ids}; {}: pod, namespace and container names stay null (--namespace matches nothing; --pod/--container take a uid/id prefix; --cri-endpoint names the runtime's socket)",
                 self.cri.status()

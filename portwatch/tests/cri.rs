@@ -556,6 +556,21 @@ fn names_from_containerd_over_cri() {
         "--detail-budget",
         budget,
     ]);
+    // The endpoint as kubelet and crictl write it, on the flag and in
+    // crictl's environment variable.
+    let uri = format!("unix://{sock}");
+    let mut named_uri = Tracer::start(&[
+        "trace",
+        "--json",
+        "--cri-endpoint",
+        &uri,
+        "--detail-budget",
+        budget,
+    ]);
+    let mut named_env = Tracer::start_env(
+        &["trace", "--json", "--detail-budget", budget],
+        &[("CONTAINER_RUNTIME_ENDPOINT", &uri)],
+    );
     let mut by_names = Tracer::start(&[
         "trace",
         "--json",
@@ -599,12 +614,12 @@ fn names_from_containerd_over_cri() {
         "--listen",
         &listen,
         "--cri-endpoint",
-        &sock,
+        &uri,
         "--detail-budget",
         budget,
     ]);
-    {
-        let errs = named.stderr.lock().unwrap();
+    for t in [&named, &named_uri, &named_env] {
+        let errs = t.stderr.lock().unwrap();
         assert!(
             errs.iter()
                 .any(|l| l.contains("names from the CRI runtime, containerd") && l.contains(&sock)),
@@ -620,6 +635,12 @@ fn names_from_containerd_over_cri() {
         assert_eq!(notes.len(), 1, "said once: {errs:?}");
         assert!(
             notes[0].contains(&absent) && notes[0].contains("names stay null"),
+            "{notes:?}"
+        );
+        // Given explicitly, so said loudly, with when it is asked again.
+        assert!(
+            notes[0].contains("WARNING: pods: the CRI endpoint given")
+                && notes[0].contains("asked again at most every 30 s"),
             "{notes:?}"
         );
     }
@@ -648,6 +669,17 @@ fn names_from_containerd_over_cri() {
     eprintln!("named event (pod's own cgroup): {}", evs[0]);
     assert_eq!(evs[0]["pid"], c2.pid);
     assert_eq!(evs[0]["pod"], pod_json(&uid, true, None), "{}", evs[0]);
+    for t in [&mut named_uri, &mut named_env] {
+        let mut all = vec![];
+        let evs = t.events_in(ns_c.inode, 2, &mut all);
+        assert_eq!(evs.len(), 2, "{all:?}");
+        for ev in &evs {
+            assert_eq!(ev["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
+        }
+        let evs = t.events_in(ns_p.inode, 1, &mut all);
+        assert_eq!(evs.len(), 1, "{all:?}");
+        assert_eq!(evs[0]["pod"], pod_json(&uid, true, None), "{}", evs[0]);
+    }
 
     // The name filters: the container's two events, not the pod's own
     // (no container there), and nothing for another namespace.
@@ -736,7 +768,7 @@ fn names_from_containerd_over_cri() {
     let of = |key: &str| lookups.iter().filter(|l| l.contains(key)).count();
     assert_eq!(of(&format!("Container(\"{cid}\") in")), 1, "{lookups:?}");
     assert_eq!(of(&format!("Pod(\"{uid}\") in")), 1, "{lookups:?}");
-    for t in [by_names, other_ns, unnamed, table] {
+    for t in [named_uri, named_env, by_names, other_ns, unnamed, table] {
         let (st, _) = t.stop();
         assert!(st.success(), "{st}");
     }

@@ -399,6 +399,8 @@ fn bad_arguments_exit_2() {
         &["trace", "--errno", "ENOENT"][..],
         &["trace", "--backend", "uprobe"],
         &["trace", "--dport", "x"],
+        &["trace", "--cri-endpoint", "bogus://x"],
+        &["serve", "--cri-endpoint", "tcp://127.0.0.1:2376"],
         &["nosuch"],
     ] {
         let out = Command::new(portwatch_bin()).args(args).output().unwrap();
@@ -407,6 +409,17 @@ fn bad_arguments_exit_2() {
             String::from_utf8_lossy(&out.stderr).contains("error:"),
             "{args:?}"
         );
+    }
+    // crictl's variable is read like the flag, and refused like it.
+    for cmd in ["trace", "top"] {
+        let out = Command::new(portwatch_bin())
+            .arg(cmd)
+            .env("CONTAINER_RUNTIME_ENDPOINT", "npipe:////./pipe/containerd")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("error:") && err.contains("\"npipe\""), "{err}");
     }
 }
 

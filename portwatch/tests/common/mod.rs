@@ -244,6 +244,13 @@ impl Tracer {
         Self::start_with(args, true)
     }
 
+    /// `portwatch args...` with `envs` added to its environment.
+    pub fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Tracer {
+        let mut c = Command::new(portwatch_bin());
+        c.args(args).envs(envs.iter().copied());
+        Self::start_cmd(c, true)
+    }
+
     /// With `read_stdout` false, `child.stdout` is left to the test.
     pub fn start_with(args: &[&str], read_stdout: bool) -> Tracer {
         let mut c = Command::new(portwatch_bin());
