@@ -1,0 +1,250 @@
+//! One run of each measurement: the success path, the failure storm, the
+//! cause-detail storm.
+
+use super::*;
+
+#[derive(Default)]
+pub(crate) struct SuccessRun {
+    pub(crate) getppid_ns: f64,
+    pub(crate) connect_ns: f64,
+    /// Workload CPU time over wall time (below 1: softirq work done by
+    /// ksoftirqd, or the process waited).
+    pub(crate) workload_cpu_share: f64,
+    /// Largest run-queue wait share of the two loops kept.
+    pub(crate) wait_share: f64,
+    /// Loops repeated because another process took the core.
+    pub(crate) repeats: u32,
+    pub(crate) foreign_tp_progs: usize,
+}
+
+pub(crate) struct StormRun {
+    pub(crate) kind: Kind,
+    pub(crate) n: u64,
+    pub(crate) attempts_per_s: f64,
+    pub(crate) delivered: u64,
+    pub(crate) lost: u64,
+    pub(crate) drain_s: f64,
+    pub(crate) output_per_s: f64,
+    pub(crate) cpu_s: f64,
+    pub(crate) hwm_kb: Option<u64>,
+    pub(crate) wait_share: f64,
+    pub(crate) foreign_tp_progs: usize,
+}
+
+/// Waits until `out` has stopped growing for 1.2 s (longer than portwatch's
+/// 0.5 s lost-report tick; at most 60 s after `t_end`) and returns when it
+/// last grew.
+pub(crate) fn output_settled(out: &Path, t_end: Instant) -> Instant {
+    let mut size = fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    let mut t_last = t_end;
+    loop {
+        thread::sleep(Duration::from_millis(20));
+        let s = fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+        let now = Instant::now();
+        if s != size {
+            size = s;
+            t_last = now;
+        }
+        if now - t_last > Duration::from_millis(1200) || now - t_end > Duration::from_secs(60) {
+            return t_last;
+        }
+    }
+}
+
+/// Destinations and failures of the cause-detail storm (issue 8): every
+/// destination's 2-port range held, failures round-robin over them, so
+/// each needs its own socket-table look-up.
+pub(crate) const SPREAD_DESTS: u16 = 50;
+pub(crate) const SPREAD_N: u64 = 10_000;
+pub(crate) const SPREAD_PORT: u16 = 7100;
+
+/// One run of the detail storm.
+pub(crate) struct DetailRun {
+    pub(crate) no_detail: bool,
+    pub(crate) delivered: u64,
+    pub(crate) lost: u64,
+    pub(crate) complete: u64,
+    pub(crate) output_per_s: f64,
+}
+
+pub(crate) fn detail_storm(
+    pw: &Path,
+    script: &Path,
+    pwbench: &Path,
+    netns: &str,
+    dir: &Path,
+    no_detail: bool,
+) -> Result<DetailRun> {
+    let out = dir.join("detail-storm.out");
+    let extra: &[&str] = if no_detail { &["--no-detail"] } else { &[] };
+    let live = start_tracer_with(Kind::Portwatch, pw, script, &out, extra)?;
+    let args = [
+        "spread".to_string(),
+        SPREAD_PORT.to_string(),
+        SPREAD_DESTS.to_string(),
+        STORM_FILL.to_string(),
+        SPREAD_N.to_string(),
+    ];
+    let w = workload(pwbench, netns, &args);
+    let t_end = Instant::now();
+    let t_last = output_settled(&out, t_end);
+    stop_tracer(live)?;
+    let w = w?;
+    let text = fs::read_to_string(&out).unwrap_or_default();
+    let (delivered, lost) = count_portwatch(&text, "pwbench");
+    let complete = count_complete(&text, "pwbench");
+    let _ = fs::remove_file(&out);
+    if delivered == 0 {
+        bail!("portwatch reported none of the detail storm's failures");
+    }
+    let secs = w.ns / 1e9 + (t_last - t_end).as_secs_f64();
+    Ok(DetailRun {
+        no_detail,
+        delivered,
+        lost,
+        complete,
+        output_per_s: delivered as f64 / secs,
+    })
+}
+
+pub(crate) fn detail_markdown(runs: &[DetailRun]) -> String {
+    let mut s = format!(
+        "Cause detail under a storm of {SPREAD_N} EADDRNOTAVAIL failures over {SPREAD_DESTS} destinations (portwatch trace --json, output to a file):\n\n"
+    );
+    s += &md_row(&[
+        "run".into(),
+        "events out/s".into(),
+        "delivered".into(),
+        "lost".into(),
+        "complete detail".into(),
+        "ratio vs --no-detail".into(),
+    ]);
+    s += "\n";
+    s += &md_row(&vec!["---".to_string(); 6]);
+    s += "\n";
+    let base = median(
+        &runs
+            .iter()
+            .filter(|r| r.no_detail)
+            .map(|r| r.output_per_s)
+            .collect::<Vec<_>>(),
+    );
+    for r in runs {
+        s += &md_row(&[
+            if r.no_detail {
+                "--no-detail"
+            } else {
+                "with detail (default 50 ms budget)"
+            }
+            .into(),
+            thousands(r.output_per_s),
+            r.delivered.to_string(),
+            r.lost.to_string(),
+            if r.no_detail {
+                "-".into()
+            } else {
+                format!(
+                    "{:.1} %",
+                    100.0 * r.complete as f64 / r.delivered.max(1) as f64
+                )
+            },
+            match base.and_then(|b| ratio(r.output_per_s, b)) {
+                Some(x) => format!("{x:.2}x"),
+                None => "-".into(),
+            },
+        ]);
+        s += "\n";
+    }
+    s
+}
+
+pub(crate) fn detail_json(runs: &[DetailRun]) -> Value {
+    json!({
+        "failures": SPREAD_N,
+        "destinations": SPREAD_DESTS,
+        "runs": runs.iter().map(|r| json!({
+            "no_detail": r.no_detail,
+            "events_out_per_s": r.output_per_s,
+            "delivered": r.delivered,
+            "lost": r.lost,
+            "complete": r.complete,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn storm(
+    kind: Kind,
+    pw: &Path,
+    script: &Path,
+    pwbench: &Path,
+    netns: &str,
+    dir: &Path,
+    n: u64,
+    startups: &mut Vec<(Kind, f64)>,
+) -> Result<StormRun> {
+    let args = [
+        "storm".to_string(),
+        LISTEN_PORT.to_string(),
+        STORM_FILL.to_string(),
+        n.to_string(),
+    ];
+    let foreign = tracepoint_progs();
+    if kind == Kind::None {
+        let w = workload(pwbench, netns, &args)?;
+        return Ok(StormRun {
+            kind,
+            n,
+            attempts_per_s: w.n as f64 / (w.ns / 1e9),
+            delivered: 0,
+            lost: 0,
+            drain_s: 0.0,
+            output_per_s: 0.0,
+            cpu_s: 0.0,
+            hwm_kb: None,
+            wait_share: w.wait_share(),
+            foreign_tp_progs: foreign,
+        });
+    }
+    let out = dir.join(format!("storm-{}.out", kind.name()));
+    let live = start_tracer(kind, pw, script, &out)?;
+    startups.push((kind, live.startup_ms));
+    let pid = live.pid();
+    let cpu0 = cpu_ticks(pid).unwrap_or(0);
+    let w = workload(pwbench, netns, &args);
+    let t_end = Instant::now();
+    let t_last = output_settled(&out, t_end);
+    let cpu1 = cpu_ticks(pid).unwrap_or(cpu0);
+    let hwm_kb = status_kb(pid, "VmHWM");
+    let stderr = stop_tracer(live)?;
+    let w = w?;
+    let text = fs::read_to_string(&out).unwrap_or_default();
+    let (delivered, lost) = match kind {
+        Kind::Portwatch => count_portwatch(&text, "pwbench"),
+        _ => count_bpftrace(&text, "pwbench"),
+    };
+    drop(text);
+    let _ = fs::remove_file(&out);
+    if delivered == 0 {
+        bail!(
+            "{} reported none of the storm's {n} failures:\n{}",
+            kind.name(),
+            stderr.join("\n")
+        );
+    }
+    let storm_s = w.ns / 1e9;
+    let drain_s = (t_last - t_end).as_secs_f64();
+    Ok(StormRun {
+        kind,
+        n,
+        attempts_per_s: w.n as f64 / storm_s,
+        delivered,
+        lost,
+        drain_s,
+        output_per_s: delivered as f64 / (storm_s + drain_s),
+        cpu_s: (cpu1 - cpu0) as f64 / clk_tck(),
+        hwm_kb,
+        wait_share: w.wait_share(),
+        foreign_tp_progs: foreign,
+    })
+}
