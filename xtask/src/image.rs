@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{run, vm::libraries_of, workspace_root};
+use crate::{rootfs::libraries_of, run, workspace_root};
 
 /// Where the binary sits inside the image.
 pub const BIN_IN_IMAGE: &str = "/usr/bin/portwatch";
@@ -70,7 +70,7 @@ pub fn build(bin: &Path) -> Result<Image> {
     }
     fs::create_dir_all(&root)?;
 
-    crate::vm::put(&root, bin, Path::new(BIN_IN_IMAGE))?;
+    crate::rootfs::put(&root, bin, Path::new(BIN_IN_IMAGE))?;
     run(Command::new("strip")
         .arg("--strip-debug")
         .arg(root.join(&BIN_IN_IMAGE[1..])))?;
@@ -82,7 +82,7 @@ pub fn build(bin: &Path) -> Result<Image> {
         );
     }
     for lib in &libs {
-        crate::vm::put(&root, lib, lib)?;
+        crate::rootfs::put(&root, lib, lib)?;
     }
     // Mount points the runtime and the DaemonSet use; /tmp for anything that
     // wants a scratch file (the root filesystem is mounted read-only).

@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod deploy;
 mod image;
+mod rootfs;
 mod vm;
 
 /// Debian's rustc ships the library source `-Z build-std=core` needs.

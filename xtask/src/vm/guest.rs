@@ -1,0 +1,295 @@
+//! Booting a guest and reading its report off the serial console; the
+//! kernel x backend x hook matrix.
+
+use super::*;
+
+/// What one guest reported.
+#[derive(Default, Debug)]
+pub struct GuestReport {
+    /// (test binary, backend) -> libtest's outcome per test, and the rc.
+    pub runs: BTreeMap<(String, String), Run>,
+    pub done: bool,
+    pub problems: Vec<String>,
+}
+
+#[derive(Default, Debug)]
+pub struct Run {
+    pub tests: Vec<(String, bool)>,
+    pub rc: Option<i32>,
+}
+
+impl GuestReport {
+    /// Feeds one console line.
+    pub fn line(&mut self, cur: &mut Option<(String, String)>, l: &str) {
+        let l = l.trim_end_matches('\r');
+        if let Some(rest) = l.strip_prefix("PWVM-BEGIN ") {
+            let mut w = rest.split_whitespace();
+            let key = (
+                w.next().unwrap_or("").to_string(),
+                w.next().unwrap_or("").to_string(),
+            );
+            self.runs.entry(key.clone()).or_default();
+            *cur = Some(key);
+        } else if let Some(rest) = l.strip_prefix("PWVM-END ") {
+            let mut w = rest.split_whitespace();
+            let key = (
+                w.next().unwrap_or("").to_string(),
+                w.next().unwrap_or("").to_string(),
+            );
+            let rc = w
+                .next()
+                .and_then(|r| r.strip_prefix("rc="))
+                .and_then(|r| r.parse().ok());
+            self.runs.entry(key).or_default().rc = rc;
+            *cur = None;
+        } else if l.starts_with("PWVM-DONE") {
+            self.done = true;
+        } else if let Some(rest) = l.strip_prefix("PWVM-FAIL ") {
+            self.problems.push(rest.to_string());
+        } else if let (Some(key), Some(rest)) = (cur.as_ref(), l.strip_prefix("test ")) {
+            // "test name ... ok" / "test name ... FAILED"
+            if let Some((name, outcome)) = rest.rsplit_once(" ... ") {
+                let ok = match outcome.trim() {
+                    "ok" => true,
+                    "FAILED" => false,
+                    _ => return,
+                };
+                self.runs
+                    .get_mut(key)
+                    .unwrap()
+                    .tests
+                    .push((name.to_string(), ok));
+            }
+        }
+    }
+
+    pub fn passed(&self) -> usize {
+        self.runs
+            .values()
+            .flat_map(|r| &r.tests)
+            .filter(|t| t.1)
+            .count()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.runs
+            .values()
+            .flat_map(|r| &r.tests)
+            .filter(|t| !t.1)
+            .count()
+    }
+
+    /// Why this guest's run counts as failed, if it does.
+    pub fn failure(&self) -> Option<String> {
+        if !self.problems.is_empty() {
+            return Some(self.problems.join("; "));
+        }
+        if !self.done {
+            return Some(
+                "the guest did not finish (crash or time-out; see its console log)".into(),
+            );
+        }
+        for ((t, b), r) in &self.runs {
+            if r.tests.is_empty() {
+                return Some(format!("{t} on {b}: no test ran"));
+            }
+            let bad: Vec<_> = r
+                .tests
+                .iter()
+                .filter(|x| !x.1)
+                .map(|x| x.0.as_str())
+                .collect();
+            if !bad.is_empty() {
+                return Some(format!("{t} on {b}: failed {}", bad.join(", ")));
+            }
+            if r.rc != Some(0) {
+                return Some(format!("{t} on {b}: exit {:?}", r.rc));
+            }
+        }
+        if self.runs.is_empty() {
+            return Some("no test run reported".into());
+        }
+        None
+    }
+}
+
+pub(crate) fn boot(k: &Kernel, vmlinuz: &Path, initrd: &Path, dir: &Path) -> Result<GuestReport> {
+    let log_path = dir.join("console.log");
+    let mut log = fs::File::create(&log_path)?;
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-accel", "tcg", "-cpu", "max", "-m", "1536", "-smp", "1"])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    eprintln!("xtask: {}: $ {}", k.name, show(&c));
+    let t0 = Instant::now();
+    let mut child = c.spawn().context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut rep = GuestReport::default();
+    let mut cur = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(l) => {
+                writeln!(log, "{l}")?;
+                println!("[{}] {l}", k.name);
+                rep.line(&mut cur, &l);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if t0.elapsed() > GUEST_TIMEOUT {
+                    let _ = child.kill();
+                    rep.problems
+                        .push(format!("timed out after {} s", GUEST_TIMEOUT.as_secs()));
+                    break;
+                }
+            }
+        }
+    }
+    let _ = child.wait();
+    eprintln!(
+        "xtask: {}: guest ran {:.0} s, {} passed, {} failed",
+        k.name,
+        t0.elapsed().as_secs_f64(),
+        rep.passed(),
+        rep.failed()
+    );
+    Ok(rep)
+}
+
+/// Which hook a test exercises, from its name.
+pub(crate) fn hook_of(test: &str) -> Option<&'static str> {
+    if test.contains("connect") {
+        Some("connect")
+    } else if test.contains("bind") {
+        Some("bind")
+    } else {
+        None
+    }
+}
+
+pub(crate) fn cell<'a>(tests: impl Iterator<Item = &'a (String, bool)>) -> String {
+    let (mut n, mut p) = (0, 0);
+    for t in tests {
+        n += 1;
+        p += t.1 as usize;
+    }
+    if n == 0 {
+        "-".to_string()
+    } else if p == n {
+        format!("pass ({p})")
+    } else {
+        format!("FAIL ({}/{n})", n - p)
+    }
+}
+
+/// kernel x backend x hook: pass/fail counts from the tests that exercise
+/// it (every per-backend test binary together), then the automatic choice
+/// and the binaries that run once (nodeport-steal with IPVS, check).
+pub fn matrix(reports: &[(&str, GuestReport)]) -> String {
+    let mut s = String::from(
+        "| kernel | backend | connect hook | bind hook | all tests |\n|---|---|---|---|---|\n",
+    );
+    for (k, rep) in reports {
+        fn runs_of<'a>(
+            rep: &'a GuestReport,
+            b: &'a str,
+        ) -> impl Iterator<Item = (&'a (String, String), &'a Run)> + 'a {
+            rep.runs.iter().filter(move |((_, rb), _)| rb == b)
+        }
+        let of = |b: &'static str| runs_of(rep, b);
+        for b in BACKENDS {
+            if of(b).next().is_none() {
+                continue;
+            }
+            let tests = || of(b).flat_map(|(_, r)| r.tests.iter());
+            s += &format!(
+                "| {k} | {b} | {} | {} | {} |\n",
+                cell(tests().filter(|t| hook_of(&t.0) == Some("connect"))),
+                cell(tests().filter(|t| hook_of(&t.0) == Some("bind"))),
+                cell(tests())
+            );
+        }
+        for ((bin, _), r) in of("auto") {
+            s += &format!(
+                "| {k} | auto | - | - | {bin}: picks fexit: {} |\n",
+                cell(r.tests.iter())
+            );
+        }
+        for ((bin, _), r) in of("any") {
+            s += &format!("| {k} | - | - | - | {bin}: {} |\n", cell(r.tests.iter()));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(lines: &[&str]) -> GuestReport {
+        let mut r = GuestReport::default();
+        let mut cur = None;
+        for l in lines {
+            r.line(&mut cur, l);
+        }
+        r
+    }
+
+    #[test]
+    fn a_clean_run_passes_and_a_failure_or_crash_does_not() {
+        let ok = [
+            "PWVM-BEGIN trace fexit",
+            "test connect_exhaustion_ipv4 ... ok",
+            "test bind_port_in_use_ipv4 ... ok\r",
+            "PWVM-END trace fexit rc=0",
+            "PWVM-DONE",
+        ];
+        let r = feed(&ok);
+        assert_eq!(r.failure(), None);
+        assert_eq!((r.passed(), r.failed()), (2, 0));
+
+        let mut bad = ok.to_vec();
+        bad[2] = "test bind_port_in_use_ipv4 ... FAILED";
+        bad[3] = "PWVM-END trace fexit rc=101";
+        let r = feed(&bad);
+        assert!(r.failure().unwrap().contains("bind_port_in_use_ipv4"));
+        let m = matrix(&[("6.1", r)]);
+        assert!(
+            m.contains("| 6.1 | fexit | pass (1) | FAIL (1/1) | FAIL (1/2) |"),
+            "{m}"
+        );
+
+        // No PWVM-DONE: the guest crashed or hung.
+        assert!(feed(&ok[..4]).failure().unwrap().contains("did not finish"));
+        // A run in which no test ran is not a pass.
+        let r = feed(&[
+            "PWVM-BEGIN trace kprobe",
+            "PWVM-END trace kprobe rc=0",
+            "PWVM-DONE",
+        ]);
+        assert!(r.failure().unwrap().contains("no test ran"));
+        // A test line outside a run is ignored, a module failure is not.
+        let r = feed(&["test x ... ok", "PWVM-FAIL module veth", "PWVM-DONE"]);
+        assert!(r.failure().unwrap().contains("veth"));
+    }
+}

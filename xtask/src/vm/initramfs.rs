@@ -1,0 +1,149 @@
+//! The guest's initramfs and its `/init`.
+
+use super::*;
+
+pub(crate) fn build_initramfs(
+    k: &Kernel,
+    kdir: &Path,
+    payload: &Payload,
+    dir: &Path,
+    extra: &[String],
+) -> Result<PathBuf> {
+    let root = dir.join("root");
+    let _ = fs::remove_dir_all(&root);
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "lib/modules",
+        "pw",
+        "etc",
+        "var",
+    ] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    std::os::unix::fs::symlink("/run", root.join("var/run"))?;
+    put(&root, Path::new("/bin/busybox"), Path::new("/bin/busybox"))?;
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
+    }
+    std::os::unix::fs::symlink("dash", root.join("bin/sh"))?;
+    // Enough of /etc for programs that look users up.
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
+    fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+
+    let mut dynamic: Vec<PathBuf> = vec![];
+    for src in HOST_TOOLS {
+        put(&root, Path::new(src), Path::new(src))?;
+        dynamic.push(PathBuf::from(src));
+    }
+    for f in &payload.fixed {
+        put_stripped(&root, f, f)?;
+        dynamic.push(f.clone());
+    }
+    let mut test_names = vec![];
+    for t in &payload.tests {
+        // trace-0123abcd -> /pw/trace
+        let stem = t.file_name().unwrap().to_string_lossy();
+        let name = stem.rsplit_once('-').map_or(&*stem, |(n, _)| n).to_string();
+        if HOST_ONLY.contains(&name.as_str()) {
+            continue;
+        }
+        put_stripped(&root, t, &Path::new("/pw").join(&name))?;
+        dynamic.push(t.clone());
+        test_names.push(name);
+    }
+    for prog in &dynamic {
+        for lib in libraries_of(prog)? {
+            if !root.join(lib.strip_prefix("/").unwrap()).exists() {
+                put(&root, &lib, &lib)?;
+            }
+        }
+    }
+
+    let mods = modules_in_order(&module_index(kdir)?, &root.join("lib/modules"))?;
+    let init = guest_init(k, &mods, &test_names, extra);
+    let init_path = root.join("init");
+    fs::write(&init_path, init)?;
+    fs::set_permissions(&init_path, fs::Permissions::from_mode(0o755))?;
+
+    // newc cpio, uncompressed: the kernel unpacks it faster than it gunzips.
+    let initrd = dir.join("initramfs.cpio");
+    let list = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . -print0 | cpio --null --quiet -o -H newc -R 0:0 > '{}'",
+            root.display(),
+            initrd.display()
+        ))
+        .status()?;
+    if !list.success() {
+        bail!("building {} failed", initrd.display());
+    }
+    let mb = fs::metadata(&initrd)?.len() as f64 / (1 << 20) as f64;
+    eprintln!(
+        "xtask: {} initramfs {:.1} MiB, modules: {}",
+        k.name,
+        mb,
+        mods.join(" ")
+    );
+    Ok(initrd)
+}
+
+/// The guest's PID 1: mounts, modules, then every test binary once per
+/// backend, then the automatic choice, each framed by marker lines.
+pub(crate) fn guest_init(
+    k: &Kernel,
+    mods: &[String],
+    tests: &[String],
+    extra: &[String],
+) -> String {
+    let skips: String = SKIP.iter().map(|s| format!(" --skip {s}")).collect();
+    let extra = extra.join(" ");
+    let mut s = String::new();
+    s += "#!/bin/sh\n";
+    s += "export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root RUST_BACKTRACE=1\n";
+    s += "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n";
+    // No tmpfs over /tmp: the initramfs (already in RAM) may carry the
+    // test binaries there, at the paths they were built for (a checkout
+    // under /tmp, as CI's clean clone is).
+    s += "chmod 1777 /tmp; mount -t tmpfs run /run; mkdir -p /run/netns /root\n";
+    s += "mount -t cgroup2 cgroup2 /sys/fs/cgroup; mount -t bpf bpf /sys/fs/bpf\n";
+    for m in mods {
+        s += &format!("insmod /lib/modules/{m}.ko || echo PWVM-FAIL module {m}\n");
+    }
+    s += "/sbin/ip link set lo up\n";
+    s += &format!("echo PWVM-KERNEL {} $(uname -r)\n", k.name);
+    s += "echo PWVM-BTF $(ls /sys/kernel/btf | tr '\\n' ' ' 2>/dev/null)\n";
+    for t in tests {
+        if PER_BACKEND.contains(&t.as_str()) {
+            for b in BACKENDS {
+                s += &format!("echo PWVM-BEGIN {t} {b}\n");
+                s += &format!(
+                    "PORTWATCH_TEST_BACKEND={b} /pw/{t} --test-threads=1{skips} {extra} 2>&1\n"
+                );
+                s += &format!("echo PWVM-END {t} {b} rc=$?\n");
+            }
+        } else {
+            s += &format!("echo PWVM-BEGIN {t} any\n");
+            s += &format!("/pw/{t} --test-threads=1 --show-output{skips} {extra} 2>&1\n");
+            s += &format!("echo PWVM-END {t} any rc=$?\n");
+        }
+    }
+    // The automatic choice on a kernel that offers everything is fexit.
+    s += "echo PWVM-BEGIN trace auto\n";
+    s += "PORTWATCH_TEST_EXPECT_AUTO=fexit /pw/trace --test-threads=1 --exact startup_names_the_backend_of_each_hook 2>&1\n";
+    s += "echo PWVM-END trace auto rc=$?\n";
+    s += "echo PWVM-DONE\n";
+    s += "poweroff -f\n";
+    s
+}

@@ -1,0 +1,280 @@
+//! `cargo xtask vm-test`: the integration tests inside real Debian kernels
+//! under qemu (TCG), once per backend, for the probe paths this machine's
+//! kernel lacks (fexit, kprobe) and the IPVS module.
+//!
+//! Per kernel: the pinned Debian package is fetched with `apt-get download`
+//! (cached), unpacked, and booted with an initramfs holding busybox-static,
+//! Debian's `ip` and `bpftool`, the release test binaries at the paths they
+//! were built for, the shared libraries `ldd` names, and the kernel modules
+//! the tests need. The guest's `/init` runs the suite per backend and reports
+//! over the serial console; the host parses that and fails on any failure,
+//! a crash, or a time-out.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{
+    apt_install, cache_dir, cargo, missing_packages, output, rootfs::*, run, show, workspace_root,
+};
+
+mod guest;
+mod initramfs;
+mod kernel;
+
+pub use guest::*;
+use initramfs::*;
+use kernel::*;
+
+/// A Debian kernel the suite runs on. Pinned: a build the mirror stops
+/// serving makes `vm-test` say which ones it serves instead.
+pub struct Kernel {
+    pub name: &'static str,
+    pub package: &'static str,
+}
+
+pub const KERNELS: &[Kernel] = &[
+    Kernel {
+        name: "6.12",
+        package: "linux-image-6.12.101+deb12-cloud-amd64",
+    },
+    Kernel {
+        name: "6.1",
+        package: "linux-image-6.1.0-56-cloud-amd64",
+    },
+];
+
+/// What building and booting the guests needs on the host.
+const VM_PKGS: &[&str] = &[
+    "qemu-system-x86",
+    "cpio",
+    "kmod",
+    "xz-utils",
+    "busybox-static",
+    "iproute2",
+    "bpftool",
+    "ipvsadm",
+    "nftables",
+];
+
+/// Modules loaded in the guest (with their dependencies, found by modinfo).
+/// A real node's kernel loads sch_ingress (the clsact qdisc), cls_bpf and
+/// tcp_diag (the socket table `ss` and portwatch's holder look-ups read)
+/// on demand through modprobe; the guest has no modprobe, so they come first.
+const MODULES: &[&str] = &[
+    "veth",
+    "ip_vs",
+    "ip_vs_rr",
+    "nf_tables",
+    "sch_ingress",
+    "cls_bpf",
+    "tcp_diag",
+];
+
+pub const BACKENDS: &[&str] = &["fexit", "kprobe", "tracepoint"];
+
+/// Integration tests that need host tools the guest does not carry (curl,
+/// setpriv, util-linux unshare); everything else in the test binaries runs.
+const SKIP: &[&str] = &[
+    "curl_wget_and_nc_hit_the_exhausted_range",
+    "not_root_is_one_sentence_and_exit_1",
+    "mounts_tracefs_when_missing",
+];
+
+/// busybox applets the guest's `/init` and the tests use. Not `ip`: busybox's
+/// has no netns support, Debian's is copied in. Not `sh` either: busybox's
+/// shell runs its own applets before PATH, so `sh -c "ip netns exec ..."`
+/// (check's printed fixes) would get busybox's `ip`; Debian's dash is /bin/sh.
+const APPLETS: &[&str] = &[
+    "mount", "umount", "mkdir", "cat", "echo", "insmod", "poweroff", "uname", "sleep", "ls",
+    "grep", "rm", "true", "false", "env", "kill", "ps", "head", "tail", "dmesg", "sysctl", "tr",
+    "unshare", "nc", "seq", "wc", "cut", "xargs", "chmod",
+];
+
+/// Host programs copied into the guest with their libraries.
+const HOST_TOOLS: &[&str] = &[
+    "/sbin/ip",
+    "/usr/sbin/bpftool",
+    "/usr/sbin/ipvsadm",
+    "/usr/sbin/nft",
+    "/bin/dash",
+];
+
+/// Test binaries that honour PORTWATCH_TEST_BACKEND run once per backend;
+/// the others run once.
+const PER_BACKEND: &[&str] = &["trace", "cause"];
+
+/// Test binaries that need what only the host has, and test nothing
+/// kernel-specific beyond what `trace` already proves on every backend:
+/// serve (a real Prometheus), cri (a real containerd), top (`ss`), churn
+/// (300 namespaces: minutes under TCG, and nothing kernel-specific).
+const HOST_ONLY: &[&str] = &["serve", "cri", "top", "churn"];
+
+/// One guest's time limit; a hung kernel must not hang CI.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+pub fn vm_cache() -> PathBuf {
+    std::env::var_os("PORTWATCH_VM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("vm"))
+}
+
+pub fn select(which: &str) -> Result<Vec<&'static Kernel>> {
+    if which == "all" {
+        return Ok(KERNELS.iter().collect());
+    }
+    match KERNELS.iter().find(|k| k.name == which) {
+        Some(k) => Ok(vec![k]),
+        None => bail!(
+            "unknown kernel {which:?}: choose one of {}, or all",
+            KERNELS
+                .iter()
+                .map(|k| k.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The test binaries and what they run, as built for the host.
+struct Payload {
+    tests: Vec<PathBuf>,
+    /// Files the tests find at build-time paths (portwatch, examples).
+    fixed: Vec<PathBuf>,
+}
+
+pub fn vm_test(kernels: &[&'static Kernel], extra: &[String]) -> Result<()> {
+    let t0 = Instant::now();
+    apt_install(&missing_packages(VM_PKGS))?;
+    let payload = build_payload()?;
+    let out_root = workspace_root().join("target/vm");
+    fs::create_dir_all(&out_root)?;
+
+    // Guests run side by side, one vCPU each: two cores, two kernels.
+    let mut prepared = vec![];
+    for k in kernels {
+        let kdir = unpack_kernel(k)?;
+        let dir = out_root.join(k.name);
+        let initrd = build_initramfs(k, &kdir, &payload, &dir, extra)?;
+        prepared.push((*k, kdir, initrd, dir));
+    }
+    let (tx, rx) = mpsc::channel();
+    let mut handles = vec![];
+    for (k, kdir, initrd, dir) in prepared {
+        let tx = tx.clone();
+        let vmlinuz = find_vmlinuz(&kdir)?;
+        handles.push(std::thread::spawn(move || {
+            let r = boot(k, &vmlinuz, &initrd, &dir);
+            let _ = tx.send((k.name, r));
+        }));
+    }
+    drop(tx);
+    let mut results: Vec<(&str, Result<GuestReport>)> = rx.iter().collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    results.sort_by_key(|(n, _)| KERNELS.iter().position(|k| k.name == *n));
+
+    let mut failed = vec![];
+    let mut reports = vec![];
+    for (name, r) in results {
+        match r {
+            Ok(rep) => {
+                if let Some(why) = rep.failure() {
+                    failed.push(format!("{name}: {why}"));
+                }
+                reports.push((name, rep));
+            }
+            Err(e) => failed.push(format!("{name}: {e:#}")),
+        }
+    }
+    let matrix = matrix(&reports);
+    println!("\n{matrix}");
+    fs::write(out_root.join("matrix.md"), &matrix)?;
+    let (p, f) = reports
+        .iter()
+        .fold((0, 0), |(p, f), (_, r)| (p + r.passed(), f + r.failed()));
+    println!(
+        "xtask: vm-test: {p} passed, {f} failed in {} kernel(s), {:.0} s (console logs in {})",
+        reports.len(),
+        t0.elapsed().as_secs_f64(),
+        out_root.display()
+    );
+    if !failed.is_empty() {
+        bail!("vm-test failed:\n  {}", failed.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Builds the integration tests (release: the guests run under emulation)
+/// and finds their executables.
+fn build_payload() -> Result<Payload> {
+    let mut c = cargo();
+    c.args([
+        "test",
+        "--release",
+        "--package",
+        "portwatch",
+        // With the tests that need the guests' kernels (IPVS).
+        "--features",
+        "vm-tests",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    eprintln!("xtask: $ {}", show(&c));
+    let out = c
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo")?;
+    if !out.status.success() {
+        bail!("building the integration tests failed");
+    }
+    let mut tests = vec![];
+    let mut bin = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let Some(exe) = v["executable"].as_str() else {
+            continue;
+        };
+        let kinds = v["target"]["kind"].as_array().cloned().unwrap_or_default();
+        if kinds.iter().any(|k| k == "test") && v["profile"]["test"] == true {
+            if v["target"]["src_path"]
+                .as_str()
+                .is_some_and(|p| p.contains("/tests/"))
+            {
+                tests.push(PathBuf::from(exe));
+            }
+        } else if kinds.iter().any(|k| k == "bin")
+            && v["target"]["name"] == "portwatch"
+            && v["profile"]["test"] == false
+        {
+            bin = Some(PathBuf::from(exe));
+        }
+    }
+    let bin = bin.context("cargo did not report the portwatch binary")?;
+    let pwclient = bin.parent().unwrap().join("examples/pwclient");
+    if !pwclient.exists() {
+        bail!("{} was not built", pwclient.display());
+    }
+    if tests.is_empty() {
+        bail!("cargo reported no integration test binary");
+    }
+    Ok(Payload {
+        tests,
+        fixed: vec![bin, pwclient],
+    })
+}
