@@ -222,11 +222,7 @@ fn wait_released(what: &str, pid: u32, warm: Option<usize>, within: Duration) {
 #[test]
 fn namespaces_that_go_away_are_counted_and_not_kept_alive() {
     require_root();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let scan = format!("{}s", SCAN.as_secs());
     let mut serve = Tracer::start(&[

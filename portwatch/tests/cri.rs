@@ -603,11 +603,7 @@ fn names_from_containerd_over_cri() {
     ]);
     let mut table = Tracer::start(&["trace", "--cri-endpoint", &sock, "--detail-budget", budget]);
     // The node agent labels its failure counters with the same names.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let serve = Tracer::start(&[
         "serve",

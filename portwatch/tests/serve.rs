@@ -16,25 +16,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-/// A port free on loopback now (the OS picks it).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(url: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl (cargo xtask setup installs it)");
-    let s = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
 /// `portwatch serve` on a free loopback port, ready (every probe attached).
 struct Serve {
     tracer: Tracer,

@@ -3,8 +3,7 @@
 #![allow(dead_code)]
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    os::unix::fs::MetadataExt,
+    io::Write,
     path::PathBuf,
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::{
@@ -41,26 +40,17 @@ pub fn require_root() {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+pub use xtask::testkit::lines_of;
+
+/// A port free on loopback now (the OS picks it).
+pub fn free_port() -> u16 {
+    xtask::testkit::free_port().expect("a free loopback port")
 }
 
-/// The lines a child writes, read on a thread of their own.
-fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
+/// GET `url` with curl (5 s at most): status code and body (0 and "" when
+/// curl got no answer).
+pub fn http_get(url: &str) -> (u16, String) {
+    xtask::testkit::http_get(url, 5).unwrap_or((0, String::new()))
 }
 
 /// Runs `cmd` with `sh -c` on the host (a printed fix that enters a netns
@@ -78,10 +68,15 @@ fn sh_checked(mut sh: Command, cmd: &str) {
     );
 }
 
-/// A network namespace made for one test, deleted on drop.
-pub struct Netns {
-    pub name: String,
-    pub inode: u64,
+/// A network namespace made for one test, deleted on drop (the test kit's,
+/// with asserts).
+pub struct Netns(xtask::testkit::Netns);
+
+impl std::ops::Deref for Netns {
+    type Target = xtask::testkit::Netns;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Netns {
@@ -94,50 +89,18 @@ impl Netns {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns {
-            inode: std::fs::metadata(format!("/run/netns/{name}"))
-                .unwrap()
-                .ino(),
-            name,
-        };
-        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
-        ns.sysctl(
-            "net/ipv4/ip_local_port_range",
-            &format!("{} {}", range.0, range.1),
-        );
-        ns
+        Netns(xtask::testkit::Netns::add(&name, range).unwrap_or_else(|e| panic!("{e:#}")))
     }
 
     pub fn sysctl(&self, key: &str, value: &str) {
-        run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &self.name,
-            "sh",
-            "-c",
-            &format!("echo '{value}' > /proc/sys/{key}"),
-        ]));
+        self.0
+            .sysctl(key, value)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Runs `cmd` with `sh -c` inside this netns; panics with its stderr if it fails.
     pub fn sh(&self, cmd: &str) {
-        sh_checked(self.cmd("sh"), cmd);
-    }
-
-    /// A command run inside this netns.
-    pub fn cmd(&self, prog: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(prog);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        self.0.sh(cmd).unwrap_or_else(|e| panic!("{e:#}"));
     }
 }
 
@@ -273,46 +236,21 @@ impl Tracer {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
+        let err = xtask::testkit::watch_stderr(&mut child, Some("attached;"));
         let rx = if read_stdout {
             lines_of(child.stdout.take().unwrap())
         } else {
             mpsc::channel().1 // nothing will come: the test reads stdout itself
         };
-        let errs = Arc::new(Mutex::new(vec![]));
-        let (atx, arx) = mpsc::channel();
-        let e2 = errs.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if l.contains("attached;") {
-                    let _ = atx.send(());
-                }
-                e2.lock().unwrap().push(l);
-            }
-        });
-        let mut t = Tracer {
+        if let Err(e) = err.wait_ready(&mut child, Duration::from_secs(60)) {
+            let _ = child.kill();
+            panic!("portwatch did not attach: {e:#}");
+        }
+        Tracer {
             child,
             lines: rx,
-            stderr: errs,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if arx.recv_timeout(Duration::from_millis(100)).is_ok() {
-                break;
-            }
-            if let Ok(Some(st)) = t.child.try_wait() {
-                panic!(
-                    "portwatch exited {st} before attaching: {:?}",
-                    t.stderr.lock().unwrap()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "portwatch did not attach in 60 s: {:?}",
-                t.stderr.lock().unwrap()
-            );
+            stderr: err.lines,
         }
-        t
     }
 
     pub fn pid(&self) -> u32 {
@@ -450,12 +388,5 @@ pub fn assert_common(
 
 /// Where the cgroup2 hierarchy is mounted (pure v2 or hybrid).
 pub fn cgroup2_root() -> PathBuf {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mi.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let f: Vec<&str> = pre.split_whitespace().collect();
-            (post.starts_with("cgroup2 ") && f[3] == "/").then(|| PathBuf::from(f[4]))
-        })
-        .expect("a cgroup2 mount (pure v2 or hybrid)")
+    xtask::testkit::cgroup2_root().expect("a cgroup2 mount (pure v2 or hybrid)")
 }

@@ -2,39 +2,7 @@
 //! /proc says about them.
 
 use super::*;
-
-/// Test network namespaces, deleted on drop.
-pub(crate) struct Netns(pub(crate) Vec<String>);
-
-impl Netns {
-    pub(crate) fn create(name: &str, range: &str) -> Result<String> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-        crate::run(Command::new("ip").args(["netns", "add", name]))?;
-        crate::run(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]))?;
-        // Inside the netns only: each netns has its own ip_local_port_range.
-        crate::run(Command::new("ip").args([
-            "netns",
-            "exec",
-            name,
-            "sysctl",
-            "-q",
-            "-w",
-            &format!("net.ipv4.ip_local_port_range={range}"),
-        ]))?;
-        Ok(name.to_string())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
+use xtask::testkit::{watch_stderr, Stderr};
 
 /// Deletes `pwbench-*-PID` netns left behind by a bench that was killed.
 pub(crate) fn remove_stale_netns() {
@@ -91,28 +59,6 @@ impl Live {
     }
 }
 
-/// Collects a child's stderr lines; sends the instant of the first line
-/// containing `ready` (when given).
-pub(crate) fn read_stderr(
-    child: &mut Child,
-    ready: Option<&'static str>,
-) -> (Arc<Mutex<Vec<String>>>, mpsc::Receiver<Instant>) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    let l2 = lines.clone();
-    thread::spawn(move || {
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { break };
-            if ready.is_some_and(|r| line.contains(r)) {
-                let _ = tx.send(Instant::now());
-            }
-            l2.lock().unwrap().push(line);
-        }
-    });
-    (lines, rx)
-}
-
 pub(crate) fn start_tracer(kind: Kind, pw: &Path, script: &Path, out: &Path) -> Result<Live> {
     start_tracer_with(kind, pw, script, out, &[])
 }
@@ -146,7 +92,10 @@ pub(crate) fn start_tracer_with(
         .spawn()
         .with_context(|| format!("starting {}", kind.name()))?;
     let ready = (kind == Kind::Portwatch).then_some("portwatch: attached");
-    let (stderr, rx) = read_stderr(&mut child, ready);
+    let Stderr {
+        lines: stderr,
+        ready: rx,
+    } = watch_stderr(&mut child, ready);
     let deadline = t0 + Duration::from_secs(20);
     let at = loop {
         match kind {

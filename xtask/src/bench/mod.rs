@@ -20,11 +20,11 @@
 
 use std::{
     fs::{self, File},
-    io::{BufRead, BufReader, Read},
+    io::Read,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{mpsc, Arc, Mutex},
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -42,8 +42,8 @@ const TRACER_CPU: usize = 1;
 /// The same for every configuration.
 const NICE: i32 = -20;
 /// Even-sized ranges only (odd sizes make the kernel's port scan skip ports).
-const OK_RANGE: &str = "20000 59999";
-const STORM_RANGE: &str = "40000 40001";
+const OK_RANGE: (u16, u16) = (20000, 59999);
+const STORM_RANGE: (u16, u16) = (40000, 40001);
 const STORM_FILL: u32 = 2;
 const LISTEN_PORT: u16 = 7000;
 
@@ -64,6 +64,8 @@ mod machine;
 mod report;
 mod runs;
 mod stats;
+
+use xtask::testkit::Netns;
 
 use machine::*;
 use report::*;
@@ -150,9 +152,11 @@ pub fn bench(opts: Opts) -> Result<()> {
 
     remove_stale_netns();
     let me = std::process::id();
-    let ok_ns = Netns::create(&format!("pwbench-ok-{me}"), OK_RANGE)?;
-    let storm_ns = Netns::create(&format!("pwbench-storm-{me}"), STORM_RANGE)?;
-    let _netns = Netns(vec![ok_ns.clone(), storm_ns.clone()]);
+    let netns = (
+        Netns::add(&format!("pwbench-ok-{me}"), OK_RANGE)?,
+        Netns::add(&format!("pwbench-storm-{me}"), STORM_RANGE)?,
+    );
+    let (ok_ns, storm_ns) = (netns.0.name.clone(), netns.1.name.clone());
 
     let loadavg_start = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut startups: Vec<(Kind, f64)> = Vec::new();
@@ -266,7 +270,7 @@ pub fn bench(opts: Opts) -> Result<()> {
             )?);
         }
     }
-    drop(_netns);
+    drop(netns);
     let loadavg_end = fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
     // --- results ----------------------------------------------------------

@@ -13,9 +13,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead, BufReader},
-    net::TcpListener,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,

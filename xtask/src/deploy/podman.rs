@@ -2,59 +2,11 @@
 //! failure provoked in a netns outside the container.
 
 use super::*;
+use xtask::testkit::{self, free_port, lines_of, Netns};
 
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-pub(crate) fn http_get(url: &str) -> Option<(u16, String)> {
-    let s = output(Command::new("curl").args(["-s", "-m", "3", "-w", "\n%{http_code}", url]))?;
-    let (body, code) = s.rsplit_once('\n')?;
-    Some((code.trim().parse().ok()?, body.to_string()))
-}
-
-/// The lines a child writes, read on a thread of their own.
-pub(crate) fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for l in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// A test netns, deleted on drop.
-pub(crate) struct Netns(String);
-
-impl Netns {
-    pub(crate) fn new(range: (u16, u16)) -> Result<Netns> {
-        let name = format!("pwdeploy-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Netns(name);
-        run(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]))?;
-        // Even-sized: the kernel's pairwise port scan makes odd sizes flaky.
-        run(Command::new("ip")
-            .args(["netns", "exec", &ns.0, "sh", "-c"])
-            .arg(format!(
-                "echo '{} {}' > /proc/sys/net/ipv4/ip_local_port_range",
-                range.0, range.1
-            )))?;
-        Ok(ns)
-    }
-
-    pub(crate) fn inode(&self) -> Result<u64> {
-        Ok(fs::metadata(format!("/run/netns/{}", self.0))?.ino())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// GET `url` (3 s at most): the status code and the body.
+fn http_get(url: &str) -> Option<(u16, String)> {
+    testkit::http_get(url, 3)
 }
 
 /// A container started by the test, removed on drop.
@@ -188,12 +140,13 @@ pub(crate) fn podman(img: &image::Image) -> Result<()> {
     }
     let ready = t0.elapsed();
 
-    let ns = Netns::new((41000, 41003))?;
-    let ino = ns.inode()?;
+    // Even-sized: the kernel's pairwise port scan makes odd sizes flaky.
+    let ns = Netns::add(&format!("pwdeploy-{}", std::process::id()), (41000, 41003))?;
+    let ino = ns.inode;
     // 4 connects take the 4 ports; the next 2 fail with EADDRNOTAVAIL. The
     // client holds its sockets until its stdin closes.
     let mut cl = Command::new("ip")
-        .args(["netns", "exec", &ns.0])
+        .args(["netns", "exec", &ns.name])
         .arg(&client)
         .args(
             "--hold listen 127.0.0.1 7100 fill 127.0.0.1 7100 4 connect 127.0.0.1 7100 2"
