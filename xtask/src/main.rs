@@ -20,10 +20,20 @@ mod image;
 mod rootfs;
 mod vm;
 
-/// Debian's rustc ships the library source `-Z build-std=core` needs.
-const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
+/// What building portwatch needs, and nothing more: Debian's rustc ships the
+/// library source `-Z build-std=core` needs, and k8s-cri generates its gRPC
+/// bindings with protoc at build time. `build`, `run` and `image` install
+/// only these (on a node in an incident, nothing else is touched).
+const BUILD_PKGS: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "protobuf-compiler",
+];
 /// What the tests drive: namespaces, the article's clients, bpftool for
 /// checking that nothing stays loaded, setpriv for the non-root case.
+/// Installed only by `test`, `deploy-test`, `vm-test` and `bench`; every
+/// runtime among them runs in the tests with a private config and socket.
 const TEST_PKGS: &[&str] = &[
     "iproute2",
     "curl",
@@ -31,8 +41,6 @@ const TEST_PKGS: &[&str] = &[
     "bpftool",
     "util-linux",
     "nftables",
-    // k8s-cri generates its gRPC bindings with protoc at build time.
-    "protobuf-compiler",
     // The serve tests scrape portwatch with a real Prometheus; promtool
     // checks the alert rules.
     "prometheus",
@@ -41,6 +49,38 @@ const TEST_PKGS: &[&str] = &[
     "containerd",
     "runc",
 ];
+/// What `cargo xtask image` needs on top of the build: podman builds the
+/// image (no registry, no daemon).
+const IMAGE_PKGS: &[&str] = &["podman", "runc"];
+
+/// What a task installs before it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// The toolchain: `build`, `run`.
+    Build,
+    /// The toolchain and podman: `image`.
+    Image,
+    /// Everything the tests drive: `setup`, `test`, `deploy-test`,
+    /// `vm-test`, `bench`.
+    Tests,
+}
+
+impl Need {
+    fn packages(self) -> Vec<&'static str> {
+        let mut v: Vec<&str> = BUILD_PKGS.to_vec();
+        match self {
+            Need::Build => {}
+            Need::Image => v.extend(IMAGE_PKGS),
+            Need::Tests => {
+                v.extend(TEST_PKGS);
+                v.extend(deploy::PKGS);
+            }
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_LIB: &str = "/usr/lib/x86_64-linux-gnu/libLLVM.so.22.1";
 /// Name under which Debian's compiler is registered with rustup.
@@ -55,7 +95,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the toolchain (Debian rustc + rust-src, bpf-linker) and test tools.
+    /// Install the toolchain (Debian rustc + rust-src, bpf-linker) and the
+    /// test tools (build and run install only the toolchain).
     Setup,
     /// Build the release binary at target/release/portwatch (eBPF object embedded).
     Build {
@@ -205,15 +246,13 @@ fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo"))
 }
 
-fn setup() -> Result<()> {
+/// Installs what `need` asks for (each step checks before it acts).
+fn setup(need: Need) -> Result<()> {
     let t0 = Instant::now();
-    let mut pkgs = missing_packages(TOOLCHAIN_PKGS);
-    pkgs.extend(missing_packages(TEST_PKGS));
-    pkgs.extend(missing_packages(deploy::PKGS));
-    pkgs.sort();
-    pkgs.dedup();
-    apt_install(&pkgs)?;
-    deploy::setup_python()?;
+    apt_install(&missing_packages(&need.packages()))?;
+    if need == Need::Tests {
+        deploy::setup_python()?;
+    }
 
     // rustup runs the eBPF build through `rustup run <toolchain> cargo`.
     if let Some(list) = output(Command::new("rustup").args(["toolchain", "list"])) {
@@ -350,13 +389,13 @@ impl Totals {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Setup => setup(),
+        Cmd::Setup => setup(Need::Tests),
         Cmd::Build { debug } => {
-            setup()?;
+            setup(Need::Build)?;
             build(!debug).map(|_| ())
         }
         Cmd::Run { args } => {
-            setup()?;
+            setup(Need::Build)?;
             let bin = build(true)?;
             let st = privileged(&bin)
                 .args(&args)
@@ -365,7 +404,7 @@ fn main() -> Result<()> {
             std::process::exit(st.code().unwrap_or(1));
         }
         Cmd::Test { host_only, args } => {
-            setup()?;
+            setup(Need::Tests)?;
             test(&args)?;
             // The manifests, the alert rules, the image under podman.
             deploy::test()?;
@@ -375,14 +414,14 @@ fn main() -> Result<()> {
             vm::vm_test(&vm::select("all")?, &[])
         }
         Cmd::DeployTest => {
-            setup()?;
+            setup(Need::Tests)?;
             if !is_root() {
                 bail!("the podman test runs a privileged container and makes a network namespace: run it as root");
             }
             deploy::test()
         }
         Cmd::Image => {
-            setup()?;
+            setup(Need::Image)?;
             let bin = build(true)?;
             let img = image::build(&bin)?;
             println!("{} {}", img.tag, img.archive.display());
@@ -390,7 +429,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { quick, out } => bench::bench(bench::Opts { quick, out }),
         Cmd::VmTest { kernel, args } => {
-            setup()?;
+            setup(Need::Tests)?;
             vm::vm_test(&vm::select(&kernel)?, &args)
         }
     }
@@ -398,7 +437,50 @@ fn main() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Totals;
+    use super::{Need, Totals};
+
+    /// Building and running portwatch on a node installs the toolchain and
+    /// never a container runtime, a monitoring stack or test tools.
+    #[test]
+    fn build_and_run_install_only_the_toolchain() {
+        let build = Need::Build.packages();
+        assert_eq!(
+            build,
+            [
+                "cargo-web",
+                "protobuf-compiler",
+                "rust-web-src",
+                "rustc-web"
+            ]
+        );
+        let image = Need::Image.packages();
+        let tests = Need::Tests.packages();
+        for tool in [
+            "containerd",
+            "runc",
+            "podman",
+            "prometheus",
+            "nftables",
+            "crun",
+            "cri-o",
+        ] {
+            assert!(!build.contains(&tool), "{tool}");
+        }
+        assert!(!image.contains(&"containerd") && !image.contains(&"prometheus"));
+        for p in &build {
+            assert!(image.contains(p) && tests.contains(p), "{p}");
+        }
+        for tool in [
+            "containerd",
+            "runc",
+            "podman",
+            "prometheus",
+            "nftables",
+            "curl",
+        ] {
+            assert!(tests.contains(&tool), "{tool}");
+        }
+    }
 
     #[test]
     fn sums_libtest_results() {

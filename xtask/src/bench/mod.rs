@@ -130,7 +130,7 @@ pub fn bench(opts: Opts) -> Result<()> {
     }
     let t_all = Instant::now();
     let sz = Sizes::new(opts.quick);
-    crate::setup()?;
+    crate::setup(crate::Need::Tests)?;
     crate::apt_install(&crate::missing_packages(BENCH_PKGS))?;
     let pw = crate::build(true)?;
     crate::run(crate::cargo().args([
