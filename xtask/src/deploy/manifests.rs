@@ -113,12 +113,12 @@ pub(crate) fn validate() -> Result<()> {
     Ok(())
 }
 
-/// README's step 3 for the Prometheus Operator: the rule file wrapped into
+/// docs/deploy.md's step 3 for the Prometheus Operator: the rule file wrapped into
 /// a PrometheusRule (its `groups:` indented under `spec:`), piped to kubectl.
 pub(crate) const PROMETHEUS_RULE_WRAP: &str = "{ printf 'apiVersion: monitoring.coreos.com/v1\\nkind: PrometheusRule\\nmetadata:\\n  name: portwatch\\n  namespace: portwatch\\nspec:\\n'; sed 's/^/  /' deploy/kubernetes/prometheus-rules.yaml; }";
 
 /// The wrap gives a PrometheusRule whose spec.groups are the rule file's
-/// groups, and README shows it as tested here.
+/// groups, and docs/deploy.md shows it as tested here.
 pub(crate) fn prometheus_rule_wrap() -> Result<()> {
     let out = Command::new("sh")
         .current_dir(workspace_root())
@@ -136,10 +136,10 @@ pub(crate) fn prometheus_rule_wrap() -> Result<()> {
             && wrapped[0]["spec"]["groups"] == plain[0]["groups"],
         "the PrometheusRule wrap does not carry the rule file's groups"
     );
-    let readme = fs::read_to_string(workspace_root().join("README.md"))?;
+    let doc = fs::read_to_string(workspace_root().join("docs/deploy.md"))?;
     ensure!(
-        readme.contains(PROMETHEUS_RULE_WRAP),
-        "README does not show the PrometheusRule wrap the test checks"
+        doc.contains(PROMETHEUS_RULE_WRAP),
+        "docs/deploy.md does not show the PrometheusRule wrap the test checks"
     );
     Ok(())
 }
