@@ -34,6 +34,27 @@ pub enum Command {
     /// A live summary of the failures: by pod, errno and destination, with
     /// the ephemeral ports in use toward each failing destination.
     Top(TopArgs),
+    /// Shell completions and man pages, from these definitions (for
+    /// packaging: `cargo xtask dist` ships them).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: Generate,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Generate {
+    /// The completion script for SHELL, on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// One man page per command (portwatch.1, portwatch-trace.1, ...) into DIR.
+    Man { dir: std::path::PathBuf },
 }
 
 #[derive(Args, Debug, Clone)]

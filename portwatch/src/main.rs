@@ -15,6 +15,7 @@ mod decode;
 mod enrich;
 mod event;
 mod filter;
+mod generate;
 mod holders;
 mod ipvs;
 mod netns;
@@ -40,6 +41,15 @@ fn main() -> ExitCode {
     // Bad arguments: clap prints its message and exits 2.
     let cli = cli::Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if let cli::Command::Generate(args) = &cli.command {
+        return match generate::run(&args.what) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portwatch: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let cli::Command::Check(args) = &cli.command {
         // One shot, no BPF: 0 nothing at warning or above, 3 something is.
         return match check::run(args) {
@@ -66,7 +76,7 @@ fn main() -> ExitCode {
             cli::Command::NodeportSteal(args) => nodeport::run(args).await,
             cli::Command::Top(args) => top::run(args).await.map(|_| ()),
             cli::Command::Serve(args) => serve::run(args).await,
-            cli::Command::Check(_) => unreachable!("handled above"),
+            cli::Command::Check(_) | cli::Command::Generate(_) => unreachable!("handled above"),
         }
     });
     match res {

@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod deploy;
+mod dist;
 mod image;
 mod rootfs;
 mod vm;
@@ -135,6 +136,9 @@ enum Cmd {
     /// (kubernetes-validate), the image under podman with the DaemonSet's
     /// capabilities (part of `test`).
     DeployTest,
+    /// The release tarball for nodes without build tools: binary (eBPF
+    /// embedded), bash/zsh/fish completions and man pages, in target/dist/.
+    Dist,
     /// Build the DaemonSet's OCI image (localhost/portwatch:<version>) with
     /// podman, no registry, and save it to target/image/portwatch-<version>.oci.tar.
     Image,
@@ -419,6 +423,13 @@ fn main() -> Result<()> {
                 bail!("the podman test runs a privileged container and makes a network namespace: run it as root");
             }
             deploy::test()
+        }
+        Cmd::Dist => {
+            setup(Need::Build)?;
+            let bin = build(true)?;
+            let d = dist::build(&bin)?;
+            println!("{}", d.tarball.display());
+            Ok(())
         }
         Cmd::Image => {
             setup(Need::Image)?;

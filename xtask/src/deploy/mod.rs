@@ -8,7 +8,9 @@
 //!    namespace, read-only root, seccomp), read from the manifest itself:
 //!    it must report a failure provoked in a netns outside the container and
 //!    export that netns's ports; then once per capability, without it: a
-//!    one-sentence error naming it and a non-zero exit.
+//!    one-sentence error naming it and a non-zero exit;
+//! 4. the release tarball (`cargo xtask dist`): its binary run in a root
+//!    holding only the tarball's files and the libraries `ldd` names.
 
 use std::{
     collections::BTreeMap,
@@ -101,12 +103,16 @@ pub fn test() -> Result<()> {
     ctr_import(&img)?;
     let t3 = Instant::now();
     podman(&img)?;
+    let t4 = Instant::now();
+    // The tarball: its binary in a root with nothing but its own files.
+    crate::dist::test(&crate::dist::build(&bin)?, &pwclient()?)?;
     eprintln!(
-        "xtask: deploy tests passed: rules {:.1} s, manifests {:.1} s, image {:.1} s, podman {:.1} s",
+        "xtask: deploy tests passed: rules {:.1} s, manifests {:.1} s, image {:.1} s, podman {:.1} s, tarball {:.1} s",
         (t1 - t0).as_secs_f64(),
         (t2 - t1).as_secs_f64(),
         (t3 - t2).as_secs_f64(),
-        t3.elapsed().as_secs_f64()
+        (t4 - t3).as_secs_f64(),
+        t4.elapsed().as_secs_f64()
     );
     Ok(())
 }
