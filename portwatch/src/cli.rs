@@ -76,6 +76,33 @@ pub struct ServeArgs {
     /// node.)
     #[arg(long, value_name = "ADDR:PORT", default_value = ":9477", value_parser = parse_listen)]
     pub listen: std::net::SocketAddr,
+    /// Serve HTTPS with this certificate (PEM, the chain after it); needs
+    /// --tls-key. Re-read when it changes on disk (a rotated Secret).
+    /// Without it, plain HTTP: anyone who reaches the port reads the pod
+    /// names and failures of this node.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Serve only clients whose certificate chains to this CA (PEM):
+    /// mutual TLS, e.g. Prometheus' scrape client certificate.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// How long a connection may take to send its first request's header
+    /// (the TLS handshake included).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_interval)]
+    pub http_header_timeout: Duration,
+    /// How long a request may take, header to response.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_interval)]
+    pub http_request_timeout: Duration,
+    /// How long a kept-alive connection may stay quiet between requests.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_interval)]
+    pub http_idle_timeout: Duration,
+    /// Connections open at once; when full, the one quiet for longest is
+    /// closed to make room (idle clients cannot lock Prometheus out).
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
     /// How often to run the check (NodePort overlap, port pressure, ...).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_interval)]
     pub check_interval: Duration,

@@ -7,7 +7,8 @@ mod common;
 
 use std::{
     fs,
-    net::TcpListener,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -16,20 +17,211 @@ use std::{
 use common::*;
 use serde_json::Value;
 
+/// GET `url` with curl and `opts` (TLS options), `secs` at most: status
+/// code and body; code 0 when no HTTP answer came (refused handshake,
+/// closed connection, time-out).
+fn curl(opts: &[String], url: &str, secs: u32) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", &secs.to_string(), "-w", "\n%{http_code}"])
+        .args(opts)
+        .arg(url)
+        .output()
+        .expect("curl (cargo xtask setup installs it)");
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// curl's options to trust `ca` and show `client`'s certificate.
+fn curl_tls(ca: &Cert, client: Option<&Cert>) -> Vec<String> {
+    let mut v = vec!["--cacert".to_string(), ca.crt()];
+    if let Some(c) = client {
+        v.extend(["--cert".into(), c.crt(), "--key".into(), c.key()]);
+    }
+    v
+}
+
+/// A certificate and its key, made with openssl under a test directory.
+struct Cert {
+    dir: PathBuf,
+    name: String,
+}
+
+impl Cert {
+    fn crt(&self) -> String {
+        self.dir
+            .join(format!("{}.crt", self.name))
+            .display()
+            .to_string()
+    }
+    fn key(&self) -> String {
+        self.dir
+            .join(format!("{}.key", self.name))
+            .display()
+            .to_string()
+    }
+}
+
+fn openssl(dir: &PathBuf, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A directory of test certificates (P-256 keys: quick to make).
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("pw-pki-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Pki { dir }
+    }
+
+    /// A self-signed CA.
+    fn ca(&self, name: &str) -> Cert {
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.crt"),
+            ],
+        );
+        Cert {
+            dir: self.dir.clone(),
+            name: name.into(),
+        }
+    }
+
+    /// A certificate signed by `ca`, for 127.0.0.1, as server and client.
+    fn leaf(&self, name: &str, ca: &Cert) -> Cert {
+        fs::write(
+            self.dir.join(format!("{name}.ext")),
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &ca.crt(),
+                "-CAkey",
+                &ca.key(),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.crt"),
+            ],
+        );
+        Cert {
+            dir: self.dir.clone(),
+            name: name.into(),
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// `portwatch serve` on a free loopback port, ready (every probe attached).
 struct Serve {
     tracer: Tracer,
     port: u16,
+    /// How curl reaches it: `http`, or `https` with `tls` (its options).
+    scheme: &'static str,
+    tls: Vec<String>,
 }
 
 impl Serve {
     fn start(extra: &[&str]) -> Serve {
+        Self::start_with(extra, "http", vec![])
+    }
+
+    /// Over TLS with `server`'s certificate; curl trusts `ca` and shows the
+    /// client certificate `client` (when given).
+    fn start_tls(
+        extra: &[&str],
+        server: &Cert,
+        client_ca: Option<&Cert>,
+        ca: &Cert,
+        client: Option<&Cert>,
+    ) -> Serve {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            "--tls-cert".into(),
+            server.crt(),
+            "--tls-key".into(),
+            server.key(),
+        ]);
+        if let Some(c) = client_ca {
+            args.extend(["--tls-client-ca".into(), c.crt()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_with(&args, "https", curl_tls(ca, client))
+    }
+
+    fn start_with(extra: &[&str], scheme: &'static str, tls: Vec<String>) -> Serve {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec!["serve", "--listen", &listen];
         args.extend_from_slice(extra);
         let tracer = Tracer::start(&args);
-        let s = Serve { tracer, port };
+        let s = Serve {
+            tracer,
+            port,
+            scheme,
+            tls,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (code, body) = s.get("/readyz");
@@ -47,8 +239,12 @@ impl Serve {
         s
     }
 
+    fn url(&self, path: &str) -> String {
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.port)
+    }
+
     fn get(&self, path: &str) -> (u16, String) {
-        http_get(&format!("http://127.0.0.1:{}{path}", self.port))
+        curl(&self.tls, &self.url(path), 5)
     }
 
     /// The sample lines of `/metrics` whose name is `name` and whose labels
@@ -94,6 +290,11 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: u16) -> Prometheus {
+        Self::start_with(target, "")
+    }
+
+    /// `scrape` is added to the portwatch job (e.g. `scheme` and `tls_config`).
+    fn start_with(target: u16, scrape: &str) -> Prometheus {
         let bin = "/usr/bin/prometheus";
         assert!(
             fs::metadata(bin).is_ok(),
@@ -106,7 +307,7 @@ impl Prometheus {
         fs::write(
             &cfg,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: portwatch\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: portwatch\n{scrape}    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
             ),
         )
         .unwrap();
@@ -346,4 +547,193 @@ fn listen_port_in_use_is_a_clear_error() {
         err.contains(&format!("cannot listen on {addr} (--listen)")),
         "{err}"
     );
+}
+
+/// Mutual TLS: a real Prometheus with a client certificate from the CA
+/// serve trusts scrapes the exact failure count; no certificate, one from
+/// another CA, and plain HTTP are refused; a rotated server certificate is
+/// used by the next connection without a restart.
+#[test]
+fn prometheus_scrapes_over_mutual_tls_and_the_rest_is_refused() {
+    require_root();
+    let pki = Pki::new("mtls");
+    let ca = pki.ca("ca");
+    let other = pki.ca("other");
+    let server = pki.leaf("server", &ca);
+    let client = pki.leaf("client", &ca);
+    let intruder = pki.leaf("intruder", &other);
+    let serve = Serve::start_tls(
+        &["--scan-interval", "1s"],
+        &server,
+        Some(&ca),
+        &ca,
+        Some(&client),
+    );
+    let prom = Prometheus::start_with(
+        serve.port,
+        &format!(
+            "    scheme: https\n    tls_config:\n      ca_file: {}\n      cert_file: {}\n      key_file: {}\n",
+            ca.crt(),
+            client.crt(),
+            client.key()
+        ),
+    );
+    prom.wait_value("up{job=\"portwatch\"}", 1.0);
+    let sel = r#"kind="connect",errno="EADDRNOTAVAIL",cause="ports_exhausted",namespace="",pod="""#;
+    let failures = format!("portwatch_failures_total{{{sel}}}");
+    let before = prom.query(&failures).first().map_or(0.0, |r| r.1);
+    let ns = Netns::new("tls", RANGE);
+    let holder = Client::start(
+        &ns,
+        &format!(
+            "--hold listen 127.0.0.1 8080 fill 127.0.0.1 8080 4 connect 127.0.0.1 8080 {FAILS}"
+        ),
+        Some("holding"),
+    );
+    prom.wait_value(&failures, before + FAILS as f64);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(prom.query(&failures)[0].1, before + FAILS as f64);
+    holder.finish();
+
+    let url = serve.url("/metrics");
+    let (code, body) = curl(&curl_tls(&ca, Some(&client)), &url, 3);
+    assert_eq!(code, 200, "the CA's client: {body}");
+    for (who, opts) in [
+        ("no client certificate", curl_tls(&ca, None)),
+        ("another CA's certificate", curl_tls(&ca, Some(&intruder))),
+    ] {
+        let (code, body) = curl(&opts, &url, 3);
+        assert_eq!(code, 0, "{who} got an answer: {code} {body}");
+    }
+    let (code, _) = curl(&[], &format!("http://127.0.0.1:{}/metrics", serve.port), 3);
+    assert_eq!(code, 0, "plain HTTP on the TLS port");
+
+    // Rotation, as a mounted Secret does it: the files are replaced; the
+    // next connection gets the new certificate (from a new CA here).
+    let ca2 = pki.ca("ca2");
+    let server2 = pki.leaf("server2", &ca2);
+    for (from, to) in [(server2.crt(), server.crt()), (server2.key(), server.key())] {
+        let tmp = format!("{to}.new");
+        fs::copy(&from, &tmp).unwrap();
+        fs::rename(&tmp, &to).unwrap();
+    }
+    let (code, _) = curl(&curl_tls(&ca2, Some(&client)), &url, 3);
+    assert_eq!(code, 200, "the rotated certificate is served");
+    let (code, _) = curl(&curl_tls(&ca, Some(&client)), &url, 3);
+    assert_eq!(code, 0, "the old certificate is not served any more");
+    let errs = serve.tracer.stderr.lock().unwrap().clone();
+    assert!(
+        errs.iter().any(|l| l.contains("TLS files changed on disk")),
+        "{errs:?}"
+    );
+}
+
+/// A bad certificate or key is a start-up error: one sentence, exit 1.
+#[test]
+fn unreadable_tls_files_are_a_clear_error() {
+    require_root();
+    let pki = Pki::new("bad");
+    let ca = pki.ca("ca");
+    let server = pki.leaf("server", &ca);
+    let other = pki.leaf("other", &ca);
+    for (args, says) in [
+        (
+            vec![
+                "--tls-cert",
+                "/nonexistent.crt",
+                "--tls-key",
+                "/nonexistent.key",
+            ],
+            "--tls-cert /nonexistent.crt",
+        ),
+        (
+            vec!["--tls-cert", &server.crt(), "--tls-key", &other.key()],
+            "do not make a pair",
+        ),
+    ] {
+        let out = Command::new(portwatch_bin())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // A key without its certificate is a bad argument.
+    let out = Command::new(portwatch_bin())
+        .args(["serve", "--tls-key", &server.key()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn status_kb(pid: u32, key: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|r| r.trim_start_matches(':').split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn fds_of(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// 500 idle connections and a client that sends half a header: /metrics
+/// still answers within a second, memory and fds stay bounded, and the
+/// header time-out closes the silent ones.
+#[test]
+fn idle_and_slow_clients_do_not_lock_prometheus_out() {
+    require_root();
+    let serve = Serve::start(&["--http-header-timeout", "3s"]);
+    let pid = serve.tracer.pid();
+    assert_eq!(serve.get("/metrics").0, 200);
+    let (rss0, fds0) = (status_kb(pid, "VmRSS"), fds_of(pid));
+    let addr = format!("127.0.0.1:{}", serve.port);
+    let idle: Vec<TcpStream> = (0..500)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    let t_slow = Instant::now();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (code, body) = curl(&[], &serve.url("/metrics"), 1);
+        let took = t.elapsed();
+        assert_eq!(code, 200, "/metrics with 500 idle connections open");
+        assert!(body.contains("portwatch_build_info"), "{body}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+    let (rss1, fds1) = (status_kb(pid, "VmRSS"), fds_of(pid));
+    eprintln!("with 500 idle + 1 slow client: RSS {rss0} -> {rss1} kB, fds {fds0} -> {fds1}");
+    assert!(rss1 < rss0 + 16 * 1024, "RSS grew from {rss0} to {rss1} kB");
+    assert!(
+        fds1 <= fds0 + 128 + 4,
+        "fds {fds0} -> {fds1}: more than --max-connections"
+    );
+    // The silent and the slow are closed at the header time-out.
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || head.starts_with("HTTP/1.1 408"), "{head}");
+    // 3 s, give or take the sweep's quarter second and a loaded machine.
+    let closed_after = t_slow.elapsed();
+    assert!(closed_after < Duration::from_secs(5), "{closed_after:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fds_of(pid) > fds0 + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "fds {} after the header time-out",
+            fds_of(pid)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(idle);
 }

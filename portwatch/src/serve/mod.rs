@@ -5,8 +5,10 @@
 //! all to Prometheus on `--listen`.
 
 pub mod http;
+mod listener;
 pub mod metrics;
 pub mod scan;
+mod tls;
 
 use std::{
     cell::RefCell,
@@ -104,12 +106,34 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         attached: Default::default(),
         stopping: Default::default(),
     });
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(tls::Reloading::new(tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        })?)),
+        _ => None,
+    };
+    let limits = listener::Limits {
+        header_timeout: args.http_header_timeout,
+        request_timeout: args.http_request_timeout,
+        idle_timeout: args.http_idle_timeout,
+        max_connections: args.max_connections as usize,
+        ..listener::Limits::default()
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
     eprintln!(
-        "portwatch: serving /metrics, /healthz and /readyz on http://{}",
-        listener.local_addr()?
+        "portwatch: serving /metrics, /healthz and /readyz on {}://{}{}",
+        if tls.is_some() { "https" } else { "http" },
+        listener.local_addr()?,
+        match (&tls, &args.tls_client_ca) {
+            (None, _) =>
+                " (plain HTTP: --tls-cert/--tls-key/--tls-client-ca restrict who reads it)",
+            (Some(_), None) => " (TLS, any client)",
+            (Some(_), Some(_)) => " (TLS, client certificates of --tls-client-ca only)",
+        }
     );
 
     let attached = Rc::new(RefCell::new(Attached::default()));
@@ -136,13 +160,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
 
     let server = {
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         let app = http::router(shared.clone());
         async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
+            listener::serve(listener, app, tls, limits, stop)
                 .await
                 .context("HTTP server")
         }
