@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::event::{Errno, Probe};
+use crate::pipeline::event::{Errno, Probe};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,7 +66,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_destinations: u16,
     /// The NodePort range (guarded, and audited by the check).
-    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::ports::parse_lo_hi)]
+    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::host::ports::parse_lo_hi)]
     pub nodeport_range: (u16, u16),
     /// Probe kind for the trace hooks: auto, fexit, kprobe, tracepoint.
     #[arg(long, value_name = "BACKEND", default_value = "auto", value_parser = parse_backend)]
@@ -143,11 +143,11 @@ pub struct NodeportArgs {
     #[arg(long)]
     pub json: bool,
     /// The NodePort range to guard (besides the node's IPVS virtual services).
-    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::ports::parse_lo_hi)]
+    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::host::ports::parse_lo_hi)]
     pub nodeport_range: (u16, u16),
     /// More ports to guard, in the kernel's list syntax: 8080,9000-9100.
     #[arg(long, value_name = "LIST", value_parser = parse_port_list)]
-    pub ports: Option<crate::ports::PortSet>,
+    pub ports: Option<crate::host::ports::PortSet>,
     /// Watch SYN-ACKs on these interfaces only (repeatable). Default: every
     /// interface but lo, including ones that appear later (new pods).
     #[arg(long, value_name = "IFACE")]
@@ -158,8 +158,8 @@ pub struct NodeportArgs {
     pub follow: Duration,
 }
 
-fn parse_port_list(s: &str) -> Result<crate::ports::PortSet, String> {
-    crate::ports::PortSet::parse(s).map_err(|e| format!("{e:#}"))
+fn parse_port_list(s: &str) -> Result<crate::host::ports::PortSet, String> {
+    crate::host::ports::PortSet::parse(s).map_err(|e| format!("{e:#}"))
 }
 
 fn parse_follow(s: &str) -> Result<Duration, String> {
@@ -181,7 +181,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "PATH|PID")]
     pub netns: Vec<String>,
     /// The ports NodePorts use, guarded from the ephemeral range.
-    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::ports::parse_lo_hi)]
+    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::host::ports::parse_lo_hi)]
     pub nodeport_range: (u16, u16),
 }
 
