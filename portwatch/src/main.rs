@@ -1,41 +1,12 @@
 //! portwatch: ephemeral port exhaustion, seen from the kernel.
 //!
-//! The trace pipeline, one module per stage:
-//! attach -> source (ring buffer) -> decode -> enrich -> filter -> cause -> output.
-//! `check` audits every netns once (ports, sockdiag, holders serve both).
-
-mod attach;
-mod btf;
-mod cause;
-mod check;
-mod cli;
-mod control;
-mod cri;
-mod decode;
-mod enrich;
-mod event;
-mod filter;
-mod generate;
-mod holders;
-mod ipvs;
-mod netns;
-mod nodeport;
-mod offsets;
-mod output;
-mod pods;
-mod ports;
-mod serve;
-mod sockdiag;
-mod source;
-mod system;
-mod top;
-mod tpformat;
-mod trace;
-mod usage;
+//! The binary parses the command line and runs the command; everything
+//! else is the library's (`portwatch::cmd` and what it composes).
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use portwatch::cmd::{check, cli, generate, nodeport, serve, top, trace};
 
 fn main() -> ExitCode {
     // Bad arguments: clap prints its message and exits 2.

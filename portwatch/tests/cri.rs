@@ -544,7 +544,7 @@ fn names_from_containerd_over_cri() {
     let container_cgroup = format!("{pod_cgroup}/{cid}");
 
     // The look-ups' timings go to stderr at debug level.
-    std::env::set_var("RUST_LOG", "warn,portwatch::cri=debug");
+    std::env::set_var("RUST_LOG", "warn,portwatch::k8s::cri=debug");
     let sock = cd.sock.display().to_string();
     let absent = cd.dir.join("absent.sock").display().to_string();
     let budget = "500ms";

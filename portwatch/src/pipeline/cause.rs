@@ -28,12 +28,13 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    cri,
-    event::{Errno, Event, Kind, Proto},
-    holders::{Holders, Owner},
-    pods::Pod,
-    ports::{self, PortSet},
-    sockdiag::{self, PortFilter, Sock, STATE_LISTEN},
+    host::{
+        holders::{Holders, Owner},
+        ports::{self, PortSet},
+        sockdiag::{self, PortFilter, Sock, STATE_LISTEN},
+    },
+    k8s::{cri, pods::Pod},
+    pipeline::event::{Errno, Event, Kind, Proto},
 };
 
 /// One look-up per netns x destination per this long.
@@ -735,8 +736,8 @@ impl Detailer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::tests::sample_event;
-    use crate::sockdiag::STATE_TIME_WAIT;
+    use crate::host::sockdiag::STATE_TIME_WAIT;
+    use crate::pipeline::sink::tests::sample_event;
 
     fn sock(state: u8, sport: u16, inode: u32) -> Sock {
         Sock {
@@ -978,7 +979,7 @@ mod tests {
         .unwrap();
         let in_pod = || {
             let mut ev = sample_event();
-            ev.pod = crate::pods::parse_kube_path(
+            ev.pod = crate::k8s::pods::parse_kube_path(
                 "/kubepods/pod0f5e5e8a-1b2c-4d3e-8f90-a1b2c3d4e5f6/4c5f1e2d3b4a59687766554433221100ffeeddccbbaa99887766554433221100",
             );
             ev

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::event::{Errno, Probe};
+use crate::pipeline::event::{Errno, Probe};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -114,7 +114,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_destinations: u16,
     /// The NodePort range (guarded, and audited by the check).
-    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::ports::parse_lo_hi)]
+    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::host::ports::parse_lo_hi)]
     pub nodeport_range: (u16, u16),
     /// Probe kind for the trace hooks: auto, fexit, kprobe, tracepoint.
     #[arg(long, value_name = "BACKEND", default_value = "auto", value_parser = parse_backend)]
@@ -126,7 +126,7 @@ pub struct ServeArgs {
     /// unix:///PATH (as kubelet and crictl write it) or PATH. Default: the
     /// first of /run/containerd/containerd.sock and /var/run/crio/crio.sock
     /// that answers.
-    #[arg(long, value_name = "PATH", env = crate::cri::ENDPOINT_ENV, value_parser = crate::cri::parse_endpoint)]
+    #[arg(long, value_name = "PATH", env = crate::k8s::cri::ENDPOINT_ENV, value_parser = crate::k8s::cri::parse_endpoint)]
     pub cri_endpoint: Option<std::path::PathBuf>,
 }
 
@@ -193,11 +193,11 @@ pub struct NodeportArgs {
     #[arg(long)]
     pub json: bool,
     /// The NodePort range to guard (besides the node's IPVS virtual services).
-    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::ports::parse_lo_hi)]
+    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::host::ports::parse_lo_hi)]
     pub nodeport_range: (u16, u16),
     /// More ports to guard, in the kernel's list syntax: 8080,9000-9100.
     #[arg(long, value_name = "LIST", value_parser = parse_port_list)]
-    pub ports: Option<crate::ports::PortSet>,
+    pub ports: Option<crate::host::ports::PortSet>,
     /// Watch SYN-ACKs on these interfaces only (repeatable). Default: every
     /// interface but lo, including ones that appear later (new pods).
     #[arg(long, value_name = "IFACE")]
@@ -208,8 +208,8 @@ pub struct NodeportArgs {
     pub follow: Duration,
 }
 
-fn parse_port_list(s: &str) -> Result<crate::ports::PortSet, String> {
-    crate::ports::PortSet::parse(s).map_err(|e| format!("{e:#}"))
+fn parse_port_list(s: &str) -> Result<crate::host::ports::PortSet, String> {
+    crate::host::ports::PortSet::parse(s).map_err(|e| format!("{e:#}"))
 }
 
 fn parse_follow(s: &str) -> Result<Duration, String> {
@@ -231,7 +231,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "PATH|PID")]
     pub netns: Vec<String>,
     /// The ports NodePorts use, guarded from the ephemeral range.
-    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::ports::parse_lo_hi)]
+    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::host::ports::parse_lo_hi)]
     pub nodeport_range: (u16, u16),
 }
 
@@ -284,11 +284,11 @@ pub struct TraceArgs {
     /// names: unix:///PATH (as kubelet and crictl write it) or PATH.
     /// Default: the first that answers of /run/containerd/containerd.sock,
     /// /var/run/crio/crio.sock.
-    #[arg(long, value_name = "PATH", env = crate::cri::ENDPOINT_ENV, value_parser = crate::cri::parse_endpoint)]
+    #[arg(long, value_name = "PATH", env = crate::k8s::cri::ENDPOINT_ENV, value_parser = crate::k8s::cri::parse_endpoint)]
     pub cri_endpoint: Option<std::path::PathBuf>,
     /// How often handles on network namespaces that have gone are closed
     /// (not a flag: `serve` sweeps every scan interval).
-    #[arg(skip = crate::netns::DEFAULT_SWEEP)]
+    #[arg(skip = crate::host::netns::DEFAULT_SWEEP)]
     pub netns_sweep: Duration,
 }
 
@@ -429,7 +429,7 @@ mod tests {
     #[test]
     fn cri_endpoints_in_kubelet_and_crictl_form() {
         use std::path::PathBuf;
-        let ok = |s: &str| crate::cri::parse_endpoint(s).unwrap();
+        let ok = |s: &str| crate::k8s::cri::parse_endpoint(s).unwrap();
         let p = PathBuf::from("/run/containerd/containerd.sock");
         assert_eq!(ok("unix:///run/containerd/containerd.sock"), p);
         assert_eq!(ok("/run/containerd/containerd.sock"), p);
@@ -444,7 +444,7 @@ mod tests {
             "",
             " ",
         ] {
-            let e = crate::cri::parse_endpoint(bad).unwrap_err();
+            let e = crate::k8s::cri::parse_endpoint(bad).unwrap_err();
             assert!(e.contains("unix:///PATH"), "{bad:?}: {e}");
         }
         for cmd in ["trace", "top", "serve"] {

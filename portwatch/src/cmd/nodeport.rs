@@ -6,9 +6,6 @@
 //! output. Besides it, every 2 s: the guarded ports follow the node's IPVS
 //! services, and new interfaces (new pods' veths) get the SYN-ACK watch.
 
-pub mod correlate;
-pub mod output;
-
 use std::{
     collections::BTreeSet,
     io::{self, BufWriter},
@@ -18,17 +15,20 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 
+use crate::pipeline::correlate::{self, Correlator};
+use crate::pipeline::sink::steal::{Context, JsonSink, Sink, TableSink};
 use crate::{
-    attach,
-    cli::NodeportArgs,
-    control::{self, Control},
-    decode::{self, Clock},
-    ipvs, netns,
-    ports::{self, PortSet},
-    source::Source,
+    cmd::cli::NodeportArgs,
+    host::{
+        ipvs, netns,
+        ports::{self, PortSet},
+    },
+    kernel::{attach, source::Source},
+    pipeline::{
+        control::{self, Control},
+        decode::{self, Clock},
+    },
 };
-use correlate::Correlator;
-use output::{Context, JsonSink, Sink, TableSink};
 
 /// The ports to guard now: static ones plus the IPVS virtual services.
 fn guarded_ports(statics: &PortSet) -> Result<(PortSet, Option<usize>)> {
@@ -210,7 +210,7 @@ pub async fn pipeline(
             r.pod = r
                 .owner
                 .as_ref()
-                .and_then(|(pid, _)| crate::pods::of_pid(*pid));
+                .and_then(|(pid, _)| crate::k8s::pods::of_pid(*pid));
             sink.report(r)?;
         }
         if !reps.is_empty() {

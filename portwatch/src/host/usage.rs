@@ -15,10 +15,12 @@ use std::{collections::HashMap, fs::File, net::IpAddr};
 use anyhow::{anyhow, Context as _, Result};
 
 use crate::{
-    enrich::{PORT_RANGE, RESERVED_PORTS},
-    netns::{self, parse_port_range, NetnsHandles},
-    ports::{self, PortSet},
-    sockdiag::{self, PortFilter, Sock, STATE_LISTEN},
+    host::{
+        netns::{self, parse_port_range, NetnsHandles},
+        ports::{self, PortSet},
+        sockdiag::{self, PortFilter, Sock, STATE_LISTEN},
+    },
+    pipeline::enrich::{PORT_RANGE, RESERVED_PORTS},
 };
 
 /// A destination: remote address (IPv4-mapped IPv6 as IPv4) and port.
@@ -222,7 +224,7 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sockdiag::STATE_TIME_WAIT;
+    use crate::host::sockdiag::STATE_TIME_WAIT;
     use std::net::{TcpListener, TcpStream};
 
     fn sock(state: u8, sport: u16, dst: &str, dport: u16) -> Sock {

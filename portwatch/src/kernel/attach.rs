@@ -14,7 +14,10 @@ use aya::{
 
 use portwatch_common::{StealOffsets, TpSockFields, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE};
 
-use crate::{btf::Btf, event::Probe, offsets, system};
+use crate::{
+    kernel::{btf::Btf, offsets, system},
+    pipeline::event::Probe,
+};
 
 /// The compiled kernel programs, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
@@ -95,7 +98,7 @@ fn load(
         .map_err(|e| explain_load_error(anyhow!(e)))?;
 
     if let Ok(logger) = aya_log::EbpfLogger::init(&mut ebpf) {
-        crate::source::spawn_ebpf_logger(logger);
+        crate::kernel::source::spawn_ebpf_logger(logger);
     }
     Ok(Loaded {
         ebpf,
@@ -145,7 +148,7 @@ pub struct StealAttached {
 /// Offsets for the nodeport-steal programs: tracepoint layouts from tracefs,
 /// `struct ip_vs_conn_param` from the ip_vs module's BTF when it is loaded.
 fn steal_offsets(btf: &Btf, notes: &mut Vec<String>) -> Result<(StealOffsets, Option<String>)> {
-    use crate::tpformat::Format;
+    use crate::kernel::tpformat::Format;
     let mut o = StealOffsets::default();
     // The socket and its 4-tuple, named alike in both records.
     let sock = |f: &Format| -> Result<TpSockFields> {

@@ -7,7 +7,7 @@ use std::{fs, io::Write, path::Path};
 use anyhow::{Context as _, Result};
 use clap::CommandFactory as _;
 
-use crate::cli::{Cli, Generate};
+use crate::cmd::cli::{Cli, Generate};
 
 pub fn run(what: &Generate) -> Result<()> {
     match what {

@@ -21,14 +21,18 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::{
-    cause::{holder_counts, HolderCount},
-    cli::CheckArgs,
-    enrich::{PORT_RANGE, RESERVED_PORTS},
-    holders::{comm_of, Holders},
-    netns::{self, parse_port_range},
-    output::SCHEMA_VERSION,
-    ports::{self, PortSet},
-    sockdiag::{self, PortFilter, Sock, STATE_LISTEN, STATE_TIME_WAIT},
+    cmd::cli::CheckArgs,
+    host::{
+        holders::{comm_of, Holders},
+        netns::{self, parse_port_range},
+        ports::{self, PortSet},
+        sockdiag::{self, PortFilter, Sock, STATE_LISTEN, STATE_TIME_WAIT},
+    },
+    pipeline::{
+        cause::{holder_counts, HolderCount},
+        enrich::{PORT_RANGE, RESERVED_PORTS},
+        sink::SCHEMA_VERSION,
+    },
 };
 
 const TW_REUSE: &str = "/proc/sys/net/ipv4/tcp_tw_reuse";
@@ -67,7 +71,7 @@ pub struct Finding {
     pub place: String,
     /// The pod whose netns it is (uid and ids from the cgroup of a process
     /// in it; names null: `check` does not ask the runtime).
-    pub pod: Option<crate::pods::Pod>,
+    pub pod: Option<crate::k8s::pods::Pod>,
     pub evidence: serde_json::Value,
     /// One command that fixes it, run as root on the node (null: no single command does).
     pub fix: Option<String>,
@@ -247,7 +251,7 @@ pub fn read_state(t: &Target) -> Result<NsState> {
 /// Ports of IPVS virtual services, where the kernel has IPVS (in the node
 /// netns, the one portwatch runs in).
 pub fn ipvs_ports() -> Option<PortSet> {
-    let services = crate::ipvs::read_services().ok()??;
+    let services = crate::host::ipvs::read_services().ok()??;
     Some(PortSet::from_ranges(
         services.iter().map(|s| (s.port, s.port)),
     ))
@@ -287,7 +291,10 @@ pub fn findings_for(
         severity,
         netns: t.ino,
         place: t.place.clone(),
-        pod: t.pid.filter(|_| !t.is_node).and_then(crate::pods::of_pid),
+        pod: t
+            .pid
+            .filter(|_| !t.is_node)
+            .and_then(crate::k8s::pods::of_pid),
         evidence,
         fix,
         message,
@@ -295,7 +302,7 @@ pub fn findings_for(
 
     if t.is_node {
         if let Some((uncovered, merged)) =
-            crate::ports::exposed_guarded((lo, hi), &st.reserved, guarded)
+            crate::host::ports::exposed_guarded((lo, hi), &st.reserved, guarded)
         {
             out.push(finding(
                 "nodeport_overlap",

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{netns_of, pids};
+use crate::host::netns::{netns_of, pids};
 
 const CACHE_TTL: Duration = Duration::from_secs(1);
 
@@ -22,7 +22,7 @@ pub struct Owner {
     pub comm: String,
     /// Its pod (uid and container id from its cgroup; names are filled in
     /// later where the event's own pod is the same).
-    pub pod: Option<crate::pods::Pod>,
+    pub pod: Option<crate::k8s::pods::Pod>,
 }
 
 /// Socket inode -> its process.
@@ -68,8 +68,12 @@ fn add_process(pid: u32, map: &mut HashMap<u32, Owner>, want: Option<&HashSet<u3
         if want.is_some_and(|w| !w.contains(&ino)) || map.contains_key(&ino) {
             continue;
         }
-        let (comm, pod) =
-            who.get_or_insert_with(|| (comm_of(pid).unwrap_or_default(), crate::pods::of_pid(pid)));
+        let (comm, pod) = who.get_or_insert_with(|| {
+            (
+                comm_of(pid).unwrap_or_default(),
+                crate::k8s::pods::of_pid(pid),
+            )
+        });
         map.insert(
             ino,
             Owner {

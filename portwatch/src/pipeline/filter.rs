@@ -1,6 +1,6 @@
 //! Stage 5: which events the operator asked to see.
 
-use crate::event::{Errno, Event};
+use crate::pipeline::event::{Errno, Event};
 
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
@@ -74,13 +74,13 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::tests::sample_event;
-    use crate::pods::Pod;
+    use crate::k8s::pods::Pod;
+    use crate::pipeline::sink::tests::sample_event;
 
     const UID: &str = "0f5e5e8a-1b2c-4d3e-8f90-a1b2c3d4e5f6";
     const CID: &str = "4c5f1e2d3b4a59687766554433221100ffeeddccbbaa99887766554433221100";
 
-    fn in_pod(named: bool) -> crate::event::Event {
+    fn in_pod(named: bool) -> crate::pipeline::event::Event {
         let mut ev = sample_event();
         ev.cgroup = Some(format!("/kubepods/burstable/pod{UID}/{CID}"));
         ev.pod = Some(Pod {

@@ -22,13 +22,17 @@ use anyhow::{anyhow, Context as _, Result};
 use tokio::sync::watch;
 
 use crate::{
-    cli::{self, ServeArgs},
-    control::{self, Control},
-    cri::{Cri, Key, Lookup},
-    event::Event,
-    nodeport::{self, correlate::Report, output as np_out},
-    output::{JsonSink, Sink},
-    trace,
+    cmd::{
+        cli::{self, ServeArgs},
+        nodeport, trace,
+    },
+    k8s::cri::{Cri, Key, Lookup},
+    pipeline::{
+        control::{self, Control},
+        correlate::Report,
+        event::Event,
+        sink::{steal as np_out, JsonSink, Sink},
+    },
 };
 use http::Shared;
 use metrics::Metrics;
@@ -99,7 +103,7 @@ struct Attached {
 pub async fn run(args: ServeArgs) -> Result<()> {
     // In a container with too few capabilities, one sentence and exit 1
     // rather than a half-blind agent.
-    crate::system::check_agent_privileges()?;
+    crate::kernel::system::check_agent_privileges()?;
     let (stop_tx, stop_rx) = control::stop_on_signals()?;
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),
@@ -246,7 +250,7 @@ async fn scanner(
         max_destinations: args.max_destinations as usize,
         nodeport_range: args.nodeport_range,
     });
-    let mut cri = if crate::pods::CgroupResolver::new().root().is_some() {
+    let mut cri = if crate::k8s::pods::CgroupResolver::new().root().is_some() {
         Cri::start(args.cri_endpoint.clone())?
     } else {
         Cri::off()

@@ -2,7 +2,7 @@
 
 use portwatch_common::{Offsets, OFF_FILES, OFF_NETNS, OFF_SOCK, OFF_SOCK_NET};
 
-use crate::btf::Btf;
+use crate::kernel::btf::Btf;
 
 /// Looks every offset up; a group with any field missing is marked invalid
 /// (the programs then skip it) and named in the returned notes.

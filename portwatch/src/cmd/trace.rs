@@ -9,16 +9,20 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    attach::{self, Attached},
-    cause::{self, Detailer},
-    cli::TraceArgs,
-    control::{self, Control},
-    decode::{self, Clock},
-    enrich::Enricher,
-    event::Event,
-    filter::Filter,
-    output::{JsonSink, Sink, TableSink},
-    source::Source,
+    cmd::cli::TraceArgs,
+    kernel::{
+        attach::{self, Attached},
+        source::Source,
+    },
+    pipeline::{
+        cause::{self, Detailer},
+        control::{self, Control},
+        decode::{self, Clock},
+        enrich::Enricher,
+        event::Event,
+        filter::Filter,
+        sink::{JsonSink, Sink, TableSink},
+    },
 };
 
 /// How the run ended, for the exit code.
@@ -99,7 +103,7 @@ pub async fn pipeline(args: &TraceArgs, mut sink: Box<dyn Sink>, mut ctl: Contro
     eprintln!("portwatch: {}", enricher.pods_note());
     let names_wake = enricher.names_wake();
     if !args.no_detail {
-        if let Err(e) = crate::sockdiag::probe() {
+        if let Err(e) = crate::host::sockdiag::probe() {
             eprintln!(
                 "portwatch: the socket table is unreadable ({e:#}): events carry their cause, but in_use, states and holders stay null"
             );

@@ -4,12 +4,14 @@
 //! `serve` runs it on a blocking thread.
 
 use crate::{
-    check,
-    holders::Holders,
-    pods::{self, Pod},
-    ports::{self, PortSet},
-    sockdiag::Sock,
-    usage::{self, DestUse},
+    cmd::check,
+    host::{
+        holders::Holders,
+        ports::{self, PortSet},
+        sockdiag::Sock,
+        usage::{self, DestUse},
+    },
+    k8s::pods::{self, Pod},
 };
 
 /// One netns as a pass saw it.

@@ -18,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{event::Event, nodeport::correlate::Report, usage::DestUse};
+use crate::{host::usage::DestUse, pipeline::correlate::Report, pipeline::event::Event};
 
 /// Pods with their own failure series; the rest share one `_other` series.
 pub const MAX_FAILURE_PODS: usize = 1000;
@@ -71,7 +71,7 @@ pub struct BuildLabels {
 
 /// The (namespace, pod) labels of a pod: names when the runtime gave them,
 /// else the uid as the pod; host processes get ("", "").
-pub fn pod_labels(pod: Option<&crate::pods::Pod>) -> (String, String) {
+pub fn pod_labels(pod: Option<&crate::k8s::pods::Pod>) -> (String, String) {
     match pod {
         None => (String::new(), String::new()),
         Some(p) => (

@@ -5,8 +5,11 @@ use std::io::Write;
 use anyhow::Result;
 use serde_json::json;
 
-use super::correlate::Report;
-use crate::{decode::Clock, output::rfc3339_micros, output::SCHEMA_VERSION};
+use crate::pipeline::{
+    correlate::Report,
+    decode::Clock,
+    sink::{rfc3339_micros, SCHEMA_VERSION},
+};
 
 /// What every report of a run shares.
 pub struct Context {
@@ -179,8 +182,8 @@ impl<W: Write> Sink for TableSink<W> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::correlate::Outcome;
     use super::*;
+    use crate::pipeline::correlate::Outcome;
 
     fn report(rs: Option<&str>, outcome: Outcome) -> Report {
         Report {

@@ -1,6 +1,8 @@
 //! Stage 6: events out, as JSON lines (a versioned contract, see README
 //! "JSON schema") or as an aligned table with a plain-words hint.
 
+pub mod steal;
+
 use std::{
     collections::HashSet,
     io::{self, Write},
@@ -10,9 +12,11 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    cause::{self, Cause, Detail, Exhausted, HolderCount, PortHolder, States},
-    event::{Errno, Event, Family, Kind, Probe, Proto},
-    pods::Pod,
+    k8s::pods::Pod,
+    pipeline::{
+        cause::{self, Cause, Detail, Exhausted, HolderCount, PortHolder, States},
+        event::{Errno, Event, Family, Kind, Probe, Proto},
+    },
 };
 
 /// Version of the JSON records; raised on any change to names or meaning.
@@ -497,7 +501,7 @@ pub(crate) mod tests {
         b.sport = Some(0);
         b.daddr = None;
         b.dport = None;
-        b.reserved = Some(crate::ports::PortSet::new());
+        b.reserved = Some(crate::host::ports::PortSet::new());
         let v = cause::classify(&b);
         cause::finish(&mut b, v, None);
         let v: serde_json::Value = serde_json::from_str(&json_line(&b)).unwrap();
@@ -517,7 +521,7 @@ pub(crate) mod tests {
         let cid = "4c5f1e2d3b4a59687766554433221100ffeeddccbbaa99887766554433221100";
         let mut ev = sample_event();
         ev.cgroup = Some(format!("/kubepods/burstable/pod{uid}/{cid}"));
-        ev.pod = crate::pods::parse_kube_path(ev.cgroup.as_deref().unwrap());
+        ev.pod = crate::k8s::pods::parse_kube_path(ev.cgroup.as_deref().unwrap());
         let v: serde_json::Value = serde_json::from_str(&json_line(&ev)).unwrap();
         assert_eq!(v["cgroup"], format!("/kubepods/burstable/pod{uid}/{cid}"));
         assert_eq!(
@@ -624,7 +628,7 @@ pub(crate) mod tests {
 
     #[test]
     fn hints_for_every_cause() {
-        use crate::cause::{PortInUse, Tuple};
+        use crate::pipeline::cause::{PortInUse, Tuple};
         let mut ev = sample_event();
         ev.sock_port = Some(41001);
         ev.saddr = Some("127.0.0.1".parse().unwrap());
@@ -656,7 +660,7 @@ pub(crate) mod tests {
         assert!(!h.contains("incomplete"), "{h}");
 
         let mut x = sample_event();
-        x.reserved = Some(crate::ports::PortSet::parse("41003").unwrap());
+        x.reserved = Some(crate::host::ports::PortSet::parse("41003").unwrap());
         x.cause = Some(Cause::PortsExhausted);
         x.detail_complete = Some(true);
         x.detail = Some(Detail::Exhausted(Exhausted {

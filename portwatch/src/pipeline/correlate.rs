@@ -119,7 +119,7 @@ pub struct Report {
     pub outcome: Outcome,
     pub retransmits: u32,
     /// The victim's pod, filled by the pipeline from the owner's cgroup.
-    pub pod: Option<crate::pods::Pod>,
+    pub pod: Option<crate::k8s::pods::Pod>,
 }
 
 struct Open {

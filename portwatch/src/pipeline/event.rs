@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::{
-    cause::{Cause, Detail},
-    ports::PortSet,
+    host::ports::PortSet,
+    pipeline::cause::{Cause, Detail},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -132,7 +132,7 @@ pub struct Event {
     /// Filled by `enrich`: the cgroup v2 path of `cgroup_id` (None: unresolved).
     pub cgroup: Option<String>,
     /// Filled by `enrich`: the pod, when the cgroup path is a pod's.
-    pub pod: Option<crate::pods::Pod>,
+    pub pod: Option<crate::k8s::pods::Pod>,
     /// Filled by `cause`: why it failed.
     pub cause: Option<Cause>,
     /// Filled by `cause`: the evidence and who holds the ports.

@@ -18,12 +18,16 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    cli::TopArgs,
-    control::{self, Control},
-    event::{Errno, Event, Kind, Proto},
-    output::{rfc3339_micros, Sink},
-    trace::{self, End},
-    usage::{Dest, Sampler, Usage},
+    cmd::{
+        cli::TopArgs,
+        trace::{self, End},
+    },
+    host::usage::{Dest, Sampler, Usage},
+    pipeline::{
+        control::{self, Control},
+        event::{Errno, Event, Kind, Proto},
+        sink::{rfc3339_micros, Sink},
+    },
 };
 
 /// Version of the summary records; raised on any change to names or meaning.
@@ -650,7 +654,11 @@ pub async fn run(args: TopArgs) -> Result<End> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{cause::Cause, event::Probe, pods::Pod, ports::PortSet, usage::DestUse};
+    use crate::{
+        host::{ports::PortSet, usage::DestUse},
+        k8s::pods::Pod,
+        pipeline::{cause::Cause, event::Probe},
+    };
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -17,12 +17,15 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    cause::NsHandle,
-    cri::{self, Cri, Lookup},
-    event::Event,
-    netns::{self, parse_port_range, read_sysctls, NetnsHandles},
-    pods::{self, CgroupResolver},
-    ports::PortSet,
+    host::{
+        netns::{self, parse_port_range, read_sysctls, NetnsHandles},
+        ports::PortSet,
+    },
+    k8s::{
+        cri::{self, Cri, Lookup},
+        pods::{self, CgroupResolver},
+    },
+    pipeline::{cause::NsHandle, event::Event},
 };
 
 const RANGE_TTL: Duration = Duration::from_secs(1);

@@ -35,7 +35,7 @@ use k8s_cri::v1::{
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::pods::Pod;
+use crate::k8s::pods::Pod;
 
 /// Tried in this order when no `--cri-endpoint` is given.
 pub const DEFAULT_ENDPOINTS: &[&str] =
@@ -561,7 +561,7 @@ mod tests {
     const CID: &str = "4c5f1e2d3b4a59687766554433221100ffeeddccbbaa99887766554433221100";
 
     fn pod(cid: Option<&str>) -> Pod {
-        crate::pods::parse_kube_path(&match cid {
+        crate::k8s::pods::parse_kube_path(&match cid {
             Some(c) => format!("/kubepods/burstable/pod{UID}/{c}"),
             None => format!("/kubepods/burstable/pod{UID}"),
         })

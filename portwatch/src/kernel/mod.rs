@@ -1,0 +1,10 @@
+//! The kernel side, seen from userspace: the eBPF programs loaded and
+//! attached (`attach`), with what that needs (`btf`, `offsets`,
+//! `tpformat`, `system`), and their ring buffers read (`source`).
+
+pub mod attach;
+pub mod btf;
+pub mod offsets;
+pub mod source;
+pub mod system;
+pub mod tpformat;

@@ -1,0 +1,13 @@
+//! The stages events go through, one module each. `trace`: attach ->
+//! ring buffer (`kernel`) -> `decode` -> `enrich` -> `filter` -> `cause`
+//! -> `sink`. `nodeport-steal`: ring buffer -> `correlate` -> `sink`.
+//! `control` is how a running pipeline is stopped and told about.
+
+pub mod cause;
+pub mod control;
+pub mod correlate;
+pub mod decode;
+pub mod enrich;
+pub mod event;
+pub mod filter;
+pub mod sink;
