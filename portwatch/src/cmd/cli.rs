@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::pipeline::event::{Errno, Probe};
+use crate::{kernel::probe::Probe, pipeline::event::Errno};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -656,7 +656,8 @@ mod tests {
     use crate::{
         host::{ports::PortSet, usage::DestUse},
         k8s::pods::Pod,
-        pipeline::{cause::Cause, event::Probe},
+        kernel::probe::Probe,
+        pipeline::cause::Cause,
     };
 
     fn ip(s: &str) -> IpAddr {

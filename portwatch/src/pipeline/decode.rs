@@ -5,7 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{bail, Result};
 use portwatch_common::*;
 
-use crate::pipeline::event::{Errno, Event, Family, Kind, Probe, Proto};
+use crate::{
+    kernel::probe::Probe,
+    pipeline::event::{Errno, Event, Family, Kind, Proto},
+};
 
 /// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]

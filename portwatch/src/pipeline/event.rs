@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::{
     host::ports::PortSet,
+    kernel::probe::Probe,
     pipeline::cause::{Cause, Detail},
 };
 
@@ -48,25 +49,6 @@ impl Errno {
         match self {
             Errno::EADDRNOTAVAIL => "EADDRNOTAVAIL",
             Errno::EADDRINUSE => "EADDRINUSE",
-        }
-    }
-}
-
-/// Which kind of probe saw an event; also the `--backend` choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Probe {
-    Fexit,
-    Kprobe,
-    Tracepoint,
-}
-
-impl Probe {
-    pub fn name(self) -> &'static str {
-        match self {
-            Probe::Fexit => "fexit",
-            Probe::Kprobe => "kprobe",
-            Probe::Tracepoint => "tracepoint",
         }
     }
 }

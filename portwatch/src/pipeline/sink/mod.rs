@@ -13,9 +13,10 @@ use serde::Serialize;
 
 use crate::{
     k8s::pods::Pod,
+    kernel::probe::Probe,
     pipeline::{
         cause::{self, Cause, Detail, Exhausted, HolderCount, PortHolder, States},
-        event::{Errno, Event, Family, Kind, Probe, Proto},
+        event::{Errno, Event, Family, Kind, Proto},
     },
 };
 
