@@ -27,15 +27,14 @@ use crate::{
         netns::{self, parse_port_range},
         ports::{self, PortSet},
         sockdiag::{self, PortFilter, Sock, STATE_LISTEN, STATE_TIME_WAIT},
+        sysctl::{PORT_RANGE, RESERVED_PORTS, TW_REUSE},
     },
     pipeline::{
         cause::{holder_counts, HolderCount},
-        enrich::{PORT_RANGE, RESERVED_PORTS},
         sink::SCHEMA_VERSION,
     },
 };
 
-const TW_REUSE: &str = "/proc/sys/net/ipv4/tcp_tw_reuse";
 /// The kernel's default range: clear of the default NodePort range.
 const DEFAULT_RANGE: (u16, u16) = (32768, 60999);
 /// Exit code when something is at warning or above.

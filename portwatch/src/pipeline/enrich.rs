@@ -20,6 +20,7 @@ use crate::{
     host::{
         netns::{parse_port_range, read_sysctls, NetnsHandles},
         ports::PortSet,
+        sysctl::{PORT_RANGE, RESERVED_PORTS},
     },
     k8s::{
         cri::{self, Cri, Lookup},
@@ -29,8 +30,6 @@ use crate::{
 };
 
 const RANGE_TTL: Duration = Duration::from_secs(1);
-pub const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-pub const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
 type Ports = (Option<(u16, u16)>, Option<PortSet>);
 
