@@ -29,10 +29,7 @@ use crate::{
         sockdiag::{self, PortFilter, Sock, STATE_LISTEN, STATE_TIME_WAIT},
         sysctl::{PORT_RANGE, RESERVED_PORTS, TW_REUSE},
     },
-    pipeline::{
-        cause::{holder_counts, HolderCount},
-        sink::SCHEMA_VERSION,
-    },
+    pipeline::{cause::holder_counts, event::HolderCount, sink::SCHEMA_VERSION},
 };
 
 /// The kernel's default range: clear of the default NodePort range.

@@ -657,7 +657,7 @@ mod tests {
         host::{ports::PortSet, usage::DestUse},
         k8s::pods::Pod,
         kernel::probe::Probe,
-        pipeline::cause::Cause,
+        pipeline::event::Cause,
     };
 
     fn ip(s: &str) -> IpAddr {

@@ -16,7 +16,7 @@
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     fs::File,
     net::IpAddr,
     rc::Rc,
@@ -25,7 +25,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
 
 use crate::{
     host::{
@@ -34,7 +33,10 @@ use crate::{
         sockdiag::{self, PortFilter, Sock, STATE_LISTEN},
     },
     k8s::{cri, pods::Pod},
-    pipeline::event::{Errno, Event, Kind, Proto},
+    pipeline::event::{
+        Cause, Detail, Errno, Event, Exhausted, HolderCount, Kind, PortHolder, PortInUse, Proto,
+        States, Tuple,
+    },
 };
 
 /// One look-up per netns x destination per this long.
@@ -45,98 +47,6 @@ const WORKERS: usize = 2;
 const MAX_HOLDERS: usize = 5;
 /// Entries of a `port_in_use` holder list (listeners come first).
 const MAX_PORT_HOLDERS: usize = 20;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Cause {
-    /// connect(): no free source port toward daddr:dport was left.
-    PortsExhausted,
-    /// connect(): the port was fixed by bind() and that 4-tuple exists.
-    TupleInUse,
-    /// bind(): the explicit port asked for is taken.
-    PortInUse,
-    /// bind(ip, 0): no free port was left for autobind.
-    BindPortsExhausted,
-    /// bind(): the address is not configured in the netns.
-    AddrNotLocal,
-    /// The evidence was gone before anyone looked.
-    Unknown,
-}
-
-impl Cause {
-    pub fn name(self) -> &'static str {
-        match self {
-            Cause::PortsExhausted => "ports_exhausted",
-            Cause::TupleInUse => "tuple_in_use",
-            Cause::PortInUse => "port_in_use",
-            Cause::BindPortsExhausted => "bind_ports_exhausted",
-            Cause::AddrNotLocal => "addr_not_local",
-            Cause::Unknown => "unknown",
-        }
-    }
-}
-
-/// Socket states and how many sockets are in each (`{"ESTABLISHED": 3}`).
-pub type States = BTreeMap<&'static str, u32>;
-
-/// A process and how many of the sockets in question it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HolderCount {
-    pub pid: u32,
-    pub comm: String,
-    pub pod: Option<Pod>,
-    pub count: u32,
-}
-
-/// Sockets on a port, and their process when they have one: one entry per
-/// (process, state, local address), with how many sockets it stands for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PortHolder {
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-    pub pod: Option<Pod>,
-    pub state: &'static str,
-    /// The sockets' local address:port.
-    pub local: String,
-    pub count: u32,
-}
-
-/// `ports_exhausted` / `bind_ports_exhausted`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Exhausted {
-    pub range: Option<[u16; 2]>,
-    /// Reserved ports inside the range, in the kernel's list syntax.
-    pub reserved: Option<String>,
-    /// Range size less the reserved ports in it.
-    pub usable: Option<u32>,
-    pub in_use: Option<u32>,
-    pub states: Option<States>,
-    pub holders: Option<Vec<HolderCount>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Tuple {
-    pub sport: u16,
-    pub states: Option<States>,
-    pub holders: Option<Vec<HolderCount>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PortInUse {
-    pub port: u16,
-    /// Listeners first.
-    pub holders: Option<Vec<PortHolder>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum Detail {
-    Exhausted(Exhausted),
-    Tuple(Tuple),
-    PortInUse(PortInUse),
-    AddrNotLocal { addr: Option<IpAddr> },
-    Unknown { reason: String },
-}
 
 /// What the event alone says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

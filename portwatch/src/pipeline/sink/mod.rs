@@ -15,8 +15,11 @@ use crate::{
     k8s::pods::Pod,
     kernel::probe::Probe,
     pipeline::{
-        cause::{self, Cause, Detail, Exhausted, HolderCount, PortHolder, States},
-        event::{Errno, Event, Family, Kind, Proto},
+        cause,
+        event::{
+            Cause, Detail, Errno, Event, Exhausted, Family, HolderCount, Kind, PortHolder, Proto,
+            States,
+        },
     },
 };
 
@@ -629,7 +632,7 @@ pub(crate) mod tests {
 
     #[test]
     fn hints_for_every_cause() {
-        use crate::pipeline::cause::{PortInUse, Tuple};
+        use crate::pipeline::event::{PortInUse, Tuple};
         let mut ev = sample_event();
         ev.sock_port = Some(41001);
         ev.saddr = Some("127.0.0.1".parse().unwrap());
