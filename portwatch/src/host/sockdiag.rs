@@ -263,6 +263,13 @@ pub fn probe() -> Result<()> {
     dump(libc::IPPROTO_TCP as u8, PortFilter::Sport(1)).map(|_| ())
 }
 
+/// Where a look-up of the socket table runs: portwatch's own netns, or the
+/// one behind a handle.
+pub enum NsHandle {
+    Own,
+    File(File),
+}
+
 /// `dump`, in the netns behind `ns` (None: portwatch's own).
 pub fn dump_in(ns: Option<&File>, proto: u8, f: PortFilter) -> Result<Vec<Sock>> {
     match ns {

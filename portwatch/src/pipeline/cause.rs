@@ -17,7 +17,6 @@
 use std::{
     cell::RefCell,
     collections::{HashMap, HashSet, VecDeque},
-    fs::File,
     net::IpAddr,
     rc::Rc,
     sync::{mpsc, Arc, Mutex},
@@ -30,7 +29,7 @@ use crate::{
     host::{
         holders::{Holders, Owner},
         ports::{self, PortSet},
-        sockdiag::{self, PortFilter, Sock, STATE_LISTEN},
+        sockdiag::{self, NsHandle, PortFilter, Sock, STATE_LISTEN},
     },
     k8s::{cri, pods::Pod},
     pipeline::event::{
@@ -148,12 +147,6 @@ pub fn key_for(ev: &Event, v: Verdict) -> Option<Key> {
 pub struct Snapshot {
     pub socks: Vec<Sock>,
     pub owners: HashMap<u32, Owner>,
-}
-
-/// Where a look-up runs: portwatch's own netns, or the one behind a handle.
-pub enum NsHandle {
-    Own,
-    File(File),
 }
 
 pub fn lookup(key: &Key, ns: &NsHandle, holders: &Holders) -> Result<Snapshot> {

@@ -20,13 +20,14 @@ use crate::{
     host::{
         netns::{parse_port_range, read_sysctls, NetnsHandles},
         ports::PortSet,
+        sockdiag::NsHandle,
         sysctl::{PORT_RANGE, RESERVED_PORTS},
     },
     k8s::{
         cri::{self, Cri, Lookup},
         pods::{self, CgroupResolver},
     },
-    pipeline::{cause::NsHandle, event::Event},
+    pipeline::event::Event,
 };
 
 const RANGE_TTL: Duration = Duration::from_secs(1);
