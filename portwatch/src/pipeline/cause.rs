@@ -640,7 +640,7 @@ impl Detailer {
 mod tests {
     use super::*;
     use crate::host::sockdiag::STATE_TIME_WAIT;
-    use crate::pipeline::sink::tests::sample_event;
+    use crate::pipeline::event::tests::sample_event;
 
     fn sock(state: u8, sport: u16, inode: u32) -> Sock {
         Sock {

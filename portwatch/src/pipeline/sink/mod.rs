@@ -427,38 +427,9 @@ impl<W: Write> Sink for TableSink<W> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    pub fn sample_event() -> Event {
-        Event {
-            time_ns: 1_795_421_553_123_456_789, // 2026-11-23T08:12:33.123456Z
-            kind: Kind::Connect,
-            errno: Errno::EADDRNOTAVAIL,
-            ret: -99,
-            pid: 4242,
-            tid: 4243,
-            comm: "curl".into(),
-            uid: 0,
-            cgroup_id: 1234,
-            netns: Some(4026532598),
-            proto: Some(Proto::Tcp),
-            family: Some(Family::Ipv4),
-            saddr: None,
-            sport: None,
-            daddr: Some("127.0.0.1".parse().unwrap()),
-            dport: Some(7100),
-            sock_port: Some(0),
-            probe: Probe::Tracepoint,
-            port_range: Some((41000, 41003)),
-            reserved: None,
-            cgroup: None,
-            pod: None,
-            cause: None,
-            detail: None,
-            detail_complete: None,
-        }
-    }
+    use crate::pipeline::event::tests::sample_event;
 
     #[test]
     fn rfc3339() {
