@@ -18,15 +18,13 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    cmd::{
-        cli::TopArgs,
-        trace::{self, End},
-    },
+    cmd::{cli::TopArgs, trace::options},
     host::usage::{Dest, Sampler, Usage},
     pipeline::{
         control::{self, Control},
         event::{Errno, Event, Kind, Proto},
         sink::{rfc3339_micros, Sink},
+        trace::{self, End},
     },
 };
 
@@ -605,7 +603,8 @@ pub async fn run(args: TopArgs) -> Result<End> {
     let started: Rc<RefCell<Option<Instant>>> = Rc::new(RefCell::new(None));
     let s2 = started.clone();
     let ctl = Control::new(rx).on_attached(move |_| *s2.borrow_mut() = Some(Instant::now()));
-    let pipe = trace::pipeline(&args.trace, sink, ctl);
+    let opts = options(&args.trace);
+    let pipe = trace::pipeline(&opts, sink, ctl);
     tokio::pin!(pipe);
     let mut tick =
         tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);

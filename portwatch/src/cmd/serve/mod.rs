@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use crate::{
     cmd::{
         cli::{self, ServeArgs},
-        nodeport, trace,
+        nodeport,
+        trace::options,
     },
     k8s::cri::{Cri, Key, Lookup},
     pipeline::{
@@ -30,6 +31,7 @@ use crate::{
         correlate::Report,
         event::Event,
         sink::{steal as np_out, JsonSink, Sink},
+        trace,
     },
 };
 use http::Shared;
@@ -152,7 +154,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
     };
 
-    let trace_args = cli::trace_args_for_serve(&args);
+    let trace_opts = options(&cli::trace_args_for_serve(&args));
     let tracing = async {
         let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
         let sink = Box::new(TraceTee {
@@ -160,7 +162,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             shared: shared.clone(),
         });
         let ctl = Control::new(stop_rx.clone()).on_attached(on_attached(|a| &mut a.trace));
-        match trace::pipeline(&trace_args, sink, ctl).await {
+        match trace::pipeline(&trace_opts, sink, ctl).await {
             Ok(trace::End::Signal) => Ok(()),
             Ok(trace::End::ReaderGone) => {
                 fail(anyhow!("stdout was closed: events have nowhere to go"))
