@@ -2,6 +2,7 @@
 //! "JSON schema": `json`) or as an aligned table with a plain-words hint
 //! (`table`); nodeport-steal's reports likewise (`steal`).
 
+pub mod findings;
 pub mod json;
 pub mod steal;
 pub mod table;
