@@ -1,10 +1,12 @@
 //! The stages events go through, one module each. `trace`: attach ->
 //! ring buffer (`kernel`) -> `decode` -> `enrich` -> `filter` -> `cause`
-//! -> `sink`. `nodeport-steal`: ring buffer -> `correlate` -> `sink`.
-//! `check`: `host::discover` -> `findings` -> `sink`.
-//! `trace` composes the trace pipeline (`trace`, `top` and `serve` run it);
-//! `control` is how a running pipeline is stopped and told about.
+//! -> `sink`, composed in `trace` (which `top` and `serve` run too).
+//! `top`: the trace pipeline -> `aggregate` -> `sink`. `nodeport-steal`:
+//! ring buffer -> `correlate` -> `sink`. `check`: `host::discover` ->
+//! `findings` -> `sink`. `control` is how a running pipeline is stopped
+//! and told about.
 
+pub mod aggregate;
 pub mod cause;
 pub mod control;
 pub mod correlate;

@@ -1,10 +1,12 @@
 //! Stage 6: events out, as JSON lines (a versioned contract, see README
 //! "JSON schema": `json`) or as an aligned table with a plain-words hint
-//! (`table`); nodeport-steal's reports likewise (`steal`).
+//! (`table`); likewise nodeport-steal's reports (`steal`), top's summaries
+//! (`summary`) and check's findings (`findings`).
 
 pub mod findings;
 pub mod json;
 pub mod steal;
+pub mod summary;
 pub mod table;
 
 use std::io;
