@@ -84,24 +84,22 @@ pub struct ServeArgs {
 /// The trace options `serve` runs its trace pipeline with: `trace`'s
 /// defaults (no filter: the node's every failure), with serve's choices.
 pub fn trace_args_for_serve(s: &ServeArgs) -> TraceArgs {
-    let Command::Trace(mut t) = Cli::parse_from(["portwatch", "trace", "--json"]).command else {
-        unreachable!("parsed as trace")
-    };
-    t.backend = s.backend;
-    t.detail_budget = s.detail_budget;
-    t.cri_endpoint.clone_from(&s.cri_endpoint);
-    t
+    TraceArgs {
+        json: true,
+        backend: s.backend,
+        detail_budget: s.detail_budget,
+        cri_endpoint: s.cri_endpoint.clone(),
+        ..TraceArgs::default()
+    }
 }
 
 /// The nodeport-steal options `serve` runs with.
 pub fn nodeport_args_for_serve(s: &ServeArgs) -> NodeportArgs {
-    let Command::NodeportSteal(mut n) =
-        Cli::parse_from(["portwatch", "nodeport-steal", "--json"]).command
-    else {
-        unreachable!("parsed as nodeport-steal")
-    };
-    n.nodeport_range = s.nodeport_range;
-    n
+    NodeportArgs {
+        json: true,
+        nodeport_range: s.nodeport_range,
+        ..NodeportArgs::default()
+    }
 }
 
 fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -156,6 +154,20 @@ pub struct NodeportArgs {
     /// reporting it (a final state reports at once): 5s, 500ms.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_follow)]
     pub follow: Duration,
+}
+
+impl Default for NodeportArgs {
+    /// What `portwatch nodeport-steal` runs with when given no option (the
+    /// `default_value`s above; a test holds them equal).
+    fn default() -> NodeportArgs {
+        NodeportArgs {
+            json: false,
+            nodeport_range: (30000, 32767),
+            ports: None,
+            interface: vec![],
+            follow: Duration::from_secs(5),
+        }
+    }
 }
 
 fn parse_port_list(s: &str) -> Result<crate::host::ports::PortSet, String> {
@@ -235,6 +247,29 @@ pub struct TraceArgs {
     /// /run/containerd/containerd.sock, /var/run/crio/crio.sock.
     #[arg(long, value_name = "PATH")]
     pub cri_endpoint: Option<std::path::PathBuf>,
+}
+
+impl Default for TraceArgs {
+    /// What `portwatch trace` runs with when given no option (the
+    /// `default_value`s above; a test holds them equal).
+    fn default() -> TraceArgs {
+        TraceArgs {
+            json: false,
+            pid: None,
+            comm: None,
+            errno: None,
+            dport: None,
+            namespace: None,
+            pod: None,
+            container: None,
+            host: false,
+            backend: BackendChoice(None),
+            ringbuf_size: 4096,
+            detail_budget: Duration::from_millis(50),
+            no_detail: false,
+            cri_endpoint: None,
+        }
+    }
 }
 
 fn parse_budget(s: &str) -> Result<Duration, String> {
@@ -560,5 +595,18 @@ mod tests {
             assert_ne!(e.kind(), ErrorKind::DisplayHelp, "{bad:?}");
             assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
+    }
+
+    /// The options serve builds without a command line start from these.
+    #[test]
+    fn defaults_are_what_no_option_parses_to() {
+        let Command::Trace(t) = parse(&["trace"]).unwrap().command else {
+            panic!("trace")
+        };
+        assert_eq!(format!("{t:?}"), format!("{:?}", TraceArgs::default()));
+        let Command::NodeportSteal(n) = parse(&["nodeport-steal"]).unwrap().command else {
+            panic!("nodeport-steal")
+        };
+        assert_eq!(format!("{n:?}"), format!("{:?}", NodeportArgs::default()));
     }
 }
