@@ -25,7 +25,7 @@ use crate::{
     },
     kernel::{attach, source::Source},
     pipeline::{
-        control::{self, Control},
+        control::{self, AttachReport, Control},
         decode::{self, Clock},
     },
 };
@@ -198,10 +198,9 @@ pub async fn pipeline(
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
     let mut lost_seen = 0u64;
     eprintln!("portwatch: attached; watching for NodePort steals. Ctrl-C to stop.");
-    ctl.report_attached(&format!(
-        "synack=tc ipvs={}",
-        if ipvs.is_some() { "kprobe" } else { "none" }
-    ));
+    ctl.report_attached(&AttachReport::Steal {
+        ipvs_kprobe: ipvs.is_some(),
+    });
 
     let mut records = vec![];
     // enrich -> output: the victim's pod, from its owner's cgroup.

@@ -17,7 +17,7 @@ use crate::{
     },
     pipeline::{
         cause::{self, Detailer},
-        control::Control,
+        control::{AttachReport, Control},
         decode::{self, Clock},
         enrich::Enricher,
         event::Event,
@@ -62,7 +62,7 @@ pub async fn pipeline(opts: &Options, mut sink: Box<dyn Sink>, mut ctl: Control)
     }
     let mut attached = vec![];
     for h in &hooks {
-        attached.push(format!("{}={}", h.hook.name(), h.probe.name()));
+        attached.push((h.hook, h.probe));
         let skipped = h
             .skipped
             .iter()
@@ -97,7 +97,7 @@ pub async fn pipeline(opts: &Options, mut sink: Box<dyn Sink>, mut ctl: Control)
     let mut lost_tick = tokio::time::interval(Duration::from_millis(500));
     let mut lost_seen = 0u64;
     eprintln!("portwatch: attached; tracing connect()/bind() failures (EADDRNOTAVAIL, EADDRINUSE). Ctrl-C to stop.");
-    ctl.report_attached(&attached.join(" "));
+    ctl.report_attached(&AttachReport::Trace(attached));
 
     // Records are decoded straight out of the ring buffer (no copy), and
     // the rest of the pipeline runs once the ring's borrow has ended.

@@ -26,8 +26,9 @@ use crate::{
         trace::options,
     },
     k8s::cri::{Cri, Key, Lookup},
+    kernel::{attach::Hook, probe::Probe},
     pipeline::{
-        control::{self, Control},
+        control::{self, AttachReport, Control},
         correlate::Report,
         event::Event,
         sink::{steal as np_out, JsonSink, Sink},
@@ -82,12 +83,10 @@ impl np_out::Sink for StealTee {
     }
 }
 
-/// "connect=fexit bind=kprobe" -> "fexit+kprobe".
-fn backend_of(attached: &str) -> String {
-    let mut kinds: Vec<&str> = attached
-        .split_whitespace()
-        .filter_map(|h| h.split_once('=').map(|(_, p)| p))
-        .collect();
+/// The probe kinds of the trace hooks, each once: connect on fexit and
+/// bind on kprobe -> "fexit+kprobe".
+fn backend_of(hooks: &[(Hook, Probe)]) -> String {
+    let mut kinds: Vec<&str> = hooks.iter().map(|(_, p)| p.name()).collect();
     kinds.sort_unstable();
     kinds.dedup();
     kinds.join("+")
@@ -96,8 +95,8 @@ fn backend_of(attached: &str) -> String {
 /// Which pipelines have attached; ready once both have.
 #[derive(Default)]
 struct Attached {
-    trace: Option<String>,
-    steal: Option<String>,
+    trace: Option<Vec<(Hook, Probe)>>,
+    steal: bool,
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -119,13 +118,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     );
 
     let attached = Rc::new(RefCell::new(Attached::default()));
-    let on_attached = |which: fn(&mut Attached) -> &mut Option<String>| {
+    let on_attached = || {
         let attached = attached.clone();
         let shared = shared.clone();
-        move |what: &str| {
+        move |what: &AttachReport| {
             let mut a = attached.borrow_mut();
-            *which(&mut a) = Some(what.to_string());
-            if let (Some(t), Some(_)) = (&a.trace, &a.steal) {
+            match what {
+                AttachReport::Trace(hooks) => a.trace = Some(hooks.clone()),
+                AttachReport::Steal { .. } => a.steal = true,
+            }
+            if let (Some(t), true) = (&a.trace, a.steal) {
                 shared
                     .metrics
                     .build_info(env!("CARGO_PKG_VERSION"), &backend_of(t));
@@ -161,7 +163,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             inner: JsonSink::new(stdout),
             shared: shared.clone(),
         });
-        let ctl = Control::new(stop_rx.clone()).on_attached(on_attached(|a| &mut a.trace));
+        let ctl = Control::new(stop_rx.clone()).on_attached(on_attached());
         match trace::pipeline(&trace_opts, sink, ctl).await {
             Ok(trace::End::Signal) => Ok(()),
             Ok(trace::End::ReaderGone) => {
@@ -181,7 +183,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 shared: sh,
             })
         };
-        let ctl = Control::new(stop_rx.clone()).on_attached(on_attached(|a| &mut a.steal));
+        let ctl = Control::new(stop_rx.clone()).on_attached(on_attached());
         match nodeport::pipeline(&np_args, make_sink, ctl).await {
             Ok(()) => Ok(()),
             Err(e) => fail(e.context("nodeport-steal pipeline")),
@@ -287,11 +289,15 @@ mod tests {
 
     #[test]
     fn backend_label_names_each_probe_kind_once() {
-        assert_eq!(backend_of("connect=fexit bind=fexit"), "fexit");
+        use Hook::{Bind, Connect};
         assert_eq!(
-            backend_of("connect=tracepoint bind=kprobe"),
+            backend_of(&[(Connect, Probe::Fexit), (Bind, Probe::Fexit)]),
+            "fexit"
+        );
+        assert_eq!(
+            backend_of(&[(Connect, Probe::Tracepoint), (Bind, Probe::Kprobe)]),
             "kprobe+tracepoint"
         );
-        assert_eq!(backend_of(""), "");
+        assert_eq!(backend_of(&[]), "");
     }
 }
