@@ -62,8 +62,8 @@ struct State {
     tried: HashSet<u32>,
 }
 
-impl Sink for TopSink {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
+impl Sink<Event> for TopSink {
+    fn put(&mut self, ev: &Event) -> io::Result<()> {
         let mut st = self.state.borrow_mut();
         if let (Some(ns), Some(_)) = (ev.netns, dest_of(ev)) {
             if st.tried.insert(ns) {

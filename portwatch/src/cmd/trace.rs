@@ -11,6 +11,7 @@ use crate::{
     pipeline::{
         cause,
         control::{self, Control},
+        event::Event,
         filter::Filter,
         sink::{JsonSink, Sink, TableSink},
         trace::{self, End},
@@ -22,7 +23,7 @@ use crate::{
 pub async fn run(args: TraceArgs) -> Result<End> {
     let (_stop, rx) = control::stop_on_signals()?;
     let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-    let sink: Box<dyn Sink> = if args.json {
+    let sink: Box<dyn Sink<Event>> = if args.json {
         Box::new(JsonSink::new(stdout))
     } else {
         Box::new(TableSink::new(stdout))

@@ -51,7 +51,11 @@ pub struct Options {
 /// attach -> ring buffer -> decode -> enrich -> filter -> cause -> `sink`,
 /// until `ctl` says stop (then what the kernel already wrote still goes
 /// out) or the sink's reader is gone.
-pub async fn pipeline(opts: &Options, mut sink: Box<dyn Sink>, mut ctl: Control) -> Result<End> {
+pub async fn pipeline(
+    opts: &Options,
+    mut sink: Box<dyn Sink<Event>>,
+    mut ctl: Control,
+) -> Result<End> {
     let Attached {
         mut ebpf,
         hooks,
@@ -118,14 +122,14 @@ pub async fn pipeline(opts: &Options, mut sink: Box<dyn Sink>, mut ctl: Control)
             }
         }
     };
-    let emit = |detailer: &mut Detailer, sink: &mut Box<dyn Sink>| -> io::Result<()> {
+    let emit = |detailer: &mut Detailer, sink: &mut Box<dyn Sink<Event>>| -> io::Result<()> {
         let now = Instant::now();
         let mut any = false;
         while let Some(ev) = detailer.pop_ready(now) {
             if !filter.matches(&ev) {
                 continue;
             }
-            sink.event(&ev)?;
+            sink.put(&ev)?;
             any = true;
         }
         if any {
@@ -134,7 +138,7 @@ pub async fn pipeline(opts: &Options, mut sink: Box<dyn Sink>, mut ctl: Control)
         Ok(())
     };
     let report_lost =
-        |sink: &mut Box<dyn Sink>, source: &Source, seen: &mut u64| -> io::Result<()> {
+        |sink: &mut Box<dyn Sink<Event>>, source: &Source, seen: &mut u64| -> io::Result<()> {
             let total = source.lost_total().unwrap_or(*seen);
             if total > *seen {
                 let n = total - *seen;

@@ -49,10 +49,10 @@ struct TraceTee<S> {
     shared: Arc<Shared>,
 }
 
-impl<S: Sink> Sink for TraceTee<S> {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
+impl<S: Sink<Event>> Sink<Event> for TraceTee<S> {
+    fn put(&mut self, ev: &Event) -> io::Result<()> {
         self.shared.metrics.failure(ev);
-        self.inner.event(ev)
+        self.inner.put(ev)
     }
     fn lost(&mut self, count: u64) -> io::Result<()> {
         self.shared.metrics.lost(count);
@@ -65,19 +65,19 @@ impl<S: Sink> Sink for TraceTee<S> {
 
 /// NodePort steal reports: counted, then out as JSON lines.
 struct StealTee {
-    inner: Box<dyn np_out::Sink>,
+    inner: Box<dyn Sink<Report>>,
     shared: Arc<Shared>,
 }
 
-impl np_out::Sink for StealTee {
-    fn report(&mut self, r: &Report) -> Result<()> {
+impl Sink<Report> for StealTee {
+    fn put(&mut self, r: &Report) -> io::Result<()> {
         self.shared.metrics.steal(r);
-        self.inner.report(r)
+        self.inner.put(r)
     }
-    fn flush(&mut self) -> Result<()> {
+    fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-    fn lost(&mut self, count: u64) -> Result<()> {
+    fn lost(&mut self, count: u64) -> io::Result<()> {
         self.shared.metrics.lost(count);
         self.inner.lost(count)
     }
@@ -176,7 +176,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let np_args = cli::nodeport_args_for_serve(&args);
     let stealing = async {
         let sh = shared.clone();
-        let make_sink = move |clock, ctx| -> Box<dyn np_out::Sink> {
+        let make_sink = move |clock, ctx| -> Box<dyn Sink<Report>> {
             let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
             Box::new(StealTee {
                 inner: Box::new(np_out::JsonSink::new(stdout, clock, ctx)),

@@ -104,8 +104,8 @@ pub fn json_line(ev: &Event) -> String {
     serde_json::to_string(&j).expect("event serializes")
 }
 
-impl<W: Write> Sink for JsonSink<W> {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
+impl<W: Write> Sink<Event> for JsonSink<W> {
+    fn put(&mut self, ev: &Event) -> io::Result<()> {
         writeln!(self.out, "{}", json_line(ev))
     }
     fn lost(&mut self, count: u64) -> io::Result<()> {

@@ -11,8 +11,6 @@ pub mod table;
 
 use std::io;
 
-use crate::pipeline::event::Event;
-
 pub use json::JsonSink;
 pub use table::TableSink;
 
@@ -48,10 +46,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Where decoded events go.
-pub trait Sink {
-    fn event(&mut self, ev: &Event) -> io::Result<()>;
-    /// `count` events were dropped by the kernel side since the last call.
+/// Where a pipeline's records go, whatever the command: decoded events
+/// (trace, top, serve), nodeport-steal's reports, top's summaries.
+pub trait Sink<T: ?Sized> {
+    fn put(&mut self, item: &T) -> io::Result<()>;
+    /// `count` records were dropped by the kernel side since the last call.
     fn lost(&mut self, count: u64) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }

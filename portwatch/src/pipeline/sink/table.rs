@@ -201,8 +201,8 @@ fn clock_of(time_ns: u64) -> String {
     rfc3339_micros(time_ns)[11..26].to_string()
 }
 
-impl<W: Write> Sink for TableSink<W> {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
+impl<W: Write> Sink<Event> for TableSink<W> {
+    fn put(&mut self, ev: &Event) -> io::Result<()> {
         if !self.header_done {
             writeln!(
                 self.out,
@@ -299,12 +299,12 @@ mod tests {
 
         let mut buf = vec![];
         let mut t = TableSink::new(&mut buf);
-        t.event(&ev).unwrap();
-        t.event(&host).unwrap();
+        t.put(&ev).unwrap();
+        t.put(&host).unwrap();
         let mut named = ev.clone();
         named.pod.as_mut().unwrap().namespace = Some("shop".into());
         named.pod.as_mut().unwrap().name = Some("web-1".into());
-        t.event(&named).unwrap();
+        t.put(&named).unwrap();
         let out = String::from_utf8(buf).unwrap();
         let rows: Vec<&str> = out.lines().filter(|l| !l.starts_with("  ")).collect();
         assert!(rows[0].ends_with(" PROBE      POD"), "{out}");
@@ -335,8 +335,8 @@ mod tests {
         let mut buf = vec![];
         let mut t = TableSink::new(&mut buf);
         let ev = sample_event();
-        t.event(&ev).unwrap();
-        t.event(&ev).unwrap();
+        t.put(&ev).unwrap();
+        t.put(&ev).unwrap();
         let mut b = ev.clone();
         b.kind = Kind::Bind;
         b.errno = Errno::EADDRINUSE;
@@ -345,7 +345,7 @@ mod tests {
         b.sport = Some(7100);
         b.daddr = None;
         b.dport = None;
-        t.event(&b).unwrap();
+        t.put(&b).unwrap();
         let s = String::from_utf8(buf).unwrap();
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines.len(), 6, "{s}");
