@@ -6,13 +6,13 @@
 //! blocks when stdout is not one, or one JSON object per interval.
 //!
 //! The grouping is `pipeline::aggregate`'s, the output
-//! `pipeline::sink::summary`'s; here, the sampling of each failing netns
-//! and the interval clock.
+//! `pipeline::sink::summary`'s; here, the sampling of each failing netns,
+//! the interval clock, and the choice of output.
 
 use std::{
     cell::RefCell,
     collections::HashSet,
-    io::{self, IsTerminal as _, Write},
+    io::{self, IsTerminal as _},
     rc::Rc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -23,31 +23,13 @@ use crate::{
     cmd::{cli::TopArgs, trace::options},
     host::usage::Sampler,
     pipeline::{
-        aggregate::{dest_of, Agg, Sampled},
+        aggregate::{dest_of, Agg, Sampled, Summary},
         control::{self, Control},
         event::Event,
-        sink::{
-            summary::{json_line, table},
-            Sink,
-        },
+        sink::{summary, Sink},
         trace::{self, End},
     },
 };
-
-/// The terminal's (rows, columns), when stdout is one.
-fn term_size() -> Option<(usize, usize)> {
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row as usize, ws.ws_col as usize))
-}
-
-enum Mode {
-    Json,
-    /// Redrawn in place.
-    Screen,
-    /// Blocks separated by a blank line.
-    Plain,
-}
 
 /// Failures into the aggregate; a handle on each failing netns is taken
 /// while the event's process still lives.
@@ -91,7 +73,7 @@ fn now_ns() -> u64 {
 /// Samples every failing netns, takes the interval's summary, prints it.
 fn report(
     state: &RefCell<State>,
-    mode: &Mode,
+    out: &mut dyn Sink<Summary>,
     interval: Duration,
     window: Duration,
     last: bool,
@@ -113,30 +95,19 @@ fn report(
         .borrow_mut()
         .agg
         .take_summary(&sampled, now_ns(), interval, window, last);
-    let text = match mode {
-        Mode::Json => format!("{}\n", json_line(&s)),
-        Mode::Plain => format!("{}\n", table(&s, None, None)),
-        Mode::Screen => {
-            let (rows, cols) = term_size().unwrap_or((24, 80));
-            // Title, header, and the "more" line fit with the rows.
-            let max = rows.saturating_sub(3).max(1);
-            format!("\x1b[H\x1b[2J{}", table(&s, Some(max), Some(cols)))
-        }
-    };
-    let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())?;
+    out.put(&s)?;
     out.flush()
 }
 
 /// `portwatch top`, until SIGINT/SIGTERM or the reader closes stdout.
 pub async fn run(args: TopArgs) -> Result<End> {
     let (stop, rx) = control::stop_on_signals()?;
-    let mode = if args.trace.json {
-        Mode::Json
+    let mut out: Box<dyn Sink<Summary>> = if args.trace.json {
+        Box::new(summary::JsonSink::new(io::stdout()))
     } else if io::stdout().is_terminal() {
-        Mode::Screen
+        Box::new(summary::ScreenSink::new(io::stdout()))
     } else {
-        Mode::Plain
+        Box::new(summary::TableSink::new(io::stdout()))
     };
     let state = Rc::new(RefCell::new(State {
         agg: Agg::default(),
@@ -167,7 +138,7 @@ pub async fn run(args: TopArgs) -> Result<End> {
                     tick.reset_at((since + args.interval).into());
                     continue;
                 }
-                let res = report(&state, &mode, args.interval, since.elapsed(), false);
+                let res = report(&state, &mut *out, args.interval, since.elapsed(), false);
                 *started.borrow_mut() = Some(Instant::now());
                 match res {
                     Ok(()) => {}
@@ -189,7 +160,7 @@ pub async fn run(args: TopArgs) -> Result<End> {
     }
     // What came in since the last summary (the kernel's backlog included).
     let since = started.borrow().unwrap_or_else(Instant::now);
-    match report(&state, &mode, args.interval, since.elapsed(), true) {
+    match report(&state, &mut *out, args.interval, since.elapsed(), true) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(End::ReaderGone),
         Err(e) => Err(e).context("writing the summary"),
         Ok(()) => Ok(end),

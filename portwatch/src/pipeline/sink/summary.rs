@@ -1,9 +1,14 @@
 //! `top`'s summaries out: one JSON object per interval (its own schema,
-//! `aggregate::SCHEMA_VERSION`), or a table with a title line, cut to a
-//! screen when asked.
+//! `aggregate::SCHEMA_VERSION`), or a table with a title line: in blocks,
+//! or redrawn in place and cut to the terminal.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+    net::IpAddr,
+};
 
+use super::Sink;
 use crate::pipeline::aggregate::{Row, Summary};
 
 pub fn json_line(s: &Summary) -> String {
@@ -136,6 +141,91 @@ pub fn table(s: &Summary, max_rows: Option<usize>, width: Option<usize>) -> Stri
     let mut text = out.join("\n");
     text.push('\n');
     text
+}
+
+/// Summaries as JSON lines.
+pub struct JsonSink<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JsonSink<W> {
+    pub fn new(out: W) -> Self {
+        JsonSink { out }
+    }
+}
+
+impl<W: Write> Sink<Summary> for JsonSink<W> {
+    fn put(&mut self, s: &Summary) -> io::Result<()> {
+        self.out.write_all(format!("{}\n", json_line(s)).as_bytes())
+    }
+    /// A summary counts the losses itself.
+    fn lost(&mut self, _count: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Summaries as blocks of text separated by a blank line (for a pipe or
+/// a file).
+pub struct TableSink<W: Write> {
+    out: W,
+}
+
+impl<W: Write> TableSink<W> {
+    pub fn new(out: W) -> Self {
+        TableSink { out }
+    }
+}
+
+impl<W: Write> Sink<Summary> for TableSink<W> {
+    fn put(&mut self, s: &Summary) -> io::Result<()> {
+        self.out
+            .write_all(format!("{}\n", table(s, None, None)).as_bytes())
+    }
+    /// A summary counts the losses itself.
+    fn lost(&mut self, _count: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Summaries redrawn in place on a terminal, cut to its size.
+pub struct ScreenSink<W: Write> {
+    out: W,
+}
+
+impl<W: Write> ScreenSink<W> {
+    pub fn new(out: W) -> Self {
+        ScreenSink { out }
+    }
+}
+
+impl<W: Write> Sink<Summary> for ScreenSink<W> {
+    fn put(&mut self, s: &Summary) -> io::Result<()> {
+        let (rows, cols) = term_size().unwrap_or((24, 80));
+        // Title, header, and the "more" line fit with the rows.
+        let max = rows.saturating_sub(3).max(1);
+        self.out
+            .write_all(format!("\x1b[H\x1b[2J{}", table(s, Some(max), Some(cols))).as_bytes())
+    }
+    /// A summary counts the losses itself.
+    fn lost(&mut self, _count: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// The terminal's (rows, columns), when stdout is one.
+fn term_size() -> Option<(usize, usize)> {
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row as usize, ws.ws_col as usize))
 }
 
 #[cfg(test)]
