@@ -60,7 +60,10 @@ fn open_ns(path: &Path) -> Result<(File, u32)> {
     let ino = f.metadata()?.ino() as u32;
     // Make sure it is a network namespace (setns would refuse it later anyway).
     let magic = {
+        // SAFETY: statfs is plain C data, for which all zeroes is valid.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `f` is an open file for the call's duration and `st` a
+        // writable statfs.
         let ok = unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&f), &mut st) } == 0;
         ok.then_some(st.f_type as i64)
     };

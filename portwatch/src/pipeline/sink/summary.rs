@@ -223,7 +223,9 @@ impl<W: Write> Sink<Summary> for ScreenSink<W> {
 
 /// The terminal's (rows, columns), when stdout is one.
 fn term_size() -> Option<(usize, usize)> {
+    // SAFETY: winsize is plain C data, for which all zeroes is valid.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize into `ws`, live and writable.
     let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
     (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row as usize, ws.ws_col as usize))
 }
