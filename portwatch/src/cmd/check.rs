@@ -16,10 +16,8 @@ use crate::{
     },
     pipeline::{
         findings::{findings_for, Finding, Severity},
-        sink::{
-            findings::{write_json, write_table, Summary},
-            SCHEMA_VERSION,
-        },
+        schema::SCHEMA_VERSION,
+        sink::findings::{write_json, write_table, Summary},
     },
 };
 

@@ -15,7 +15,7 @@ use crate::{
     host::usage::{Dest, Usage},
     pipeline::{
         event::{Errno, Event, Kind, Proto},
-        sink::rfc3339_micros,
+        schema::rfc3339_micros,
     },
 };
 

@@ -19,7 +19,7 @@ use crate::{
         ports::{self, PortSet},
         sockdiag::{self, Sock, STATE_LISTEN, STATE_TIME_WAIT},
     },
-    pipeline::{cause::holder_counts, event::HolderCount, sink::SCHEMA_VERSION},
+    pipeline::{cause::holder_counts, event::HolderCount, schema::SCHEMA_VERSION},
 };
 
 /// The kernel's default range: clear of the default NodePort range.

@@ -4,7 +4,7 @@
 //! `top`: the trace pipeline -> `aggregate` -> `sink`. `nodeport-steal`:
 //! ring buffer -> `correlate` -> `sink`. `check`: `host::discover` ->
 //! `findings` -> `sink`. `control` is how a running pipeline is stopped
-//! and told about.
+//! and told about; `schema` is what every JSON record shares.
 
 pub mod aggregate;
 pub mod cause;
@@ -15,5 +15,6 @@ pub mod enrich;
 pub mod event;
 pub mod filter;
 pub mod findings;
+pub mod schema;
 pub mod sink;
 pub mod trace;

@@ -8,11 +8,14 @@ use std::{
 
 use serde::Serialize;
 
-use super::{rfc3339_micros, Sink, SCHEMA_VERSION};
+use super::Sink;
 use crate::{
     k8s::pods::Pod,
     kernel::probe::Probe,
-    pipeline::event::{Cause, Detail, Errno, Event, Family, Kind, Proto},
+    pipeline::{
+        event::{Cause, Detail, Errno, Event, Family, Kind, Proto},
+        schema::{rfc3339_micros, SCHEMA_VERSION},
+    },
 };
 
 #[derive(Serialize)]

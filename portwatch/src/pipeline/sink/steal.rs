@@ -7,7 +7,8 @@ use serde_json::json;
 use crate::pipeline::{
     correlate::Report,
     decode::Clock,
-    sink::{rfc3339_micros, Sink, SCHEMA_VERSION},
+    schema::{rfc3339_micros, SCHEMA_VERSION},
+    sink::Sink,
 };
 
 /// What every report of a run shares.

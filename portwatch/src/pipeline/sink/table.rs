@@ -7,12 +7,13 @@ use std::{
     net::IpAddr,
 };
 
-use super::{rfc3339_micros, Sink};
+use super::Sink;
 use crate::{
     k8s::pods::Pod,
     pipeline::{
         cause,
         event::{Cause, Detail, Event, Exhausted, HolderCount, Kind, PortHolder, Proto, States},
+        schema::rfc3339_micros,
     },
 };
 
