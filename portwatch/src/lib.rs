@@ -13,6 +13,8 @@
 //!   socket tables, port sets, socket holders, IPVS, port usage; `k8s`:
 //!   pods from cgroups, and their names from the container runtime.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod cmd;
 pub(crate) mod host;
 pub(crate) mod k8s;

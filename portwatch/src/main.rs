@@ -3,6 +3,8 @@
 //! The binary parses the command line and runs the command; everything
 //! else is the library's (`portwatch::cmd` and what it composes).
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::process::ExitCode;
 
 use clap::Parser as _;

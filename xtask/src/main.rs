@@ -3,6 +3,8 @@
 //! Everything comes from Debian packages and crates.io, pinned, and every
 //! step checks before it acts, so a second `setup` takes about a second.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::{
     env,
     io::{BufRead, BufReader},
@@ -178,8 +180,10 @@ fn is_root() -> bool {
 /// machine has none); `why` says who needs it.
 fn ensure_tracefs(why: &str) -> Result<()> {
     const TRACEFS_MAGIC: i64 = 0x74726163;
+    // SAFETY: statfs is plain C data, for which all zeroes is valid.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let p = c"/sys/kernel/tracing";
+    // SAFETY: `p` is NUL-terminated and `st` writable, both live for the call.
     if unsafe { libc::statfs(p.as_ptr(), &mut st) } == 0 && st.f_type as i64 == TRACEFS_MAGIC {
         return Ok(());
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::pipeline::event::{Errno, Probe};
+use crate::{kernel::probe::Probe, pipeline::event::Errno};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -133,25 +133,23 @@ pub struct ServeArgs {
 /// The trace options `serve` runs its trace pipeline with: `trace`'s
 /// defaults (no filter: the node's every failure), with serve's choices.
 pub fn trace_args_for_serve(s: &ServeArgs) -> TraceArgs {
-    let Command::Trace(mut t) = Cli::parse_from(["portwatch", "trace", "--json"]).command else {
-        unreachable!("parsed as trace")
-    };
-    t.backend = s.backend;
-    t.detail_budget = s.detail_budget;
-    t.cri_endpoint.clone_from(&s.cri_endpoint);
-    t.netns_sweep = s.scan_interval;
-    t
+    TraceArgs {
+        json: true,
+        backend: s.backend,
+        detail_budget: s.detail_budget,
+        cri_endpoint: s.cri_endpoint.clone(),
+        netns_sweep: s.scan_interval,
+        ..TraceArgs::default()
+    }
 }
 
 /// The nodeport-steal options `serve` runs with.
 pub fn nodeport_args_for_serve(s: &ServeArgs) -> NodeportArgs {
-    let Command::NodeportSteal(mut n) =
-        Cli::parse_from(["portwatch", "nodeport-steal", "--json"]).command
-    else {
-        unreachable!("parsed as nodeport-steal")
-    };
-    n.nodeport_range = s.nodeport_range;
-    n
+    NodeportArgs {
+        json: true,
+        nodeport_range: s.nodeport_range,
+        ..NodeportArgs::default()
+    }
 }
 
 fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -206,6 +204,20 @@ pub struct NodeportArgs {
     /// reporting it (a final state reports at once): 5s, 500ms.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_follow)]
     pub follow: Duration,
+}
+
+impl Default for NodeportArgs {
+    /// What `portwatch nodeport-steal` runs with when given no option (the
+    /// `default_value`s above; a test holds them equal).
+    fn default() -> NodeportArgs {
+        NodeportArgs {
+            json: false,
+            nodeport_range: (30000, 32767),
+            ports: None,
+            interface: vec![],
+            follow: Duration::from_secs(5),
+        }
+    }
 }
 
 fn parse_port_list(s: &str) -> Result<crate::host::ports::PortSet, String> {
@@ -290,6 +302,30 @@ pub struct TraceArgs {
     /// (not a flag: `serve` sweeps every scan interval).
     #[arg(skip = crate::host::netns::DEFAULT_SWEEP)]
     pub netns_sweep: Duration,
+}
+
+impl Default for TraceArgs {
+    /// What `portwatch trace` runs with when given no option (the
+    /// `default_value`s above; a test holds them equal).
+    fn default() -> TraceArgs {
+        TraceArgs {
+            json: false,
+            pid: None,
+            comm: None,
+            errno: None,
+            dport: None,
+            namespace: None,
+            pod: None,
+            container: None,
+            host: false,
+            backend: BackendChoice(None),
+            ringbuf_size: 4096,
+            detail_budget: Duration::from_millis(50),
+            no_detail: false,
+            cri_endpoint: None,
+            netns_sweep: crate::host::netns::DEFAULT_SWEEP,
+        }
+    }
 }
 
 fn parse_budget(s: &str) -> Result<Duration, String> {
@@ -655,5 +691,18 @@ mod tests {
             assert_ne!(e.kind(), ErrorKind::DisplayHelp, "{bad:?}");
             assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
+    }
+
+    /// The options serve builds without a command line start from these.
+    #[test]
+    fn defaults_are_what_no_option_parses_to() {
+        let Command::Trace(t) = parse(&["trace"]).unwrap().command else {
+            panic!("trace")
+        };
+        assert_eq!(format!("{t:?}"), format!("{:?}", TraceArgs::default()));
+        let Command::NodeportSteal(n) = parse(&["nodeport-steal"]).unwrap().command else {
+            panic!("nodeport-steal")
+        };
+        assert_eq!(format!("{n:?}"), format!("{:?}", NodeportArgs::default()));
     }
 }

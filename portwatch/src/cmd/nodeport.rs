@@ -15,8 +15,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 
-use crate::pipeline::correlate::{self, Correlator};
-use crate::pipeline::sink::steal::{Context, JsonSink, Sink, TableSink};
+use crate::pipeline::correlate::{self, Correlator, Report};
+use crate::pipeline::sink::{
+    steal::{Context, JsonSink, TableSink},
+    Sink,
+};
 use crate::{
     cmd::cli::NodeportArgs,
     host::{
@@ -25,7 +28,7 @@ use crate::{
     },
     kernel::{attach, source::Source},
     pipeline::{
-        control::{self, Control},
+        control::{self, AttachReport, Control},
         decode::{self, Clock},
     },
 };
@@ -106,7 +109,7 @@ fn overlap_warning(guarded: &PortSet) -> Option<(String, String)> {
 pub async fn run(args: NodeportArgs) -> Result<()> {
     let (_stop, rx) = control::stop_on_signals()?;
     let json = args.json;
-    let make_sink = move |clock: Clock, ctx: Context| -> Box<dyn Sink> {
+    let make_sink = move |clock: Clock, ctx: Context| -> Box<dyn Sink<Report>> {
         let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
         if json {
             Box::new(JsonSink::new(stdout, clock, ctx))
@@ -122,7 +125,7 @@ pub async fn run(args: NodeportArgs) -> Result<()> {
 /// `ctl` says stop (pending reports are flushed) or the reader is gone.
 pub async fn pipeline(
     args: &NodeportArgs,
-    make_sink: impl FnOnce(Clock, Context) -> Box<dyn Sink>,
+    make_sink: impl FnOnce(Clock, Context) -> Box<dyn Sink<Report>>,
     mut ctl: Control,
 ) -> Result<()> {
     let mut statics = PortSet::range(args.nodeport_range.0, args.nodeport_range.1);
@@ -198,20 +201,19 @@ pub async fn pipeline(
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
     let mut lost_seen = 0u64;
     eprintln!("portwatch: attached; watching for NodePort steals. Ctrl-C to stop.");
-    ctl.report_attached(&format!(
-        "synack=tc ipvs={}",
-        if ipvs.is_some() { "kprobe" } else { "none" }
-    ));
+    ctl.report_attached(&AttachReport::Steal {
+        ipvs_kprobe: ipvs.is_some(),
+    });
 
     let mut records = vec![];
     // enrich -> output: the victim's pod, from its owner's cgroup.
-    let emit = |sink: &mut Box<dyn Sink>, mut reps: Vec<correlate::Report>| -> Result<()> {
+    let emit = |sink: &mut Box<dyn Sink<Report>>, mut reps: Vec<Report>| -> Result<()> {
         for r in &mut reps {
             r.pod = r
                 .owner
                 .as_ref()
                 .and_then(|(pid, _)| crate::k8s::pods::of_pid(*pid));
-            sink.report(r)?;
+            sink.put(r)?;
         }
         if !reps.is_empty() {
             sink.flush()?;

@@ -268,6 +268,8 @@ pub fn run_in<T: Send>(ns: &File, f: impl FnOnce() -> T + Send) -> Result<T> {
     let fd = ns.as_raw_fd();
     std::thread::scope(|s| {
         s.spawn(move || -> Result<T> {
+            // SAFETY: `fd` belongs to `ns`, open for the whole scope; setns
+            // changes only this thread, which runs nothing else.
             if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
                 bail!("setns: {}", std::io::Error::last_os_error());
             }

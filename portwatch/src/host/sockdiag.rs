@@ -163,6 +163,7 @@ fn parse_msg(b: &[u8]) -> Option<Sock> {
 }
 
 fn nl_socket() -> Result<OwnedFd> {
+    // SAFETY: socket() takes no pointers; the fd it returns is checked below.
     let fd = unsafe {
         libc::socket(
             libc::AF_NETLINK,
@@ -173,6 +174,7 @@ fn nl_socket() -> Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error()).context("socket(AF_NETLINK, NETLINK_SOCK_DIAG)");
     }
+    // SAFETY: `fd` was just opened above, is valid, and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -185,8 +187,11 @@ fn dump_family(
 ) -> Result<()> {
     let seq = 1;
     let req = request(family, proto, f, seq);
+    // SAFETY: sockaddr_nl is plain C data, for which all zeroes is valid.
     let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     sa.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: `req` and `sa` are live for the call, and the lengths passed
+    // are theirs.
     let rc = unsafe {
         libc::sendto(
             fd.as_raw_fd(),
@@ -202,6 +207,7 @@ fn dump_family(
     }
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        // SAFETY: `buf` is live and writable for `buf.len()` bytes.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -261,6 +267,13 @@ pub fn dump(proto: u8, f: PortFilter) -> Result<Vec<Sock>> {
 /// Whether this netns's socket table can be read (one tiny filtered dump).
 pub fn probe() -> Result<()> {
     dump(libc::IPPROTO_TCP as u8, PortFilter::Sport(1)).map(|_| ())
+}
+
+/// Where a look-up of the socket table runs: portwatch's own netns, or the
+/// one behind a handle.
+pub enum NsHandle {
+    Own,
+    File(File),
 }
 
 /// `dump`, in the netns behind `ns` (None: portwatch's own).

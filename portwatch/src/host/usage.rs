@@ -14,13 +14,11 @@ use std::{collections::HashMap, fs::File, net::IpAddr};
 
 use anyhow::{anyhow, Context as _, Result};
 
-use crate::{
-    host::{
-        netns::{self, parse_port_range, NetnsHandles},
-        ports::{self, PortSet},
-        sockdiag::{self, PortFilter, Sock, STATE_LISTEN},
-    },
-    pipeline::enrich::{PORT_RANGE, RESERVED_PORTS},
+use crate::host::{
+    netns::{self, parse_port_range, NetnsHandles},
+    ports::{self, PortSet},
+    sockdiag::{self, PortFilter, Sock, STATE_LISTEN},
+    sysctl::{PORT_RANGE, RESERVED_PORTS},
 };
 
 /// A destination: remote address (IPv4-mapped IPv6 as IPv4) and port.

@@ -14,10 +14,7 @@ use aya::{
 
 use portwatch_common::{StealOffsets, TpSockFields, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE};
 
-use crate::{
-    kernel::{btf::Btf, offsets, system},
-    pipeline::event::Probe,
-};
+use crate::kernel::{btf::Btf, offsets, probe::Probe, system};
 
 /// The compiled kernel programs, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));

@@ -102,6 +102,7 @@ pub fn raise_memlock() {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
+    // SAFETY: `lim` is a valid rlimit; setrlimit only reads it.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
         log::debug!(
             "could not raise RLIMIT_MEMLOCK: {}",
@@ -114,7 +115,10 @@ const TRACEFS_MAGIC: i64 = 0x74726163;
 
 fn is_tracefs(path: &str) -> bool {
     let c = std::ffi::CString::new(path).unwrap();
+    // SAFETY: statfs is plain C data, for which all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs, both
+    // live for the call.
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == TRACEFS_MAGIC }
 }
 
@@ -134,6 +138,8 @@ pub fn ensure_tracefs() -> Result<Option<String>> {
     }
     let src = c"tracefs";
     let tgt = std::ffi::CString::new(target).unwrap();
+    // SAFETY: source, target and type are NUL-terminated strings live for
+    // the call; no mount data is passed.
     let rc = unsafe {
         libc::mount(
             src.as_ptr(),

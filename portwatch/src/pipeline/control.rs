@@ -9,11 +9,23 @@ use tokio::{
     sync::watch,
 };
 
+use crate::kernel::{attach::Hook, probe::Probe};
+
+/// What a pipeline attached, once its probes are in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachReport {
+    /// The trace pipeline: the kind of probe each hook got.
+    Trace(Vec<(Hook, Probe)>),
+    /// The nodeport-steal pipeline: the SYN-ACK watch (on tc) and, where
+    /// the kernel has IPVS, the kprobe on its scheduling path.
+    Steal { ipvs_kprobe: bool },
+}
+
 /// Told, once, what a pipeline attached.
-pub type OnAttached = Box<dyn FnOnce(&str)>;
+pub type OnAttached = Box<dyn FnOnce(&AttachReport)>;
 
 /// Handed to a pipeline: it runs until `stop` turns true, and calls
-/// `attached` once its probes are in (with one line saying what it attached).
+/// `attached` once its probes are in (with what it attached).
 pub struct Control {
     pub stop: watch::Receiver<bool>,
     pub attached: Option<OnAttached>,
@@ -27,12 +39,12 @@ impl Control {
         }
     }
 
-    pub fn on_attached(mut self, f: impl FnOnce(&str) + 'static) -> Control {
+    pub fn on_attached(mut self, f: impl FnOnce(&AttachReport) + 'static) -> Control {
         self.attached = Some(Box::new(f));
         self
     }
 
-    pub(crate) fn report_attached(&mut self, what: &str) {
+    pub(crate) fn report_attached(&mut self, what: &AttachReport) {
         if let Some(f) = self.attached.take() {
             f(what);
         }

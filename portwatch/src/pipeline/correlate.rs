@@ -324,6 +324,8 @@ mod tests {
         ev.rs_port = 8080;
         ev.pid = 7;
         ev.comm[..4].copy_from_slice(b"curl");
+        // SAFETY: `ev` is a live StealEvent of STEAL_EVENT_SIZE bytes, plain
+        // data (repr(C)), borrowed for the slice's lifetime.
         let bytes =
             unsafe { std::slice::from_raw_parts(&ev as *const _ as *const u8, STEAL_EVENT_SIZE) };
         let r = decode(bytes).unwrap();

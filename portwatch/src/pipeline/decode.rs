@@ -5,7 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{bail, Result};
 use portwatch_common::*;
 
-use crate::pipeline::event::{Errno, Event, Family, Kind, Probe, Proto};
+use crate::{
+    kernel::probe::Probe,
+    pipeline::event::{Errno, Event, Family, Kind, Proto},
+};
 
 /// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +22,7 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
     unsafe { libc::clock_gettime(id, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
@@ -168,6 +172,8 @@ mod tests {
 
     fn bytes_of(r: &FailureEvent) -> Vec<u8> {
         let p = r as *const FailureEvent as *const u8;
+        // SAFETY: `p` points to a live FailureEvent of FAILURE_EVENT_SIZE
+        // bytes, plain data (repr(C)), borrowed for the slice's lifetime.
         unsafe { std::slice::from_raw_parts(p, FAILURE_EVENT_SIZE) }.to_vec()
     }
 
@@ -233,6 +239,7 @@ mod tests {
             tv_sec: 0,
             tv_nsec: 0,
         };
+        // SAFETY: `ts` is a valid, writable timespec for the call's duration.
         unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
         let boot = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
         let wall = std::time::SystemTime::now()

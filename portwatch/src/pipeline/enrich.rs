@@ -20,17 +20,17 @@ use crate::{
     host::{
         netns::{self, parse_port_range, read_sysctls, NetnsHandles},
         ports::PortSet,
+        sockdiag::NsHandle,
+        sysctl::{PORT_RANGE, RESERVED_PORTS},
     },
     k8s::{
         cri::{self, Cri, Lookup},
         pods::{self, CgroupResolver},
     },
-    pipeline::{cause::NsHandle, event::Event},
+    pipeline::event::Event,
 };
 
 const RANGE_TTL: Duration = Duration::from_secs(1);
-pub const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-pub const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
 type Ports = (Option<(u16, u16)>, Option<PortSet>);
 

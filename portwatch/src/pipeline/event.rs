@@ -1,13 +1,11 @@
-//! The decoded event: what every stage after `decode` works with.
+//! The decoded event: what every stage after `decode` works with, and
+//! what the `cause` stage fills in (the cause and its detail).
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
-use crate::{
-    host::ports::PortSet,
-    pipeline::cause::{Cause, Detail},
-};
+use crate::{host::ports::PortSet, k8s::pods::Pod, kernel::probe::Probe};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,25 +50,6 @@ impl Errno {
     }
 }
 
-/// Which kind of probe saw an event; also the `--backend` choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Probe {
-    Fexit,
-    Kprobe,
-    Tracepoint,
-}
-
-impl Probe {
-    pub fn name(self) -> &'static str {
-        match self {
-            Probe::Fexit => "fexit",
-            Probe::Kprobe => "kprobe",
-            Probe::Tracepoint => "tracepoint",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
@@ -99,6 +78,98 @@ impl Proto {
 pub enum Family {
     Ipv4,
     Ipv6,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// connect(): no free source port toward daddr:dport was left.
+    PortsExhausted,
+    /// connect(): the port was fixed by bind() and that 4-tuple exists.
+    TupleInUse,
+    /// bind(): the explicit port asked for is taken.
+    PortInUse,
+    /// bind(ip, 0): no free port was left for autobind.
+    BindPortsExhausted,
+    /// bind(): the address is not configured in the netns.
+    AddrNotLocal,
+    /// The evidence was gone before anyone looked.
+    Unknown,
+}
+
+impl Cause {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::PortsExhausted => "ports_exhausted",
+            Cause::TupleInUse => "tuple_in_use",
+            Cause::PortInUse => "port_in_use",
+            Cause::BindPortsExhausted => "bind_ports_exhausted",
+            Cause::AddrNotLocal => "addr_not_local",
+            Cause::Unknown => "unknown",
+        }
+    }
+}
+
+/// Socket states and how many sockets are in each (`{"ESTABLISHED": 3}`).
+pub type States = BTreeMap<&'static str, u32>;
+
+/// A process and how many of the sockets in question it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HolderCount {
+    pub pid: u32,
+    pub comm: String,
+    pub pod: Option<Pod>,
+    pub count: u32,
+}
+
+/// Sockets on a port, and their process when they have one: one entry per
+/// (process, state, local address), with how many sockets it stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortHolder {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub pod: Option<Pod>,
+    pub state: &'static str,
+    /// The sockets' local address:port.
+    pub local: String,
+    pub count: u32,
+}
+
+/// `ports_exhausted` / `bind_ports_exhausted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exhausted {
+    pub range: Option<[u16; 2]>,
+    /// Reserved ports inside the range, in the kernel's list syntax.
+    pub reserved: Option<String>,
+    /// Range size less the reserved ports in it.
+    pub usable: Option<u32>,
+    pub in_use: Option<u32>,
+    pub states: Option<States>,
+    pub holders: Option<Vec<HolderCount>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tuple {
+    pub sport: u16,
+    pub states: Option<States>,
+    pub holders: Option<Vec<HolderCount>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortInUse {
+    pub port: u16,
+    /// Listeners first.
+    pub holders: Option<Vec<PortHolder>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Detail {
+    Exhausted(Exhausted),
+    Tuple(Tuple),
+    PortInUse(PortInUse),
+    AddrNotLocal { addr: Option<IpAddr> },
+    Unknown { reason: String },
 }
 
 /// One connect()/bind() failure, decoded and (after `enrich`) annotated.
@@ -132,7 +203,7 @@ pub struct Event {
     /// Filled by `enrich`: the cgroup v2 path of `cgroup_id` (None: unresolved).
     pub cgroup: Option<String>,
     /// Filled by `enrich`: the pod, when the cgroup path is a pod's.
-    pub pod: Option<crate::k8s::pods::Pod>,
+    pub pod: Option<Pod>,
     /// Filled by `cause`: why it failed.
     pub cause: Option<Cause>,
     /// Filled by `cause`: the evidence and who holds the ports.
@@ -140,4 +211,41 @@ pub struct Event {
     /// Filled by `cause`: false when part of the detail is missing (look-up
     /// past the budget, netns or sockets gone).
     pub detail_complete: Option<bool>,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A connect() that failed for want of a port: the base of the
+    /// pipeline's unit tests.
+    pub fn sample_event() -> Event {
+        Event {
+            time_ns: 1_795_421_553_123_456_789, // 2026-11-23T08:12:33.123456Z
+            kind: Kind::Connect,
+            errno: Errno::EADDRNOTAVAIL,
+            ret: -99,
+            pid: 4242,
+            tid: 4243,
+            comm: "curl".into(),
+            uid: 0,
+            cgroup_id: 1234,
+            netns: Some(4026532598),
+            proto: Some(Proto::Tcp),
+            family: Some(Family::Ipv4),
+            saddr: None,
+            sport: None,
+            daddr: Some("127.0.0.1".parse().unwrap()),
+            dport: Some(7100),
+            sock_port: Some(0),
+            probe: Probe::Tracepoint,
+            port_range: Some((41000, 41003)),
+            reserved: None,
+            cgroup: None,
+            pod: None,
+            cause: None,
+            detail: None,
+            detail_complete: None,
+        }
+    }
 }

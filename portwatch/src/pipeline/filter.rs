@@ -75,7 +75,7 @@ impl Filter {
 mod tests {
     use super::*;
     use crate::k8s::pods::Pod;
-    use crate::pipeline::sink::tests::sample_event;
+    use crate::pipeline::event::tests::sample_event;
 
     const UID: &str = "0f5e5e8a-1b2c-4d3e-8f90-a1b2c3d4e5f6";
     const CID: &str = "4c5f1e2d3b4a59687766554433221100ffeeddccbbaa99887766554433221100";

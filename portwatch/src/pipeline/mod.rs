@@ -1,8 +1,12 @@
 //! The stages events go through, one module each. `trace`: attach ->
 //! ring buffer (`kernel`) -> `decode` -> `enrich` -> `filter` -> `cause`
-//! -> `sink`. `nodeport-steal`: ring buffer -> `correlate` -> `sink`.
-//! `control` is how a running pipeline is stopped and told about.
+//! -> `sink`, composed in `trace` (which `top` and `serve` run too).
+//! `top`: the trace pipeline -> `aggregate` -> `sink`. `nodeport-steal`:
+//! ring buffer -> `correlate` -> `sink`. `check`: `host::discover` ->
+//! `findings` -> `sink`. `control` is how a running pipeline is stopped
+//! and told about; `schema` is what every JSON record shares.
 
+pub mod aggregate;
 pub mod cause;
 pub mod control;
 pub mod correlate;
@@ -10,4 +14,7 @@ pub mod decode;
 pub mod enrich;
 pub mod event;
 pub mod filter;
+pub mod findings;
+pub mod schema;
 pub mod sink;
+pub mod trace;

@@ -169,6 +169,8 @@ fn ctr_import(img: &image::Image) -> Result<()> {
         eprintln!("xtask: containerd imported the archive as {}", ds.image);
         Ok(())
     })();
+    // SAFETY: kill takes no pointers; the pid is our own child's, not yet
+    // waited for.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let _ = daemon.wait();
     let _ = fs::remove_dir_all(dir.join("root"));

@@ -96,6 +96,12 @@ pub struct Metrics {
     scan_errors: Counter,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut m = Metrics {

@@ -24,14 +24,17 @@ use tokio::sync::watch;
 use crate::{
     cmd::{
         cli::{self, ServeArgs},
-        nodeport, trace,
+        nodeport,
+        trace::options,
     },
     k8s::cri::{Cri, Key, Lookup},
+    kernel::{attach::Hook, probe::Probe},
     pipeline::{
-        control::{self, Control},
+        control::{self, AttachReport, Control},
         correlate::Report,
         event::Event,
         sink::{steal as np_out, JsonSink, Sink},
+        trace,
     },
 };
 use http::Shared;
@@ -48,10 +51,10 @@ struct TraceTee<S> {
     shared: Arc<Shared>,
 }
 
-impl<S: Sink> Sink for TraceTee<S> {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
+impl<S: Sink<Event>> Sink<Event> for TraceTee<S> {
+    fn put(&mut self, ev: &Event) -> io::Result<()> {
         self.shared.metrics.failure(ev);
-        self.inner.event(ev)
+        self.inner.put(ev)
     }
     fn lost(&mut self, count: u64) -> io::Result<()> {
         self.shared.metrics.lost(count);
@@ -64,30 +67,28 @@ impl<S: Sink> Sink for TraceTee<S> {
 
 /// NodePort steal reports: counted, then out as JSON lines.
 struct StealTee {
-    inner: Box<dyn np_out::Sink>,
+    inner: Box<dyn Sink<Report>>,
     shared: Arc<Shared>,
 }
 
-impl np_out::Sink for StealTee {
-    fn report(&mut self, r: &Report) -> Result<()> {
+impl Sink<Report> for StealTee {
+    fn put(&mut self, r: &Report) -> io::Result<()> {
         self.shared.metrics.steal(r);
-        self.inner.report(r)
+        self.inner.put(r)
     }
-    fn flush(&mut self) -> Result<()> {
+    fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-    fn lost(&mut self, count: u64) -> Result<()> {
+    fn lost(&mut self, count: u64) -> io::Result<()> {
         self.shared.metrics.lost(count);
         self.inner.lost(count)
     }
 }
 
-/// "connect=fexit bind=kprobe" -> "fexit+kprobe".
-fn backend_of(attached: &str) -> String {
-    let mut kinds: Vec<&str> = attached
-        .split_whitespace()
-        .filter_map(|h| h.split_once('=').map(|(_, p)| p))
-        .collect();
+/// The probe kinds of the trace hooks, each once: connect on fexit and
+/// bind on kprobe -> "fexit+kprobe".
+fn backend_of(hooks: &[(Hook, Probe)]) -> String {
+    let mut kinds: Vec<&str> = hooks.iter().map(|(_, p)| p.name()).collect();
     kinds.sort_unstable();
     kinds.dedup();
     kinds.join("+")
@@ -96,8 +97,8 @@ fn backend_of(attached: &str) -> String {
 /// Which pipelines have attached; ready once both have.
 #[derive(Default)]
 struct Attached {
-    trace: Option<String>,
-    steal: Option<String>,
+    trace: Option<Vec<(Hook, Probe)>>,
+    steal: bool,
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -141,13 +142,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     );
 
     let attached = Rc::new(RefCell::new(Attached::default()));
-    let on_attached = |which: fn(&mut Attached) -> &mut Option<String>| {
+    let on_attached = || {
         let attached = attached.clone();
         let shared = shared.clone();
-        move |what: &str| {
+        move |what: &AttachReport| {
             let mut a = attached.borrow_mut();
-            *which(&mut a) = Some(what.to_string());
-            if let (Some(t), Some(_)) = (&a.trace, &a.steal) {
+            match what {
+                AttachReport::Trace(hooks) => a.trace = Some(hooks.clone()),
+                AttachReport::Steal { .. } => a.steal = true,
+            }
+            if let (Some(t), true) = (&a.trace, a.steal) {
                 shared
                     .metrics
                     .build_info(env!("CARGO_PKG_VERSION"), &backend_of(t));
@@ -173,15 +177,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
     };
 
-    let trace_args = cli::trace_args_for_serve(&args);
+    let trace_opts = options(&cli::trace_args_for_serve(&args));
     let tracing = async {
         let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
         let sink = Box::new(TraceTee {
             inner: JsonSink::new(stdout),
             shared: shared.clone(),
         });
-        let ctl = Control::new(stop_rx.clone()).on_attached(on_attached(|a| &mut a.trace));
-        match trace::pipeline(&trace_args, sink, ctl).await {
+        let ctl = Control::new(stop_rx.clone()).on_attached(on_attached());
+        match trace::pipeline(&trace_opts, sink, ctl).await {
             Ok(trace::End::Signal) => Ok(()),
             Ok(trace::End::ReaderGone) => {
                 fail(anyhow!("stdout was closed: events have nowhere to go"))
@@ -193,14 +197,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let np_args = cli::nodeport_args_for_serve(&args);
     let stealing = async {
         let sh = shared.clone();
-        let make_sink = move |clock, ctx| -> Box<dyn np_out::Sink> {
+        let make_sink = move |clock, ctx| -> Box<dyn Sink<Report>> {
             let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
             Box::new(StealTee {
                 inner: Box::new(np_out::JsonSink::new(stdout, clock, ctx)),
                 shared: sh,
             })
         };
-        let ctl = Control::new(stop_rx.clone()).on_attached(on_attached(|a| &mut a.steal));
+        let ctl = Control::new(stop_rx.clone()).on_attached(on_attached());
         match nodeport::pipeline(&np_args, make_sink, ctl).await {
             Ok(()) => Ok(()),
             Err(e) => fail(e.context("nodeport-steal pipeline")),
@@ -306,11 +310,15 @@ mod tests {
 
     #[test]
     fn backend_label_names_each_probe_kind_once() {
-        assert_eq!(backend_of("connect=fexit bind=fexit"), "fexit");
+        use Hook::{Bind, Connect};
         assert_eq!(
-            backend_of("connect=tracepoint bind=kprobe"),
+            backend_of(&[(Connect, Probe::Fexit), (Bind, Probe::Fexit)]),
+            "fexit"
+        );
+        assert_eq!(
+            backend_of(&[(Connect, Probe::Tracepoint), (Bind, Probe::Kprobe)]),
             "kprobe+tracepoint"
         );
-        assert_eq!(backend_of(""), "");
+        assert_eq!(backend_of(&[]), "");
     }
 }

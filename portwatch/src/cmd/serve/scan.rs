@@ -4,14 +4,15 @@
 //! `serve` runs it on a blocking thread.
 
 use crate::{
-    cmd::check,
     host::{
+        discover,
         holders::Holders,
         ports::{self, PortSet},
         sockdiag::Sock,
         usage::{self, DestUse},
     },
     k8s::pods::{self, Pod},
+    pipeline::findings,
 };
 
 /// One netns as a pass saw it.
@@ -56,7 +57,7 @@ pub fn pass(opts: &Options, with_check: bool) -> Pass {
         checked: with_check,
         errors: 0,
     };
-    let targets = match check::discover(&[]) {
+    let targets = match discover::discover(&[]) {
         Ok(t) => t,
         Err(e) => {
             log::warn!("listing network namespaces: {e:#}");
@@ -66,14 +67,14 @@ pub fn pass(opts: &Options, with_check: bool) -> Pass {
     };
     let guarded = {
         let g = PortSet::range(opts.nodeport_range.0, opts.nodeport_range.1);
-        match check::ipvs_ports() {
+        match discover::ipvs_ports() {
             Some(p) => g.union(&p),
             None => g,
         }
     };
     let holders = with_check.then(Holders::new);
     for t in &targets {
-        let st = match check::read_state(t) {
+        let st = match discover::read_state(t) {
             Ok(st) => st,
             Err(e) => {
                 log::info!("scan: netns {} ({}): {e:#}", t.ino, t.place);
@@ -91,7 +92,7 @@ pub fn pass(opts: &Options, with_check: bool) -> Pass {
             }
         };
         let findings = match &holders {
-            Some(h) => check::findings_for(t, &st, &guarded, h)
+            Some(h) => findings::findings_for(t, &st, &guarded, h)
                 .iter()
                 .map(|f| (f.check, f.severity.name()))
                 .collect(),

@@ -1,14 +1,14 @@
 //! nodeport-steal reports as JSON lines or a table with a plain-words line.
 
-use std::io::Write;
+use std::io::{self, Write};
 
-use anyhow::Result;
 use serde_json::json;
 
 use crate::pipeline::{
     correlate::Report,
     decode::Clock,
-    sink::{rfc3339_micros, SCHEMA_VERSION},
+    schema::{rfc3339_micros, SCHEMA_VERSION},
+    sink::Sink,
 };
 
 /// What every report of a run shares.
@@ -89,16 +89,6 @@ pub fn hint(r: &Report, ctx: &Context) -> String {
     }
 }
 
-pub trait Sink {
-    fn report(&mut self, r: &Report) -> Result<()>;
-    fn flush(&mut self) -> Result<()>;
-    /// `count` kernel records were dropped (ring buffer full); the stream
-    /// outputs say so on stderr already.
-    fn lost(&mut self, _count: u64) -> Result<()> {
-        Ok(())
-    }
-}
-
 pub struct JsonSink<W: Write> {
     w: W,
     clock: Clock,
@@ -111,14 +101,22 @@ impl<W: Write> JsonSink<W> {
     }
 }
 
-impl<W: Write> Sink for JsonSink<W> {
-    fn report(&mut self, r: &Report) -> Result<()> {
-        serde_json::to_writer(&mut self.w, &to_json(r, &self.clock, &self.ctx))?;
+impl<W: Write> Sink<Report> for JsonSink<W> {
+    fn put(&mut self, r: &Report) -> io::Result<()> {
+        // A write failing inside serde stays serde's error (wrapped), not
+        // the io error it carries: only a failed flush reads as the
+        // reader gone.
+        serde_json::to_writer(&mut self.w, &to_json(r, &self.clock, &self.ctx))
+            .map_err(io::Error::other)?;
         self.w.write_all(b"\n")?;
         Ok(())
     }
-    fn flush(&mut self) -> Result<()> {
-        Ok(self.w.flush()?)
+    /// The loss is said on stderr already.
+    fn lost(&mut self, _count: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
     }
 }
 
@@ -140,8 +138,8 @@ impl<W: Write> TableSink<W> {
     }
 }
 
-impl<W: Write> Sink for TableSink<W> {
-    fn report(&mut self, r: &Report) -> Result<()> {
+impl<W: Write> Sink<Report> for TableSink<W> {
+    fn put(&mut self, r: &Report) -> io::Result<()> {
         if !self.header {
             writeln!(
                 self.w,
@@ -175,8 +173,12 @@ impl<W: Write> Sink for TableSink<W> {
         writeln!(self.w, "  {}", hint(r, &self.ctx))?;
         Ok(())
     }
-    fn flush(&mut self) -> Result<()> {
-        Ok(self.w.flush()?)
+    /// The loss is said on stderr already.
+    fn lost(&mut self, _count: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
     }
 }
 
@@ -245,9 +247,9 @@ mod tests {
     fn table_row_and_hint() {
         let mut out = vec![];
         let mut t = TableSink::new(&mut out, Clock::fixed(0), ctx());
-        t.report(&report(Some("10.0.1.3:8080"), Outcome::Retransmitting))
+        t.put(&report(Some("10.0.1.3:8080"), Outcome::Retransmitting))
             .unwrap();
-        t.report(&report(None, Outcome::Failed)).unwrap();
+        t.put(&report(None, Outcome::Failed)).unwrap();
         let s = String::from_utf8(out).unwrap();
         let lines: Vec<_> = s.lines().collect();
         assert!(lines[0].starts_with("TIME"), "{s}");

@@ -1,0 +1,56 @@
+//! What the JSON records share, whichever stage builds them and whichever
+//! sink writes them: the schema version, and times as RFC 3339.
+
+/// Version of the JSON records; raised on any change to names or meaning.
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// `time_ns` (ns since the epoch, UTC) as RFC 3339 with microseconds.
+pub fn rfc3339_micros(time_ns: u64) -> String {
+    let secs = time_ns / 1_000_000_000;
+    let micros = (time_ns % 1_000_000_000) / 1_000;
+    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
+    let sod = secs % 86_400;
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+/// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian
+/// (the well-known era-based algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_micros(1_795_421_553_123_456_789),
+            "2026-11-23T08:12:33.123456Z"
+        );
+        assert_eq!(
+            rfc3339_micros(951_782_400_000_001_000),
+            "2000-02-29T00:00:00.000001Z"
+        );
+        assert_eq!(
+            rfc3339_micros(4_107_542_399_999_999_999),
+            "2100-02-28T23:59:59.999999Z"
+        );
+    }
+}

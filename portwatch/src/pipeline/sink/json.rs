@@ -1,0 +1,187 @@
+//! Events as JSON lines: one object per event (the README's "JSON
+//! schema", version `SCHEMA_VERSION`), and one per batch of lost events.
+
+use std::{
+    io::{self, Write},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use super::Sink;
+use crate::{
+    k8s::pods::Pod,
+    kernel::probe::Probe,
+    pipeline::{
+        event::{Cause, Detail, Errno, Event, Family, Kind, Proto},
+        schema::{rfc3339_micros, SCHEMA_VERSION},
+    },
+};
+
+#[derive(Serialize)]
+struct JsonEvent<'a> {
+    schema: u32,
+    time: String,
+    kind: Kind,
+    errno: Errno,
+    ret: i32,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    uid: u32,
+    cgroup_id: u64,
+    cgroup: Option<&'a str>,
+    netns: Option<u32>,
+    proto: Option<Proto>,
+    family: Option<Family>,
+    saddr: Option<IpAddr>,
+    sport: Option<u16>,
+    daddr: Option<IpAddr>,
+    dport: Option<u16>,
+    probe: Probe,
+    port_range: Option<[u16; 2]>,
+    pod: Option<&'a Pod>,
+    /// Bind events only: what the caller asked for.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    requested: Option<Requested>,
+    cause: Option<Cause>,
+    detail: Option<&'a Detail>,
+    detail_complete: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct Requested {
+    requested_addr: Option<IpAddr>,
+    /// 0: any port.
+    requested_port: Option<u16>,
+}
+
+#[derive(Serialize)]
+struct JsonLost {
+    schema: u32,
+    kind: &'static str,
+    count: u64,
+}
+
+pub struct JsonSink<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JsonSink<W> {
+    pub fn new(out: W) -> Self {
+        JsonSink { out }
+    }
+}
+
+pub fn json_line(ev: &Event) -> String {
+    let j = JsonEvent {
+        schema: SCHEMA_VERSION,
+        time: rfc3339_micros(ev.time_ns),
+        kind: ev.kind,
+        errno: ev.errno,
+        ret: ev.ret,
+        pid: ev.pid,
+        tid: ev.tid,
+        comm: &ev.comm,
+        uid: ev.uid,
+        cgroup_id: ev.cgroup_id,
+        cgroup: ev.cgroup.as_deref(),
+        netns: ev.netns,
+        proto: ev.proto,
+        family: ev.family,
+        saddr: ev.saddr,
+        sport: ev.sport,
+        daddr: ev.daddr,
+        dport: ev.dport,
+        probe: ev.probe,
+        port_range: ev.port_range.map(|(a, b)| [a, b]),
+        pod: ev.pod.as_ref(),
+        requested: (ev.kind == Kind::Bind).then_some(Requested {
+            requested_addr: ev.saddr,
+            requested_port: ev.sport,
+        }),
+        cause: ev.cause,
+        detail: ev.detail.as_ref(),
+        detail_complete: ev.detail_complete,
+    };
+    serde_json::to_string(&j).expect("event serializes")
+}
+
+impl<W: Write> Sink<Event> for JsonSink<W> {
+    fn put(&mut self, ev: &Event) -> io::Result<()> {
+        writeln!(self.out, "{}", json_line(ev))
+    }
+    fn lost(&mut self, count: u64) -> io::Result<()> {
+        let j = JsonLost {
+            schema: SCHEMA_VERSION,
+            kind: "lost",
+            count,
+        };
+        writeln!(
+            self.out,
+            "{}",
+            serde_json::to_string(&j).expect("serializes")
+        )
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{cause, event::tests::sample_event};
+
+    #[test]
+    fn json_has_the_contract_fields_in_order() {
+        let line = json_line(&sample_event());
+        assert_eq!(
+            line,
+            r#"{"schema":3,"time":"2026-11-23T08:12:33.123456Z","kind":"connect","errno":"EADDRNOTAVAIL","ret":-99,"pid":4242,"tid":4243,"comm":"curl","uid":0,"cgroup_id":1234,"cgroup":null,"netns":4026532598,"proto":"tcp","family":"ipv4","saddr":null,"sport":null,"daddr":"127.0.0.1","dport":7100,"probe":"tracepoint","port_range":[41000,41003],"pod":null,"cause":null,"detail":null,"detail_complete":null}"#
+        );
+        let mut ev = sample_event();
+        ev.family = Some(Family::Ipv6);
+        ev.daddr = Some("::1".parse().unwrap());
+        ev.comm = "we\"ird\n".into();
+        let v: serde_json::Value = serde_json::from_str(&json_line(&ev)).unwrap();
+        assert_eq!(v["daddr"], "::1");
+        assert_eq!(v["family"], "ipv6");
+        assert_eq!(v["comm"], "we\"ird\n");
+        assert!(v.get("requested_addr").is_none(), "bind events only: {v}");
+    }
+
+    #[test]
+    fn json_carries_cause_detail_and_the_request_of_a_bind() {
+        let mut b = sample_event();
+        b.kind = Kind::Bind;
+        b.errno = Errno::EADDRINUSE;
+        b.ret = -98;
+        b.saddr = Some("127.0.0.1".parse().unwrap());
+        b.sport = Some(0);
+        b.daddr = None;
+        b.dport = None;
+        b.reserved = Some(crate::host::ports::PortSet::new());
+        let v = cause::classify(&b);
+        cause::finish(&mut b, v, None);
+        let v: serde_json::Value = serde_json::from_str(&json_line(&b)).unwrap();
+        assert_eq!(v["schema"], 3);
+        assert_eq!(v["requested_addr"], "127.0.0.1");
+        assert_eq!(v["requested_port"], 0);
+        assert_eq!(v["cause"], "bind_ports_exhausted");
+        assert_eq!(v["detail"]["range"], serde_json::json!([41000, 41003]));
+        assert_eq!(v["detail"]["usable"], 4);
+        assert!(v["detail"]["in_use"].is_null());
+        assert_eq!(v["detail_complete"], false);
+    }
+
+    #[test]
+    fn json_lost_record() {
+        let mut buf = vec![];
+        JsonSink::new(&mut buf).lost(7).unwrap();
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "{\"schema\":3,\"kind\":\"lost\",\"count\":7}\n"
+        );
+    }
+}
