@@ -400,12 +400,22 @@ fn ss_in_use(ns: &Netns, dport: u16, range: (u16, u16)) -> u32 {
         .count() as u32
 }
 
+/// Tests that provoke failures and count them take turns: each serve sees
+/// every failure of the machine, and a netns's inode can be reused by the
+/// next test's netns.
+static COUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn counting_alone() -> std::sync::MutexGuard<'static, ()> {
+    COUNTING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const RANGE: (u16, u16) = (40000, 40003); // 4 ports: even, so exactly 4 connects fit
 const FAILS: u32 = 3;
 
 #[test]
 fn prometheus_sees_exactly_the_failures_provoked_and_the_ports_ss_sees() {
     require_root();
+    let _alone = counting_alone();
     let mut serve = Serve::start(&["--scan-interval", "1s", "--check-interval", "2s"]);
     let prom = Prometheus::start(serve.port);
     prom.wait_value("up{job=\"portwatch\"}", 1.0);
@@ -556,6 +566,7 @@ fn listen_port_in_use_is_a_clear_error() {
 #[test]
 fn prometheus_scrapes_over_mutual_tls_and_the_rest_is_refused() {
     require_root();
+    let _alone = counting_alone();
     let pki = Pki::new("mtls");
     let ca = pki.ca("ca");
     let other = pki.ca("other");
