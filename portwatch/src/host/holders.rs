@@ -46,15 +46,16 @@ fn socket_inodes(pid: u32) -> Vec<u32> {
         return vec![];
     };
     rd.flatten()
-        .filter_map(|e| {
-            let l = std::fs::read_link(e.path()).ok()?;
-            l.to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
+        .filter_map(|e| parse_socket_link(std::fs::read_link(e.path()).ok()?.to_str()?))
         .collect()
+}
+
+/// The inode in an fd link's target, when it is a socket (`socket:[4242]`).
+pub(crate) fn parse_socket_link(link: &str) -> Option<u32> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// Adds the sockets of `pid` to `map` (the lowest pid keeps a shared socket).

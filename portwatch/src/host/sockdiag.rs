@@ -216,42 +216,50 @@ fn dump_family(
             }
             return Err(e).context("reading the sock_diag dump");
         }
-        let mut b = &buf[..n as usize];
-        if b.is_empty() {
-            bail!("sock_diag dump ended without NLMSG_DONE");
-        }
-        while b.len() >= NLMSG_HDR {
-            let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
-            let ty = u16::from_ne_bytes(b[4..6].try_into().unwrap());
-            if len < NLMSG_HDR || len > b.len() {
-                bail!("malformed netlink message (len {len})");
-            }
-            let body = &b[NLMSG_HDR..len];
-            match ty {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let err = i32::from_ne_bytes(body[0..4].try_into().unwrap());
-                    if err == 0 {
-                        return Ok(());
-                    }
-                    if -err == libc::ENOENT {
-                        bail!(
-                            "the kernel has no inet_diag for protocol {proto} (modules inet_diag, tcp_diag, udp_diag not loaded?)"
-                        );
-                    }
-                    return Err(io::Error::from_raw_os_error(-err)).context("sock_diag answered");
-                }
-                SOCK_DIAG_BY_FAMILY => {
-                    if let Some(s) = parse_msg(body) {
-                        out.push(s);
-                    }
-                }
-                _ => {}
-            }
-            let adv = (len + 3) & !3;
-            b = &b[adv.min(b.len())..];
+        if parse_reply(&buf[..n as usize], proto, out)? {
+            return Ok(());
         }
     }
+}
+
+/// One datagram of a dump: its sockets go onto `out`. True once the dump is
+/// over (NLMSG_DONE, or an NLMSG_ERROR of 0).
+pub(crate) fn parse_reply(mut b: &[u8], proto: u8, out: &mut Vec<Sock>) -> Result<bool> {
+    if b.is_empty() {
+        bail!("sock_diag dump ended without NLMSG_DONE");
+    }
+    while b.len() >= NLMSG_HDR {
+        let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
+        let ty = u16::from_ne_bytes(b[4..6].try_into().unwrap());
+        if len < NLMSG_HDR || len > b.len() {
+            bail!("malformed netlink message (len {len})");
+        }
+        let body = &b[NLMSG_HDR..len];
+        match ty {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let err = i32::from_ne_bytes(body[0..4].try_into().unwrap());
+                if err == 0 {
+                    return Ok(true);
+                }
+                if -err == libc::ENOENT {
+                    bail!(
+                        "the kernel has no inet_diag for protocol {proto} (modules inet_diag, tcp_diag, udp_diag not loaded?)"
+                    );
+                }
+                return Err(io::Error::from_raw_os_error(-err)).context("sock_diag answered");
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                if let Some(s) = parse_msg(body) {
+                    out.push(s);
+                }
+            }
+            _ => {}
+        }
+        let adv = (len + 3) & !3;
+        b = &b[adv.min(b.len())..];
+    }
+    Ok(false)
 }
 
 /// Every IPv4 and IPv6 socket of protocol `proto` (IPPROTO_TCP / _UDP)

@@ -291,8 +291,12 @@ pub fn of_pid(pid: u32) -> Option<Pod> {
 
 /// The cgroup v2 path in /proc/PID/cgroup (the `0::` line).
 pub fn proc_cgroup(pid: u32) -> Option<String> {
-    let s = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    s.lines()
+    cgroup_v2_path(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// The cgroup v2 path in the text of a /proc/PID/cgroup (the `0::` line).
+pub(crate) fn cgroup_v2_path(text: &str) -> Option<String> {
+    text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::to_string)
 }

@@ -14,7 +14,7 @@ use aya::{
 
 use portwatch_common::{StealOffsets, TpSockFields, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE};
 
-use crate::kernel::{btf::Btf, offsets, probe::Probe, system};
+use crate::kernel::{btf::Btf, offsets, probe::Probe, system, tpformat::Format};
 
 /// The compiled kernel programs, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
@@ -145,50 +145,19 @@ pub struct StealAttached {
 /// Offsets for the nodeport-steal programs: tracepoint layouts from tracefs,
 /// `struct ip_vs_conn_param` from the ip_vs module's BTF when it is loaded.
 fn steal_offsets(btf: &Btf, notes: &mut Vec<String>) -> Result<(StealOffsets, Option<String>)> {
-    use crate::kernel::tpformat::Format;
     let mut o = StealOffsets::default();
-    // The socket and its 4-tuple, named alike in both records.
-    let sock = |f: &Format| -> Result<TpSockFields> {
-        Ok(TpSockFields {
-            skaddr: f.offset("skaddr", 8)?,
-            sport: f.offset("sport", 2)?,
-            dport: f.offset("dport", 2)?,
-            family: f.offset("family", 2)?,
-            saddr: f.offset("saddr", 4)?,
-            daddr: f.offset("daddr", 4)?,
-        })
-    };
     let ss = Format::read("sock", "inet_sock_set_state")?;
-    o.ss = sock(&ss)?;
-    o.ss_oldstate = ss.offset("oldstate", 4)?;
-    o.ss_newstate = ss.offset("newstate", 4)?;
-    o.ss_protocol = ss.offset("protocol", 2)?;
+    set_state_offsets(&ss, &mut o)?;
     o.valid |= SOFF_STATE;
-    match (|| -> Result<()> {
-        let rt = Format::read("tcp", "tcp_retransmit_skb")?;
-        o.rt = sock(&rt)?;
-        o.rt_state = rt.offset("state", 4)?;
-        Ok(())
-    })() {
+    match Format::read("tcp", "tcp_retransmit_skb").and_then(|rt| retransmit_offsets(&rt, &mut o)) {
         Ok(()) => o.valid |= SOFF_RETRANS,
         Err(e) => notes.push(format!("SYN retransmissions will not be counted: {e:#}")),
     }
-    let ipvs_missing = match (|| -> Result<()> {
-        let m = btf
-            .module_from_sys_fs("ip_vs")
-            .context("IPVS is not loaded on this kernel")?;
-        match m.func_params("ip_vs_conn_new") {
-            Some(7) => {}
-            Some(n) => bail!("ip_vs_conn_new takes {n} arguments on this kernel, expected 7"),
-            None => bail!("ip_vs_conn_new is not in the ip_vs module's BTF"),
-        }
-        o.cp_caddr = m.offset_of("ip_vs_conn_param", "caddr")?;
-        o.cp_vaddr = m.offset_of("ip_vs_conn_param", "vaddr")?;
-        o.cp_cport = m.offset_of("ip_vs_conn_param", "cport")?;
-        o.cp_vport = m.offset_of("ip_vs_conn_param", "vport")?;
-        o.cp_protocol = m.offset_of("ip_vs_conn_param", "protocol")?;
-        Ok(())
-    })() {
+    let ipvs_missing = match btf
+        .module_from_sys_fs("ip_vs")
+        .context("IPVS is not loaded on this kernel")
+        .and_then(|m| ipvs_offsets(&m, &mut o))
+    {
         Ok(()) => {
             o.valid |= SOFF_IPVS;
             None
@@ -196,6 +165,50 @@ fn steal_offsets(btf: &Btf, notes: &mut Vec<String>) -> Result<(StealOffsets, Op
         Err(e) => Some(format!("{e:#}")),
     };
     Ok((o, ipvs_missing))
+}
+
+/// The socket and its 4-tuple, named alike in both tracepoint records.
+fn tp_sock_fields(f: &Format) -> Result<TpSockFields> {
+    Ok(TpSockFields {
+        skaddr: f.offset("skaddr", 8)?,
+        sport: f.offset("sport", 2)?,
+        dport: f.offset("dport", 2)?,
+        family: f.offset("family", 2)?,
+        saddr: f.offset("saddr", 4)?,
+        daddr: f.offset("daddr", 4)?,
+    })
+}
+
+/// `sock:inet_sock_set_state`'s fields, from its format.
+pub(crate) fn set_state_offsets(ss: &Format, o: &mut StealOffsets) -> Result<()> {
+    o.ss = tp_sock_fields(ss)?;
+    o.ss_oldstate = ss.offset("oldstate", 4)?;
+    o.ss_newstate = ss.offset("newstate", 4)?;
+    o.ss_protocol = ss.offset("protocol", 2)?;
+    Ok(())
+}
+
+/// `tcp:tcp_retransmit_skb`'s fields, from its format.
+pub(crate) fn retransmit_offsets(rt: &Format, o: &mut StealOffsets) -> Result<()> {
+    o.rt = tp_sock_fields(rt)?;
+    o.rt_state = rt.offset("state", 4)?;
+    Ok(())
+}
+
+/// `struct ip_vs_conn_param` and `ip_vs_conn_new`, from the ip_vs module's
+/// BTF.
+pub(crate) fn ipvs_offsets(m: &Btf, o: &mut StealOffsets) -> Result<()> {
+    match m.func_params("ip_vs_conn_new") {
+        Some(7) => {}
+        Some(n) => bail!("ip_vs_conn_new takes {n} arguments on this kernel, expected 7"),
+        None => bail!("ip_vs_conn_new is not in the ip_vs module's BTF"),
+    }
+    o.cp_caddr = m.offset_of("ip_vs_conn_param", "caddr")?;
+    o.cp_vaddr = m.offset_of("ip_vs_conn_param", "vaddr")?;
+    o.cp_cport = m.offset_of("ip_vs_conn_param", "cport")?;
+    o.cp_vport = m.offset_of("ip_vs_conn_param", "vport")?;
+    o.cp_protocol = m.offset_of("ip_vs_conn_param", "protocol")?;
+    Ok(())
 }
 
 pub fn attach_nodeport() -> Result<StealAttached> {

@@ -92,7 +92,8 @@ impl Btf {
         Btf::parse_on(b, None)
     }
 
-    fn parse_on(b: &[u8], base: Option<&Btf>) -> Result<Btf> {
+    /// `base`: the vmlinux BTF a module's split BTF continues.
+    pub(crate) fn parse_on(b: &[u8], base: Option<&Btf>) -> Result<Btf> {
         if b.len() < 24 {
             bail!("too short for a BTF header");
         }

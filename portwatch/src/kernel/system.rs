@@ -15,6 +15,11 @@ const CAP_BPF: u32 = 39;
 fn effective_caps() -> Result<u64> {
     let status =
         std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    parse_cap_eff(&status)
+}
+
+/// The effective capability set in the text of a /proc/PID/status.
+pub(crate) fn parse_cap_eff(status: &str) -> Result<u64> {
     let line = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
