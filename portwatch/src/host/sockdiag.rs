@@ -238,16 +238,21 @@ pub(crate) fn parse_reply(mut b: &[u8], proto: u8, out: &mut Vec<Sock>) -> Resul
         match ty {
             NLMSG_DONE => return Ok(true),
             NLMSG_ERROR => {
-                let err = i32::from_ne_bytes(body[0..4].try_into().unwrap());
+                let Some(err) = body.get(0..4) else {
+                    bail!("malformed netlink error message (len {len})");
+                };
+                let err = i32::from_ne_bytes(err.try_into().unwrap());
                 if err == 0 {
                     return Ok(true);
                 }
-                if -err == libc::ENOENT {
+                if err == -libc::ENOENT {
                     bail!(
                         "the kernel has no inet_diag for protocol {proto} (modules inet_diag, tcp_diag, udp_diag not loaded?)"
                     );
                 }
-                return Err(io::Error::from_raw_os_error(-err)).context("sock_diag answered");
+                // wrapping: i32::MIN has no negation (and is no errno).
+                return Err(io::Error::from_raw_os_error(err.wrapping_neg()))
+                    .context("sock_diag answered");
             }
             SOCK_DIAG_BY_FAMILY => {
                 if let Some(s) = parse_msg(body) {
@@ -335,6 +340,49 @@ mod tests {
         );
         assert_eq!(s.dst, "::1".parse::<IpAddr>().unwrap());
         assert!(parse_msg(&b[..71]).is_none());
+    }
+
+    fn nlmsg(ty: u16, body: &[u8]) -> Vec<u8> {
+        let mut m = ((NLMSG_HDR + body.len()) as u32).to_ne_bytes().to_vec();
+        m.extend(ty.to_ne_bytes());
+        m.extend([0u8; 10]);
+        m.extend(body);
+        m
+    }
+
+    #[test]
+    fn replies_end_fail_or_carry_sockets() {
+        let mut out = vec![];
+        let mut msg = [0u8; 72];
+        msg[0] = libc::AF_INET as u8;
+        let two = [
+            nlmsg(SOCK_DIAG_BY_FAMILY, &msg),
+            nlmsg(SOCK_DIAG_BY_FAMILY, &msg),
+        ]
+        .concat();
+        assert!(!parse_reply(&two, 6, &mut out).unwrap());
+        assert_eq!(out.len(), 2);
+        assert!(parse_reply(&nlmsg(NLMSG_DONE, &[0; 4]), 6, &mut out).unwrap());
+        assert!(parse_reply(&nlmsg(NLMSG_ERROR, &[0; 4]), 6, &mut out).unwrap());
+        let e = parse_reply(
+            &nlmsg(NLMSG_ERROR, &(-libc::ENOENT).to_ne_bytes()),
+            6,
+            &mut out,
+        );
+        assert!(e.unwrap_err().to_string().contains("no inet_diag"));
+        assert!(parse_reply(&[], 6, &mut out).is_err());
+        assert!(parse_reply(&nlmsg(NLMSG_DONE, &[])[..15], 6, &mut out).is_ok());
+    }
+
+    /// An NLMSG_ERROR too short to hold its error code (it was read past
+    /// the message), and error i32::MIN (negated with overflow).
+    #[test]
+    fn malformed_errors_are_errors_not_panics() {
+        let mut out = vec![];
+        let e = parse_reply(&nlmsg(NLMSG_ERROR, &[0]), 6, &mut out).unwrap_err();
+        assert!(e.to_string().contains("malformed"), "{e}");
+        assert!(parse_reply(&nlmsg(NLMSG_ERROR, &i32::MIN.to_ne_bytes()), 6, &mut out).is_err());
+        assert!(out.is_empty());
     }
 
     /// The real kernel table, in this process's netns: a listener and a
