@@ -230,6 +230,10 @@ mod tests {
         let mut r = raw_connect_v4();
         r.probe = 0;
         assert!(from_raw(&r, &Clock::fixed(0)).is_err());
+        // No errno, and no negation either.
+        let mut r = raw_connect_v4();
+        r.ret = i32::MIN;
+        assert!(from_raw(&r, &Clock::fixed(0)).is_err());
     }
 
     #[test]

@@ -36,7 +36,8 @@ pub enum Errno {
 
 impl Errno {
     pub fn from_ret(ret: i32) -> Option<Errno> {
-        match -ret {
+        // wrapping: i32::MIN has no negation (and is no errno).
+        match ret.wrapping_neg() {
             portwatch_common::EADDRNOTAVAIL => Some(Errno::EADDRNOTAVAIL),
             portwatch_common::EADDRINUSE => Some(Errno::EADDRINUSE),
             _ => None,
