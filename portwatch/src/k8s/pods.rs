@@ -161,9 +161,11 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // An octal escape is at most \377 (one byte).
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
@@ -555,6 +557,15 @@ mod tests {
         assert_eq!(
             cgroup2_mount("42 31 0:39 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw\n"),
             None
+        );
+        // Past \377 is no byte: taken as written (it overflowed before).
+        assert_eq!(
+            cgroup2_mount("51 23 0:26 / /mnt/x\\600\\377 rw - cgroup2 cgroup2 rw\n"),
+            Some(PathBuf::from("/mnt/x\\600\u{FFFD}"))
+        );
+        assert_eq!(
+            cgroup2_mount("\0 \0 \0 / \\600 - cgroup2"),
+            Some("\\600".into())
         );
     }
 
