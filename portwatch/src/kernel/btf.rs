@@ -132,7 +132,8 @@ impl Btf {
             let kind_flag = info >> 31 == 1;
             let t = match kind {
                 KIND_STRUCT | KIND_UNION => {
-                    let mut members = Vec::with_capacity(vlen);
+                    // vlen is the blob's word: no more than its bytes hold.
+                    let mut members = Vec::with_capacity(vlen.min((tsec.len() - p) / 12));
                     for i in 0..vlen {
                         let m = p + 12 * i;
                         let off = u32_at(tsec, m + 8)?;
@@ -484,6 +485,12 @@ pub(crate) mod tests {
         assert!(Btf::parse(&[0u8; 64]).is_err());
         let mut blob = Builder::new().build();
         blob[12] = 0xff; // type_len past the end
+        assert!(Btf::parse(&blob).is_err());
+        // A struct claiming 65535 members in a blob that holds none.
+        let mut b = Builder::new();
+        b.strukt("s", false, 8, &[]);
+        let mut blob = b.build();
+        blob[24 + 4..24 + 6].copy_from_slice(&[0xff, 0xff]);
         assert!(Btf::parse(&blob).is_err());
     }
 }
