@@ -29,6 +29,11 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
+/// How deep `find_member` follows anonymous members, and how many members
+/// it looks at for one name.
+const MAX_NESTING: u32 = 32;
+const MAX_LOOKS: usize = 1 << 20;
+
 #[derive(Debug, Clone)]
 struct Member {
     name: u32,
@@ -225,20 +230,38 @@ impl Btf {
     }
 
     /// Finds `name` in the members of type `id`, looking into anonymous
-    /// struct/union members. Returns (bit offset, member type).
-    fn find_member(&self, id: u32, name: &str) -> Option<(u32, u32, bool)> {
+    /// struct/union members. Returns (bit offset, member type, bitfield).
+    fn find_member(&self, id: u32, name: &str) -> Option<(u64, u32, bool)> {
+        self.find_member_in(id, name, 0, &mut 0)
+    }
+
+    /// `find_member`, `depth` anonymous members down, `looks` members
+    /// looked at so far. The kernel nests anonymous members a few deep;
+    /// past `MAX_NESTING` levels or `MAX_LOOKS` members the blob is
+    /// malformed (a member of its own type, a cycle): not found.
+    fn find_member_in(
+        &self,
+        id: u32,
+        name: &str,
+        depth: u32,
+        looks: &mut usize,
+    ) -> Option<(u64, u32, bool)> {
+        if depth > MAX_NESTING || *looks > MAX_LOOKS {
+            return None;
+        }
         let Type::Struct { members, .. } = self.types.get(self.resolve(id) as usize)? else {
             return None;
         };
+        *looks += members.len();
         for m in members {
             if m.name != 0 && self.str_at(m.name) == name {
-                return Some((m.bit_offset, m.ty, m.bitfield));
+                return Some((m.bit_offset as u64, m.ty, m.bitfield));
             }
         }
         for m in members {
             if m.name == 0 {
-                if let Some((off, ty, bf)) = self.find_member(m.ty, name) {
-                    return Some((m.bit_offset + off, ty, bf));
+                if let Some((off, ty, bf)) = self.find_member_in(m.ty, name, depth + 1, looks) {
+                    return Some((m.bit_offset as u64 + off, ty, bf));
                 }
             }
         }
@@ -252,7 +275,7 @@ impl Btf {
             .structs
             .get(strukt)
             .with_context(|| format!("struct {strukt} not in the kernel's BTF"))?;
-        let mut bits = 0u32;
+        let mut bits = 0u64;
         for part in path.split('.') {
             let (off, ty, bitfield) = self
                 .find_member(id, part)
@@ -266,7 +289,7 @@ impl Btf {
         if !bits.is_multiple_of(8) {
             bail!("{strukt}.{path} is not byte aligned");
         }
-        Ok(bits / 8)
+        u32::try_from(bits / 8).with_context(|| format!("{strukt}.{path}: offset out of range"))
     }
 
     /// Number of parameters of kernel function `name`, if BTF knows it.
@@ -477,6 +500,27 @@ pub(crate) mod tests {
         assert_eq!(module.offset_of("ip_vs_conn_param", "vport").unwrap(), 18);
         assert_eq!(module.func_params("ip_vs_conn_new"), Some(7));
         assert!(vmlinux.func_params("ip_vs_conn_new").is_none());
+    }
+
+    /// An anonymous member of its own struct's type (a cycle) sent the
+    /// look-up down until the stack overflowed; member offsets summed past
+    /// u32 overflowed.
+    #[test]
+    fn lookups_survive_cycles_and_huge_offsets() {
+        let mut b = Builder::new();
+        let u32t = b.int("unsigned int", 4);
+        // Ids are handed out in order: "loop" is 2, "a" 3 and "b" 4.
+        b.strukt("loop", false, 8, &[("", 2, 0, 0), ("x", u32t, 32, 0)]);
+        b.strukt("a", false, 8, &[("", 4, 0, 0)]);
+        b.strukt("b", false, 8, &[("", 3, 0, 0), ("y", u32t, 0, 0)]);
+        let inner = b.strukt("", false, 8, &[("far", u32t, 0xffff_fff8, 0)]);
+        b.strukt("big", false, 8, &[("", inner, 0xffff_fff8, 0)]);
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(btf.offset_of("loop", "x").unwrap(), 4);
+        assert!(btf.offset_of("loop", "nope").is_err());
+        assert!(btf.offset_of("a", "nope").is_err());
+        assert_eq!(btf.offset_of("a", "y").unwrap(), 0);
+        assert_eq!(btf.offset_of("big", "far").unwrap(), 0x3fff_fffe);
     }
 
     #[test]
