@@ -16,6 +16,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod cmd;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod host;
 pub(crate) mod k8s;
 pub(crate) mod kernel;

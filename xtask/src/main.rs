@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | run | test`.
+//! Developer tasks: `cargo xtask setup | build | run | test | fuzz`.
 //!
 //! Everything comes from Debian packages and crates.io, pinned, and every
 //! step checks before it acts, so a second `setup` takes about a second.
@@ -144,6 +144,19 @@ enum Cmd {
     /// Build the DaemonSet's OCI image (localhost/portwatch:<version>) with
     /// podman, no registry, and save it to target/image/portwatch-<version>.oci.tar.
     Image,
+    /// Fuzz the parsers of bytes from outside the process for longer than
+    /// `test` does (2 s each): every target, or one. A failing input is
+    /// written to target/fuzz-crashes/<target>/ and printed.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60.0)]
+        secs: f64,
+        /// The generator's seed (default: from the clock; the run prints it).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// One target (e.g. btf, kube_path, sockdiag_reply); default: all.
+        target: Option<String>,
+    },
     /// Measure what `portwatch trace` costs (vs no tracer and bpftrace): success
     /// path, failure storm, start-up, RSS. Markdown on stdout, JSON in target/bench/.
     Bench {
@@ -372,6 +385,52 @@ fn test(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The fuzz targets (portwatch/src/fuzz/targets.rs), `secs` each, with the
+/// generator seeded by `seed`.
+fn fuzz(secs: f64, seed: u64, target: Option<&str>) -> Result<()> {
+    if !(secs.is_finite() && secs >= 0.0) {
+        bail!("--secs {secs}: expected seconds, e.g. 60 or 0.5");
+    }
+    let mut c = cargo();
+    c.args(["test", "--package", "portwatch", "--lib", "--"]);
+    match target {
+        Some(t) => c.args([format!("fuzz::targets::{t}").as_str(), "--exact"]),
+        None => c.arg("fuzz::targets::"),
+    };
+    c.arg("--nocapture");
+    c.env("PORTWATCH_FUZZ_SECS", secs.to_string());
+    c.env("PORTWATCH_FUZZ_SEED", format!("{seed:#x}"));
+    // Error values' backtraces (anyhow captures one per error when
+    // RUST_BACKTRACE is set) would cost some parsers 30x their speed;
+    // panics keep theirs.
+    c.env("RUST_LIB_BACKTRACE", "0");
+    eprintln!(
+        "xtask: $ {} (seed {seed:#x}, {secs} s per target)",
+        show(&c)
+    );
+    let mut child = c
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let st = child.wait()?;
+    if !st.success() || totals.failed > 0 {
+        bail!("fuzzing found a failing input (above; saved under target/fuzz-crashes/)");
+    }
+    if totals.passed == 0 {
+        bail!(
+            "no fuzz target {:?}: see TARGETS in portwatch/src/fuzz/targets.rs",
+            target.unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
 /// Sums libtest's `test result: ok. N passed; M failed; ...` lines.
 #[derive(Default, Debug, PartialEq)]
 struct Totals {
@@ -441,6 +500,15 @@ fn main() -> Result<()> {
             let img = image::build(&bin)?;
             println!("{} {}", img.tag, img.archive.display());
             Ok(())
+        }
+        Cmd::Fuzz { secs, seed, target } => {
+            setup(Need::Build)?;
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            });
+            fuzz(secs, seed, target.as_deref())
         }
         Cmd::Bench { quick, out } => bench::bench(bench::Opts { quick, out }),
         Cmd::VmTest { kernel, args } => {

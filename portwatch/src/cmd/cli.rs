@@ -152,7 +152,7 @@ pub fn nodeport_args_for_serve(s: &ServeArgs) -> NodeportArgs {
     }
 }
 
-fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+pub(crate) fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
     let full = match s.strip_prefix(':') {
         Some(port) => format!("0.0.0.0:{port}"),
         None => s.to_string(),
@@ -162,7 +162,7 @@ fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
 }
 
 /// 500ms, 10s, 2m, 1h: between 100ms and 24h.
-fn parse_interval(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
     let (num, ms) = if let Some(n) = s.strip_suffix("ms") {
         (n, 1)
     } else if let Some(n) = s.strip_suffix('s') {
@@ -220,11 +220,11 @@ impl Default for NodeportArgs {
     }
 }
 
-fn parse_port_list(s: &str) -> Result<crate::host::ports::PortSet, String> {
+pub(crate) fn parse_port_list(s: &str) -> Result<crate::host::ports::PortSet, String> {
     crate::host::ports::PortSet::parse(s).map_err(|e| format!("{e:#}"))
 }
 
-fn parse_follow(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_follow(s: &str) -> Result<Duration, String> {
     let d = parse_budget(s)?;
     if d.is_zero() {
         return Err("must be more than 0".into());
@@ -328,7 +328,7 @@ impl Default for TraceArgs {
     }
 }
 
-fn parse_budget(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_budget(s: &str) -> Result<Duration, String> {
     let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
         (n, 1)
     } else if let Some(n) = s.strip_suffix('s') {
@@ -348,7 +348,7 @@ fn parse_budget(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendChoice(pub Option<Probe>);
 
-fn parse_backend(s: &str) -> Result<BackendChoice, String> {
+pub(crate) fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     match s {
         "auto" => Ok(BackendChoice(None)),
         "fexit" => Ok(BackendChoice(Some(Probe::Fexit))),
@@ -358,7 +358,7 @@ fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     }
 }
 
-fn parse_ringbuf_kib(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_ringbuf_kib(s: &str) -> Result<u32, String> {
     let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if !(4..=1 << 20).contains(&v) || !v.is_power_of_two() {
         return Err("expected a power of two between 4 and 1048576 (KiB)".into());
