@@ -742,6 +742,16 @@ fn names_from_containerd_over_cri() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // One runtime client in serve: its trace pipeline and its netns scan
+    // share the look-up thread and the connection.
+    let cri_threads = std::fs::read_dir(format!("/proc/{}/task", serve.pid()))
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "pw-cri")
+        })
+        .count();
+    assert_eq!(cri_threads, 1, "CRI look-up threads in serve");
     let (st, _) = serve.stop();
     assert!(st.success(), "serve: {st}");
 

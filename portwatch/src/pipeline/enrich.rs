@@ -46,11 +46,18 @@ impl Enricher {
     /// `cri::DEFAULT_ENDPOINTS` that answers). Without a cgroup2 mount
     /// there are no pods, and no runtime is asked. Netns handles whose
     /// namespace has gone are closed every `netns_sweep` (see `maintain`).
-    pub fn new(cri_endpoint: Option<PathBuf>, netns_sweep: Duration) -> Result<Enricher> {
+    /// `shared`: a runtime client already started (its thread and
+    /// connection are used; `cri_endpoint` is then not looked at).
+    pub fn new(
+        cri_endpoint: Option<PathBuf>,
+        shared: Option<&Cri>,
+        netns_sweep: Duration,
+    ) -> Result<Enricher> {
         let cgroups = CgroupResolver::new();
-        let cri = match cgroups.root() {
-            Some(_) => Cri::start(cri_endpoint)?,
-            None => Cri::off(),
+        let cri = match (cgroups.root(), shared) {
+            (None, _) => Cri::off(),
+            (Some(_), Some(c)) => c.handle(),
+            (Some(_), None) => Cri::start(cri_endpoint)?,
         };
         Ok(Enricher {
             netns: NetnsHandles::with(netns_sweep, netns::cap_for(netns::nofile_limit())),

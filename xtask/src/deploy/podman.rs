@@ -283,8 +283,21 @@ fn incident_path(img: &image::Image, client: &Path) -> Result<()> {
     let name = format!("portwatch-debug-{}", std::process::id());
     let mut c = Command::new("podman");
     c.args(["run", "--rm", "--name", &name, "--runtime", "runc"])
-        .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
-        .args(["--privileged", "--pid", "host", "--network", "host", "--ipc", "host"])
+        .args([
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ])
+        .args([
+            "--privileged",
+            "--pid",
+            "host",
+            "--network",
+            "host",
+            "--ipc",
+            "host",
+        ])
         .args(["--entrypoint", r#"["portwatch","trace","--json"]"#])
         .arg(&img.tag);
     eprintln!("xtask: $ {}", show(&c));
@@ -320,7 +333,10 @@ fn incident_path(img: &image::Image, client: &Path) -> Result<()> {
             })?;
             let v: Value = serde_json::from_str(&l)?;
             if v["netns"] == ns.inode {
-                ensure!(v["errno"] == "EADDRNOTAVAIL" && v["comm"] == "pwclient", "{v}");
+                ensure!(
+                    v["errno"] == "EADDRNOTAVAIL" && v["comm"] == "pwclient",
+                    "{v}"
+                );
                 return Ok(l);
             }
         }
