@@ -572,3 +572,92 @@ fn attach_tracepoint(ebpf: &mut Ebpf, hook: Hook, notes: &mut Vec<String>) -> Re
     }
     Ok(format!("syscalls:sys_enter_{sys} + sys_exit_{sys}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+
+    use portwatch_common::{globals, lost, maps, progs, Offsets, StealOffsets};
+
+    use super::{FAILURES_OBJECT, STEAL_OBJECT};
+
+    fn set<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<&'a str> {
+        names.into_iter().collect()
+    }
+
+    /// The names the eBPF side writes as identifiers, checked against the
+    /// constants userspace uses: each object has exactly its programs and
+    /// maps, its LOST has one entry per slot, and its globals are there with
+    /// the size of the type userspace writes (the other object's are not).
+    fn check(
+        what: &str,
+        object: &[u8],
+        want_progs: &[&str],
+        want_maps: &[&str],
+        lost_slots: u32,
+        want_globals: &[(&str, usize)],
+        absent_globals: &[(&str, usize)],
+    ) {
+        let mut obj = aya_obj::Object::parse(object)
+            .unwrap_or_else(|e| panic!("{what}: the built object does not parse: {e}"));
+        assert_eq!(
+            set(obj.programs.keys().map(String::as_str)),
+            set(want_progs.iter().copied()),
+            "{what}: programs"
+        );
+        // Sections of globals (.rodata, .bss, ...) are maps to aya too.
+        assert_eq!(
+            set(obj
+                .maps
+                .keys()
+                .map(String::as_str)
+                .filter(|m| !m.starts_with('.'))),
+            set(want_maps.iter().copied()),
+            "{what}: maps"
+        );
+        assert_eq!(
+            obj.maps[maps::LOST].max_entries(),
+            lost_slots,
+            "{what}: LOST slots"
+        );
+        for &(name, size) in want_globals {
+            let zeroes = vec![0u8; size];
+            obj.patch_map_data(HashMap::from([(name, (&zeroes[..], true))]))
+                .unwrap_or_else(|e| panic!("{what}: global {name} of {size} bytes: {e}"));
+        }
+        for &(name, size) in absent_globals {
+            let zeroes = vec![0u8; size];
+            assert!(
+                obj.patch_map_data(HashMap::from([(name, (&zeroes[..], true))]))
+                    .is_err(),
+                "{what}: has the other object's global {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn failures_object_holds_exactly_the_shared_names() {
+        check(
+            "failures",
+            FAILURES_OBJECT,
+            progs::FAILURES,
+            maps::FAILURES,
+            lost::FAILURES_SLOTS,
+            &[(globals::OFFSETS, size_of::<Offsets>())],
+            &[(globals::STEAL_OFFSETS, size_of::<StealOffsets>())],
+        );
+    }
+
+    #[test]
+    fn steal_object_holds_exactly_the_shared_names() {
+        check(
+            "steal",
+            STEAL_OBJECT,
+            progs::STEAL,
+            maps::STEAL,
+            lost::STEAL_SLOTS,
+            &[(globals::STEAL_OFFSETS, size_of::<StealOffsets>())],
+            &[(globals::OFFSETS, size_of::<Offsets>())],
+        );
+    }
+}
