@@ -525,6 +525,53 @@ fn in_use_series_are_bounded_with_a_thousand_destinations() {
     assert_eq!(u[0].1, 2000.0);
 }
 
+/// Names of the BPF maps process `pid` holds (fdinfo's map_id, named by
+/// bpftool), sorted.
+fn map_names_of(pid: u32) -> Vec<String> {
+    let mut ids = vec![];
+    for e in fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+        if let Ok(info) = fs::read_to_string(e.path()) {
+            if let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")) {
+                ids.push(id.trim().parse::<u64>().unwrap());
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    let mut names: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let out = Command::new("bpftool")
+                .args(["-j", "map", "show", "id", &id.to_string()])
+                .output()
+                .expect("bpftool (cargo xtask setup installs it)");
+            assert!(out.status.success(), "bpftool map show id {id}");
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["name"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// serve runs trace's and nodeport-steal's pipelines, each with its own
+/// object: every map of each exists once (LOST once per object), plus one
+/// map of globals per object.
+#[test]
+fn serve_loads_each_object_once() {
+    use portwatch_common::maps;
+    require_root();
+    let serve = Serve::start(&[]);
+    let mut want: Vec<String> = maps::FAILURES
+        .iter()
+        .chain(maps::STEAL)
+        .chain(&[".rodata", ".rodata"])
+        .map(|m| m.to_string())
+        .collect();
+    want.sort();
+    assert_eq!(map_names_of(serve.tracer.pid()), want);
+}
+
 /// SIGTERM: detach, flush, exit 0 well within Kubernetes' 2 s budget.
 #[test]
 fn sigterm_exits_zero_within_two_seconds() {

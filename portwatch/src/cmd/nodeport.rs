@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
+use portwatch_common::{lost, maps};
 
 use crate::pipeline::correlate::{self, Correlator, Report};
 use crate::pipeline::sink::{
@@ -153,8 +154,10 @@ pub async fn pipeline(
             Err(e) => eprintln!("portwatch: not watching {i}: {e:#}"),
         }
     }
-    let mut gmap: BpfHashMap<MapData, u16, u8> =
-        BpfHashMap::try_from(ebpf.take_map("GUARDED").context("GUARDED map missing")?)?;
+    let mut gmap: BpfHashMap<MapData, u16, u8> = BpfHashMap::try_from(
+        ebpf.take_map(maps::GUARDED)
+            .with_context(|| format!("{} map missing", maps::GUARDED))?,
+    )?;
     let (mut guarded, nsvc) = guarded_ports(&statics)?;
     sync_guarded(&mut gmap, &PortSet::new(), &guarded)?;
 
@@ -192,7 +195,7 @@ pub async fn pipeline(
         fix
     });
 
-    let mut source = Source::named(&mut ebpf, "STEALS", &[2])?;
+    let mut source = Source::named(&mut ebpf, maps::STEALS, lost::STEAL)?;
     let clock = Clock::now();
     let ctx = Context { probe, fix };
     let mut sink = make_sink(clock, ctx);

@@ -6,6 +6,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     Ebpf,
 };
+use portwatch_common::{lost, maps};
 use tokio::io::unix::AsyncFd;
 
 pub struct Source {
@@ -16,9 +17,9 @@ pub struct Source {
 }
 
 impl Source {
-    /// The failure events of `trace`.
+    /// The failure events of `trace` (the `failures` object).
     pub fn new(ebpf: &mut Ebpf) -> Result<Source> {
-        Source::named(ebpf, "EVENTS", &[0, 1])
+        Source::named(ebpf, maps::EVENTS, lost::FAILURES)
     }
 
     /// Ring buffer `ring`, whose losses the kernel side counts in `LOST` at
@@ -28,7 +29,10 @@ impl Source {
             ebpf.take_map(ring)
                 .with_context(|| format!("{ring} map missing"))?,
         )?;
-        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
+        let lost = PerCpuArray::try_from(
+            ebpf.take_map(maps::LOST)
+                .with_context(|| format!("{} map missing", maps::LOST))?,
+        )?;
         // SAFETY: the AsyncFd owns the RingBuf, which owns the fd: it stays open
         // for as long as it is registered.
         let ring = unsafe { AsyncFd::register(ring) }
