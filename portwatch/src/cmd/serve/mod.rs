@@ -41,8 +41,8 @@ use http::Shared;
 use metrics::Metrics;
 
 /// How long stopping may take before portwatch gives up on a clean drain
-/// (Kubernetes' default terminationGracePeriod is far longer; the issue
-/// asks for 2 s).
+/// (Kubernetes' default terminationGracePeriod is far longer; a stop must
+/// fit in 2 s).
 const STOP_GRACE: Duration = Duration::from_millis(1500);
 
 /// Trace events: counted, then out as JSON lines.

@@ -1,5 +1,5 @@
-//! Events as JSON lines: one object per event (the README's "JSON
-//! schema", version `SCHEMA_VERSION`), and one per batch of lost events.
+//! Events as JSON lines: one object per event (docs/schema.md, version
+//! `SCHEMA_VERSION`), and one per batch of lost events.
 
 use std::{
     io::{self, Write},
