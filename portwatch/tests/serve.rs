@@ -529,7 +529,10 @@ fn in_use_series_are_bounded_with_a_thousand_destinations() {
 /// bpftool), sorted.
 fn map_names_of(pid: u32) -> Vec<String> {
     let mut ids = vec![];
-    for e in fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+    for e in fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
         if let Ok(info) = fs::read_to_string(e.path()) {
             if let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")) {
                 ids.push(id.trim().parse::<u64>().unwrap());

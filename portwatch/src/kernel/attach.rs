@@ -292,14 +292,24 @@ pub fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
     Ok(())
 }
 
+/// The errno the kernel answered with, wherever it sits in the error's
+/// chain (aya keeps the syscall's `io::Error` as the source).
+fn errno_of(e: &anyhow::Error) -> Option<i32> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>()?.raw_os_error())
+}
+
 fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
-    let s = format!("{e:#}");
-    if s.contains("Operation not permitted") || s.contains("EPERM") {
-        anyhow!("the kernel refused to load portwatch's eBPF programs (permission denied): {s}")
+    if errno_of(&e) == Some(libc::EPERM) {
+        anyhow!("the kernel refused to load portwatch's eBPF programs (permission denied): {e:#}")
     } else {
         e.context("loading portwatch's eBPF programs")
     }
 }
+
+/// Where a kernel with kprobes lists its kprobe PMU (aya reads its type
+/// there to attach).
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 fn attach_hook(
     ebpf: &mut Ebpf,
@@ -356,15 +366,14 @@ fn attach_hook(
 
 /// Why a backend is unavailable, in words an operator can act on.
 fn short_reason(probe: Probe, e: &anyhow::Error) -> String {
-    let full = format!("{e:#}");
-    match probe {
-        Probe::Fexit if full.contains("Operation not permitted") => {
+    match (probe, errno_of(e)) {
+        (Probe::Fexit, Some(libc::EPERM)) => {
             "the kernel refuses to load fexit programs (EPERM)".into()
         }
-        Probe::Kprobe if full.contains("event_source/devices/kprobe") => {
+        (Probe::Kprobe, Some(libc::ENOENT)) if !std::path::Path::new(KPROBE_PMU).exists() => {
             "the kernel has no kprobes (CONFIG_KPROBES off)".into()
         }
-        _ => full,
+        _ => format!("{e:#}"),
     }
 }
 
@@ -575,11 +584,35 @@ fn attach_tracepoint(ebpf: &mut Ebpf, hook: Hook, notes: &mut Vec<String>) -> Re
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn kernel_errors_are_told_apart_by_errno() {
+        let eperm = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::EPERM))
+            .context("loading pw_fx_conn4")
+            .context("fexit");
+        assert_eq!(errno_of(&eperm), Some(libc::EPERM));
+        assert_eq!(
+            short_reason(Probe::Fexit, &eperm),
+            "the kernel refuses to load fexit programs (EPERM)"
+        );
+        let other = anyhow!("no BTF for inet_bind_sk");
+        assert_eq!(errno_of(&other), None);
+        assert_eq!(
+            short_reason(Probe::Fexit, &other),
+            "no BTF for inet_bind_sk"
+        );
+        let einval = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(explain_load_error(einval)
+            .to_string()
+            .starts_with("loading portwatch's eBPF programs"));
+    }
+
     use std::collections::{BTreeSet, HashMap};
 
     use portwatch_common::{globals, lost, maps, progs, Offsets, StealOffsets};
 
-    use super::{FAILURES_OBJECT, STEAL_OBJECT};
+    use super::{errno_of, explain_load_error, short_reason, Probe, FAILURES_OBJECT, STEAL_OBJECT};
+    use anyhow::anyhow;
 
     fn set<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<&'a str> {
         names.into_iter().collect()
