@@ -24,7 +24,7 @@ use crate::pipeline::sink::{
 use crate::{
     cmd::cli::NodeportArgs,
     host::{
-        ipvs, netns,
+        ipvs,
         ports::{self, PortSet},
     },
     kernel::{attach, source::Source},
@@ -82,16 +82,9 @@ fn interfaces(only: &[String]) -> Result<BTreeSet<String>> {
 
 /// The start-up warning: the node's own range can hand out guarded ports.
 fn overlap_warning(guarded: &PortSet) -> Option<(String, String)> {
-    let v = netns::read_sysctls(
-        None,
-        &[
-            "/proc/sys/net/ipv4/ip_local_port_range",
-            "/proc/sys/net/ipv4/ip_local_reserved_ports",
-        ],
-    )
-    .ok()?;
-    let range = netns::parse_port_range(&v[0])?;
-    let reserved = PortSet::parse(&v[1]).ok()?;
+    let p = crate::host::sysctl::read_ports(None, false).ok()?;
+    let range = p.range.ok()?;
+    let reserved = p.reserved.ok()?;
     let (exposed, fixed) = ports::exposed_guarded(range, &reserved, guarded)?;
     let fix = format!("sysctl -w net.ipv4.ip_local_reserved_ports={fixed}");
     Some((

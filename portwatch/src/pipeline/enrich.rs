@@ -18,10 +18,10 @@ use anyhow::Result;
 
 use crate::{
     host::{
-        netns::{self, parse_port_range, read_sysctls, NetnsHandles},
+        netns::{self, NetnsHandles},
         ports::PortSet,
         sockdiag::NsHandle,
-        sysctl::{PORT_RANGE, RESERVED_PORTS},
+        sysctl::read_ports,
     },
     k8s::{
         cri::{self, Cri, Lookup},
@@ -145,16 +145,15 @@ impl Enricher {
                 return r.clone();
             }
         }
-        let paths = [PORT_RANGE, RESERVED_PORTS];
         let read = if self.netns.is_own(ino) {
-            read_sysctls(None, &paths).ok()
+            read_ports(None, false).ok()
         } else {
             self.netns
                 .get(ino, pids)
-                .and_then(|f| read_sysctls(Some(f), &paths).ok())
+                .and_then(|f| read_ports(Some(f), false).ok())
         };
         let r: Ports = match read {
-            Some(v) => (parse_port_range(&v[0]), PortSet::parse(&v[1]).ok()),
+            Some(p) => (p.range.ok(), p.reserved.ok()),
             None => (None, None),
         };
         if self.ranges.len() > 4096 {
