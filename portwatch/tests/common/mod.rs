@@ -2,6 +2,8 @@
 //! the real portwatch binary, real clients. Needs root; fails loudly without.
 #![allow(dead_code)]
 
+pub mod containerd;
+
 use std::{
     io::Write,
     path::PathBuf,
