@@ -9,6 +9,10 @@ use aya::{
 use portwatch_common::{lost, maps};
 use tokio::io::unix::AsyncFd;
 
+/// Records handed out per call of `next_batch`: a storm is read in slices,
+/// so the caller's batch stays this small however full the ring is.
+pub const MAX_BATCH: usize = 1024;
+
 pub struct Source {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
@@ -48,10 +52,22 @@ impl Source {
     pub async fn next_batch(&mut self, mut f: impl FnMut(&[u8])) -> Result<()> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            f(&item);
+        let mut emptied = false;
+        for _ in 0..MAX_BATCH {
+            match ring.next() {
+                Some(item) => f(&item),
+                None => {
+                    emptied = true;
+                    break;
+                }
+            }
         }
-        guard.clear_ready();
+        if emptied {
+            guard.clear_ready();
+            return Ok(());
+        }
+        // More is waiting: the ring stays ready, and the caller's loop
+        // comes back for it after handling this much.
         Ok(())
     }
 
