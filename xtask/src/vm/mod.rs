@@ -116,8 +116,9 @@ const PER_BACKEND: &[&str] = &["trace", "cause"];
 /// Test binaries that need what only the host has, and test nothing
 /// kernel-specific beyond what `trace` already proves on every backend:
 /// serve (a real Prometheus), cri (a real containerd), top (`ss`), churn
-/// (300 namespaces: minutes under TCG, and nothing kernel-specific).
-const HOST_ONLY: &[&str] = &["serve", "cri", "top", "churn"];
+/// (300 namespaces: minutes under TCG, and nothing kernel-specific), soak
+/// (a real containerd, Prometheus, minutes).
+const HOST_ONLY: &[&str] = &["serve", "cri", "top", "churn", "soak"];
 
 /// One guest's time limit; a hung kernel must not hang CI.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
