@@ -201,11 +201,21 @@ fn pty() -> (OwnedFd, OwnedFd) {
     unsafe {
         let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
         assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
-        assert!(libc::grantpt(m) == 0 && libc::unlockpt(m) == 0, "grantpt/unlockpt");
+        assert!(
+            libc::grantpt(m) == 0 && libc::unlockpt(m) == 0,
+            "grantpt/unlockpt"
+        );
         let mut name = [0 as libc::c_char; 128];
-        assert!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()) == 0, "ptsname_r");
+        assert!(
+            libc::ptsname_r(m, name.as_mut_ptr(), name.len()) == 0,
+            "ptsname_r"
+        );
         let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
-        assert!(s >= 0, "open pty slave: {}", std::io::Error::last_os_error());
+        assert!(
+            s >= 0,
+            "open pty slave: {}",
+            std::io::Error::last_os_error()
+        );
         (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s))
     }
 }
@@ -244,7 +254,11 @@ impl Lines {
             }
             let mut chunk = [0u8; 4096];
             let n = unsafe {
-                libc::read(self.fd.as_raw_fd(), chunk.as_mut_ptr() as *mut _, chunk.len())
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    chunk.as_mut_ptr() as *mut _,
+                    chunk.len(),
+                )
             };
             if n <= 0 {
                 self.eof = true;
@@ -270,7 +284,10 @@ fn status_kb(pid: u32, key: &str) -> i64 {
 fn startup(args: &[String]) -> ! {
     let marker = args.get(1).expect("missing MARKER");
     let hold: u64 = arg(args, 2, "HOLD_MS");
-    let cmd = args.get(3..).filter(|c| !c.is_empty()).expect("missing CMD");
+    let cmd = args
+        .get(3..)
+        .filter(|c| !c.is_empty())
+        .expect("missing CMD");
     let (master, slave) = pty();
     let t0 = Instant::now();
     let mut child = {
@@ -310,7 +327,10 @@ fn startup(args: &[String]) -> ! {
     }
     let hwm = status_kb(pid, "VmHWM");
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    while lines.next(Instant::now() + Duration::from_secs(30)).is_some() {}
+    while lines
+        .next(Instant::now() + Duration::from_secs(30))
+        .is_some()
+    {}
     if child.try_wait().ok().flatten().is_none() {
         std::thread::sleep(Duration::from_millis(100));
         if child.try_wait().ok().flatten().is_none() {
