@@ -55,8 +55,8 @@ impl VmSizes {
             VmSizes {
                 warmup_rounds: 1,
                 rounds: 5,
-                getppid_n: 300_000,
-                connect_n: 3_000,
+                getppid_n: 200_000,
+                connect_n: 2_000,
                 startups: 3,
             }
         }
