@@ -32,8 +32,10 @@ mod initramfs;
 mod kernel;
 
 pub use guest::*;
+pub(crate) use initramfs::GuestRoot;
 use initramfs::*;
 use kernel::*;
+pub(crate) use kernel::{find_vmlinuz, unpack_kernel};
 
 /// A Debian kernel the suite runs on. Pinned: a build the mirror stops
 /// serving makes `vm-test` say which ones it serves instead.
@@ -54,7 +56,7 @@ pub const KERNELS: &[Kernel] = &[
 ];
 
 /// What building and booting the guests needs on the host.
-const VM_PKGS: &[&str] = &[
+pub(crate) const VM_PKGS: &[&str] = &[
     "qemu-system-x86",
     "cpio",
     "kmod",
