@@ -1,5 +1,6 @@
 //! Builds the kernel programs (portwatch-ebpf) for bpfel-unknown-none and
-//! leaves the object in OUT_DIR, where src/ebpf.rs embeds it.
+//! leaves one object per bin of that crate in OUT_DIR (`failures` for
+//! trace, `steal` for nodeport-steal), where src/attach.rs embeds them.
 use anyhow::{anyhow, Context as _};
 use aya_build::Toolchain;
 

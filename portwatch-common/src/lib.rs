@@ -258,6 +258,130 @@ pub const SOFF_STATE: u32 = 1 << 0;
 pub const SOFF_RETRANS: u32 = 1 << 1;
 pub const SOFF_IPVS: u32 = 1 << 2;
 
+// ---------------------------------------------------------------------------
+// Names both sides use. The kernel side is two objects, `failures` (what
+// `trace` loads) and `steal` (what `nodeport-steal` loads), each with only
+// its own maps. On the eBPF side a map's name is its static's identifier
+// and a program's its function's (the aya macros take no constants), so a
+// userspace unit test parses both built objects and checks that each holds
+// exactly the names listed here for it: a rename on either side fails it.
+// ---------------------------------------------------------------------------
+
+/// Map names.
+pub mod maps {
+    /// `failures`: the [`FailureEvent`](crate::FailureEvent) ring buffer
+    /// (its size is set by userspace at load).
+    pub const EVENTS: &str = "EVENTS";
+    /// `failures`: what an entry probe remembers for its return probe.
+    pub const PENDING: &str = "PENDING";
+    /// Both objects, one each: per-CPU counts of what the kernel side
+    /// dropped, at the slots in [`crate::lost`].
+    pub const LOST: &str = "LOST";
+    /// `steal`: the [`StealEvent`](crate::StealEvent) ring buffer.
+    pub const STEALS: &str = "STEALS";
+    /// `steal`: the guarded local ports, kept current by userspace.
+    pub const GUARDED: &str = "GUARDED";
+    /// `steal`: connections whose SYN-ACK was seen on a guarded port.
+    pub const SYNACKS: &str = "SYNACKS";
+    /// `steal`: who called connect() on a socket.
+    pub const OWNERS: &str = "OWNERS";
+
+    /// Every map of the `failures` object.
+    pub const FAILURES: &[&str] = &[EVENTS, LOST, PENDING];
+    /// Every map of the `steal` object.
+    pub const STEAL: &[&str] = &[STEALS, LOST, GUARDED, SYNACKS, OWNERS];
+}
+
+/// Globals userspace sets before load.
+pub mod globals {
+    /// `failures`: the [`Offsets`](crate::Offsets) from the kernel's BTF.
+    pub const OFFSETS: &str = "OFFSETS";
+    /// `steal`: the [`StealOffsets`](crate::StealOffsets).
+    pub const STEAL_OFFSETS: &str = "STEAL_OFFSETS";
+}
+
+/// Program names.
+pub mod progs {
+    // failures, fexit: one program per function (the return value's place
+    // in the context depends on the arity).
+    /// `inet_hash_connect`.
+    pub const FX_CONN4: &str = "pw_fx_conn4";
+    /// `inet6_hash_connect`.
+    pub const FX_CONN6: &str = "pw_fx_conn6";
+    /// `inet_bind_sk` (3 arguments, 6.12+).
+    pub const FX_BIND3: &str = "pw_fx_bind3";
+    /// `__inet_bind` (4 arguments).
+    pub const FX_BIND4: &str = "pw_fx_bind4";
+    /// `inet6_bind`.
+    pub const FX_BIND6: &str = "pw_fx_bind6";
+
+    // failures, kprobe + kretprobe.
+    /// Entry of `inet_hash_connect` / `inet6_hash_connect`.
+    pub const KP_CONNECT: &str = "pw_kp_connect";
+    /// Entry of `__inet_bind` / `inet_bind_sk` (first argument a `struct sock *`).
+    pub const KP_BIND: &str = "pw_kp_bind";
+    /// Entry of `inet6_bind` (first argument a `struct socket *`).
+    pub const KP_BIND6: &str = "pw_kp_bind6";
+    /// Return of every function above.
+    pub const KRET: &str = "pw_kret";
+
+    // failures, syscall tracepoints.
+    pub const TP_CONN_ENTER: &str = "pw_tp_conn_enter";
+    pub const TP_CONN_EXIT: &str = "pw_tp_conn_exit";
+    pub const TP_BIND_ENTER: &str = "pw_tp_bind_enter";
+    pub const TP_BIND_EXIT: &str = "pw_tp_bind_exit";
+
+    // steal.
+    /// tc ingress: SYN-ACKs for guarded ports.
+    pub const TC_SYNACK: &str = "pw_tc_synack";
+    /// kprobe on `ip_vs_conn_new`.
+    pub const KP_IPVS_CONN_NEW: &str = "pw_kp_ipvs_conn_new";
+    /// `sock:inet_sock_set_state`.
+    pub const TP_SOCK_STATE: &str = "pw_tp_sock_state";
+    /// `tcp:tcp_retransmit_skb`.
+    pub const TP_RETRANS: &str = "pw_tp_retrans";
+
+    /// Every program of the `failures` object.
+    pub const FAILURES: &[&str] = &[
+        FX_CONN4,
+        FX_CONN6,
+        FX_BIND3,
+        FX_BIND4,
+        FX_BIND6,
+        KP_CONNECT,
+        KP_BIND,
+        KP_BIND6,
+        KRET,
+        TP_CONN_ENTER,
+        TP_CONN_EXIT,
+        TP_BIND_ENTER,
+        TP_BIND_EXIT,
+    ];
+    /// Every program of the `steal` object.
+    pub const STEAL: &[&str] = &[TC_SYNACK, KP_IPVS_CONN_NEW, TP_SOCK_STATE, TP_RETRANS];
+}
+
+/// Slots of each object's `LOST` map. Every slot an object has is one
+/// userspace adds to the command's lost count.
+pub mod lost {
+    /// `failures`: a failure found the EVENTS ring buffer full.
+    pub const EVENTS_FULL: u32 = 0;
+    /// `failures`: an entry probe could not remember its call in PENDING,
+    /// so its return probe missed the failure.
+    pub const PENDING_FULL: u32 = 1;
+    /// The slots of the `failures` object's LOST, in order.
+    pub const FAILURES: &[u32] = &[EVENTS_FULL, PENDING_FULL];
+    /// Size of the `failures` object's LOST.
+    pub const FAILURES_SLOTS: u32 = FAILURES.len() as u32;
+
+    /// `steal`: a record found the STEALS ring buffer full.
+    pub const STEALS_FULL: u32 = 0;
+    /// The slots of the `steal` object's LOST, in order.
+    pub const STEAL: &[u32] = &[STEALS_FULL];
+    /// Size of the `steal` object's LOST.
+    pub const STEAL_SLOTS: u32 = STEAL.len() as u32;
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both are repr(C) plain integers and byte arrays with no padding
@@ -285,5 +409,28 @@ mod tests {
         assert_eq!(core::mem::size_of::<SynAckKey>(), 36);
         assert_eq!(core::mem::size_of::<StealOffsets>(), 22 * 4);
         assert_eq!(core::mem::size_of::<TpSockFields>(), 6 * 4);
+    }
+
+    #[test]
+    fn lost_slots_are_dense_and_in_bounds() {
+        // Each object's LOST has exactly its slots, numbered from 0.
+        for (slots, size) in [
+            (lost::FAILURES, lost::FAILURES_SLOTS),
+            (lost::STEAL, lost::STEAL_SLOTS),
+        ] {
+            assert_eq!(slots.len() as u32, size);
+            for (i, &s) in slots.iter().enumerate() {
+                assert_eq!(s, i as u32);
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_unique_within_an_object() {
+        for names in [maps::FAILURES, maps::STEAL, progs::FAILURES, progs::STEAL] {
+            for (i, a) in names.iter().enumerate() {
+                assert!(!names[i + 1..].contains(a), "{a} listed twice");
+            }
+        }
     }
 }

@@ -10,7 +10,14 @@
 //! pwbench spread PORT DESTS FILL N
 //!                            DESTS listeners on PORT, PORT+1, ...; FILL held connects
 //!                            to each; then N failing connects, round-robin over them
+//! pwbench startup MARKER HOLD_MS CMD [ARG...]
+//!                            runs CMD with stdout and stderr on a pseudo-terminal (so a
+//!                            C tool's stdio is line-buffered, as in a terminal), until a
+//!                            line containing MARKER; reads its VmHWM, lets it run
+//!                            HOLD_MS more, reads VmHWM again, then SIGINT
 //! ```
+//! startup prints `op=startup ready_ns=T hwm_ready_kb=A hwm_kb=B lines=L rc=R`:
+//! T from just before fork+exec to the marker line, B the peak RSS after the hold.
 //! Result: `op=NAME n=N ns=TOTAL ns_per_op=X cpu_ns=C wait_ns=W errors=E last_errno=K`:
 //! over the timed loop, `cpu_ns` is this process's user+system CPU time and `wait_ns`
 //! the time it waited on a run queue (other processes on its CPU); `errors`
@@ -19,7 +26,12 @@
 //! storm does not, since every attempt there is an event a tracer must report.
 //! Run it inside a test netns, pinned with taskset.
 
-use std::{mem, time::Instant};
+use std::{
+    mem,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 fn sockaddr(port: u16) -> libc::sockaddr_in {
     libc::sockaddr_in {
@@ -184,9 +196,161 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
         .unwrap_or_else(|| panic!("missing or bad {what}; see the header of pwbench.rs"))
 }
 
+/// A pseudo-terminal: (master, slave).
+fn pty() -> (OwnedFd, OwnedFd) {
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        assert!(
+            libc::grantpt(m) == 0 && libc::unlockpt(m) == 0,
+            "grantpt/unlockpt"
+        );
+        let mut name = [0 as libc::c_char; 128];
+        assert!(
+            libc::ptsname_r(m, name.as_mut_ptr(), name.len()) == 0,
+            "ptsname_r"
+        );
+        let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        assert!(
+            s >= 0,
+            "open pty slave: {}",
+            std::io::Error::last_os_error()
+        );
+        (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s))
+    }
+}
+
+/// Lines read off a pty master.
+struct Lines {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl Lines {
+    /// The next line, or None at `deadline` or once every writer is gone
+    /// (a pty master reads EIO then).
+    fn next(&mut self, deadline: Instant) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let l: Vec<u8> = self.buf.drain(..=i).collect();
+                return Some(String::from_utf8_lossy(&l).trim_end().to_string());
+            }
+            if self.eof {
+                return None;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let mut p = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            if unsafe { libc::poll(&mut p, 1, ms) } <= 0 {
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    chunk.as_mut_ptr() as *mut _,
+                    chunk.len(),
+                )
+            };
+            if n <= 0 {
+                self.eof = true;
+            } else {
+                self.buf.extend_from_slice(&chunk[..n as usize]);
+            }
+        }
+    }
+}
+
+fn status_kb(pid: u32, key: &str) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(-1)
+}
+
+/// `pwbench startup MARKER HOLD_MS CMD [ARG...]`: see the header.
+fn startup(args: &[String]) -> ! {
+    let marker = args.get(1).expect("missing MARKER");
+    let hold: u64 = arg(args, 2, "HOLD_MS");
+    let cmd = args
+        .get(3..)
+        .filter(|c| !c.is_empty())
+        .expect("missing CMD");
+    let (master, slave) = pty();
+    let t0 = Instant::now();
+    let mut child = {
+        let mut c = Command::new(&cmd[0]);
+        c.args(&cmd[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(slave.try_clone().expect("dup")))
+            .stderr(Stdio::from(slave));
+        c.spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", cmd[0]))
+        // The Command, holding our copies of the slave, is dropped here.
+    };
+    let mut lines = Lines {
+        fd: master,
+        buf: vec![],
+        eof: false,
+    };
+    let pid = child.id();
+    let mut seen = 0u64;
+    let mut ready = None;
+    while ready.is_none() {
+        match lines.next(t0 + Duration::from_secs(120)) {
+            Some(l) => {
+                seen += 1;
+                eprintln!("{l}");
+                if l.contains(marker.as_str()) {
+                    ready = Some(t0.elapsed());
+                }
+            }
+            None => break,
+        }
+    }
+    let hwm_ready = status_kb(pid, "VmHWM");
+    let until = Instant::now() + Duration::from_millis(hold);
+    while lines.next(until).is_some() {
+        seen += 1;
+    }
+    let hwm = status_kb(pid, "VmHWM");
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    while lines
+        .next(Instant::now() + Duration::from_secs(30))
+        .is_some()
+    {}
+    if child.try_wait().ok().flatten().is_none() {
+        std::thread::sleep(Duration::from_millis(100));
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = child.kill();
+        }
+    }
+    let rc = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+    println!(
+        "op=startup ready_ns={} hwm_ready_kb={hwm_ready} hwm_kb={hwm} lines={seen} rc={rc}",
+        ready.map_or(-1, |d| d.as_nanos() as i64)
+    );
+    std::process::exit(if ready.is_some() { 0 } else { 1 })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or("");
+    if mode == "startup" {
+        startup(&args);
+    }
     let mut errors = 0u64;
     let mut last_errno = 0;
     let (n, (ns, cpu, wait)) = match mode {
@@ -257,7 +421,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: pwbench getppid N | connect PORT N | storm PORT FILL N | spread PORT DESTS FILL N"
+                "usage: pwbench getppid N | connect PORT N | storm PORT FILL N | spread PORT DESTS FILL N | startup MARKER HOLD_MS CMD [ARG...]"
             );
             std::process::exit(2);
         }

@@ -11,8 +11,7 @@
 mod common;
 
 use std::{
-    collections::HashSet,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -31,127 +30,9 @@ const SCAN: Duration = Duration::from_secs(1);
 /// How often trace and top close them (they have no scan interval).
 const SWEEP: Duration = Duration::from_secs(10);
 
-/// Makes `n` namespaces, `AT_ONCE` at a time, each failing `FAILS` times
-/// toward 127.0.0.1:PORT; returns the failures the clients saw (err 99).
-/// Half are held by their client alone (`unshare -n`), half also by a bind
-/// mount under /run/netns (`ip netns add`, as CNI makes pod namespaces)
-/// that is deleted once the client is done. Each lives half a second after
-/// its failures, long enough for portwatch to look at it.
+/// `churn_netns` with this test's sizes.
 fn churn(n: usize) -> usize {
-    let inner = format!(
-        "echo '41000 41001' > /proc/sys/net/ipv4/ip_local_port_range && ip link set lo up && \
-         {} listen 127.0.0.1 {PORT} fill 127.0.0.1 {PORT} 2 connect 127.0.0.1 {PORT} {FAILS} && sleep 0.5",
-        pwclient_bin().display()
-    );
-    let mut failed = 0;
-    let mut made = 0;
-    while made < n {
-        let batch = (n - made).min(AT_ONCE);
-        let children: Vec<_> = (made..made + batch)
-            .map(|i| {
-                let mut c = Command::new("sh");
-                if i % 2 == 0 {
-                    c.args(["-c", &format!("exec unshare -n sh -c \"{inner}\"")]);
-                } else {
-                    let name = format!("pwc-{}-{}", std::process::id(), SEQ.next());
-                    c.args([
-                        "-c",
-                        &format!(
-                            "ip netns add {name} && ip netns exec {name} sh -c \"{inner}\"; rc=$?; ip netns del {name}; exit $rc"
-                        ),
-                    ]);
-                }
-                c.stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("sh")
-            })
-            .collect();
-        made += batch;
-        for c in children {
-            let out = c.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let s = String::from_utf8_lossy(&out.stdout);
-            failed += s.lines().filter(|l| *l == "err 99").count();
-        }
-    }
-    failed
-}
-
-/// Unique names for the namespaces made here.
-struct Seq(std::sync::atomic::AtomicUsize);
-
-impl Seq {
-    fn next(&self) -> usize {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-static SEQ: Seq = Seq(std::sync::atomic::AtomicUsize::new(0));
-
-/// The `net:[INO]` links among `pid`'s open files.
-fn netns_fds(pid: u32) -> Vec<u32> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let l = std::fs::read_link(e.path()).ok()?;
-            l.to_str()?
-                .strip_prefix("net:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-/// Namespaces some process or bind mount holds (what is alive without
-/// portwatch's handles).
-fn held_namespaces() -> HashSet<u32> {
-    let mut held: HashSet<u32> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(" - nsfs "))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .nth(3)?
-                .strip_prefix("net:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(l) = std::fs::read_link(e.path().join("ns/net")) {
-            if let Some(i) = l
-                .to_str()
-                .and_then(|s| s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok())
-            {
-                held.insert(i);
-            }
-        }
-    }
-    held
-}
-
-/// `pid`'s handles on namespaces nothing else holds: the pins.
-fn pinned_by(pid: u32) -> Vec<u32> {
-    let held = held_namespaces();
-    netns_fds(pid)
-        .into_iter()
-        .filter(|i| !held.contains(i))
-        .collect()
+    churn_netns(n, AT_ONCE, FAILS, PORT)
 }
 
 fn metrics(port: u16) -> String {

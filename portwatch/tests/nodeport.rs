@@ -194,7 +194,7 @@ fn ipvs_steal_names_the_real_server() {
     assert_eq!(s["ipvs"]["vip"], "10.0.0.1", "{s}");
     assert_eq!(s["ipvs"]["vport"], 30080, "{s}");
     assert_eq!(s["ipvs"]["real_server"], "10.0.1.3:8080", "{s}");
-    // Shown by the VM stage (--show-output): the README's example.
+    // Shown by the VM stage (--show-output): the example in docs/schema.md.
     println!("steal report: {s}");
     assert!(t.stop().0.success());
 }

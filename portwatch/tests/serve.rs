@@ -10,11 +10,11 @@ use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{prometheus::Prometheus, *};
 use serde_json::Value;
 
 /// GET `url` with curl and `opts` (TLS options), `secs` at most: status
@@ -280,107 +280,6 @@ impl Serve {
     }
 }
 
-/// Debian's Prometheus on loopback, scraping `target` every second, with
-/// its data in a temporary directory.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Prometheus {
-    fn start(target: u16) -> Prometheus {
-        Self::start_with(target, "")
-    }
-
-    /// `scrape` is added to the portwatch job (e.g. `scheme` and `tls_config`).
-    fn start_with(target: u16, scrape: &str) -> Prometheus {
-        let bin = "/usr/bin/prometheus";
-        assert!(
-            fs::metadata(bin).is_ok(),
-            "{bin} missing: the serve tests scrape with a real Prometheus (cargo xtask setup installs Debian's prometheus)"
-        );
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("pw-prom-{}-{port}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let cfg = dir.join("prometheus.yml");
-        fs::write(
-            &cfg,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: portwatch\n{scrape}    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let p = Prometheus { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http_get(&format!("http://127.0.0.1:{port}/-/ready")).0 != 200 {
-            assert!(Instant::now() < deadline, "Prometheus not ready in 60 s");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        p
-    }
-
-    /// The instant vector of `query`, as (labels, value) pairs.
-    fn query(&self, query: &str) -> Vec<(Value, f64)> {
-        let out = Command::new("curl")
-            .args(["-s", "-m", "5", "-G"])
-            .arg(format!("http://127.0.0.1:{}/api/v1/query", self.port))
-            .args(["--data-urlencode", &format!("query={query}")])
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{query}: {e}: {:?}", String::from_utf8_lossy(&out.stdout)));
-        assert_eq!(v["status"], "success", "{query}: {v}");
-        v["data"]["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["metric"].clone(),
-                    r["value"][1].as_str().unwrap().parse().unwrap(),
-                )
-            })
-            .collect()
-    }
-
-    /// The one value of `query`, once it equals `want` (None: still absent),
-    /// waiting up to 30 s for the scrapes to catch up.
-    fn wait_value(&self, query: &str, want: f64) -> Vec<(Value, f64)> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = self.query(query);
-            if r.len() == 1 && r[0].1 == want {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{query}: wanted {want}, Prometheus says {r:?}"
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Client sockets in `ns` toward `dst:dport` whose local port is in
 /// `range`, as `ss` counts them (every state but LISTEN).
 fn ss_in_use(ns: &Netns, dport: u16, range: (u16, u16)) -> u32 {
@@ -523,6 +422,56 @@ fn in_use_series_are_bounded_with_a_thousand_destinations() {
     let u = serve.samples("portwatch_ephemeral_ports_usable", &[netns]);
     assert_eq!(u.len(), 1);
     assert_eq!(u[0].1, 2000.0);
+}
+
+/// Names of the BPF maps process `pid` holds (fdinfo's map_id, named by
+/// bpftool), sorted.
+fn map_names_of(pid: u32) -> Vec<String> {
+    let mut ids = vec![];
+    for e in fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(info) = fs::read_to_string(e.path()) {
+            if let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")) {
+                ids.push(id.trim().parse::<u64>().unwrap());
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    let mut names: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let out = Command::new("bpftool")
+                .args(["-j", "map", "show", "id", &id.to_string()])
+                .output()
+                .expect("bpftool (cargo xtask setup installs it)");
+            assert!(out.status.success(), "bpftool map show id {id}");
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["name"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// serve runs trace's and nodeport-steal's pipelines, each with its own
+/// object: every map of each exists once (LOST once per object), plus one
+/// map of globals per object.
+#[test]
+fn serve_loads_each_object_once() {
+    use portwatch_common::maps;
+    require_root();
+    let serve = Serve::start(&[]);
+    let mut want: Vec<String> = maps::FAILURES
+        .iter()
+        .chain(maps::STEAL)
+        .chain(&[".rodata", ".rodata"])
+        .map(|m| m.to_string())
+        .collect();
+    want.sort();
+    assert_eq!(map_names_of(serve.tracer.pid()), want);
 }
 
 /// SIGTERM: detach, flush, exit 0 well within Kubernetes' 2 s budget.

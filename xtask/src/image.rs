@@ -99,6 +99,7 @@ pub fn build(bin: &Path) -> Result<Image> {
              LABEL org.opencontainers.image.title=portwatch \
              org.opencontainers.image.version={version} \
              org.opencontainers.image.description=\"portwatch serve: the node agent (DaemonSet)\"\n\
+             ENV PATH=/usr/bin\n\
              ENTRYPOINT [\"{BIN_IN_IMAGE}\"]\n\
              CMD [\"serve\"]\n"
         ),

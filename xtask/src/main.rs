@@ -163,9 +163,17 @@ enum Cmd {
         /// Fewer rounds and smaller loops (about a minute).
         #[arg(long)]
         quick: bool,
-        /// Where to write the JSON results (default target/bench/results.json).
+        /// Where to write the JSON results (default target/bench/results.json,
+        /// with --vm target/bench/vm-results.json).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Instead: the cost on a production kernel (fexit, kprobe,
+        /// tracepoint vs no tracer; start-up and RSS vs libbpf-tools'
+        /// tcpconnect) in one boot of the Debian 6.12 guest under qemu with
+        /// -icount (instruction counts). Also rewrites its section of
+        /// docs/benchmarks.md.
+        #[arg(long)]
+        vm: bool,
     },
 }
 
@@ -510,7 +518,7 @@ fn main() -> Result<()> {
             });
             fuzz(secs, seed, target.as_deref())
         }
-        Cmd::Bench { quick, out } => bench::bench(bench::Opts { quick, out }),
+        Cmd::Bench { quick, out, vm } => bench::bench(bench::Opts { quick, vm, out }),
         Cmd::VmTest { kernel, args } => {
             setup(Need::Tests)?;
             vm::vm_test(&vm::select(&kernel)?, &args)

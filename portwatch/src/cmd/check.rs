@@ -16,7 +16,7 @@ use crate::{
     },
     pipeline::{
         findings::{findings_for, Finding, Severity},
-        schema::SCHEMA_VERSION,
+        schema::FINDING_SCHEMA,
         sink::findings::{write_json, write_table, Summary},
     },
 };
@@ -66,7 +66,7 @@ pub fn run(args: &CheckArgs) -> Result<u8> {
         0
     };
     let summary = Summary {
-        schema: SCHEMA_VERSION,
+        schema: FINDING_SCHEMA,
         kind: "summary",
         netns_checked: checked,
         netns_skipped: skipped,

@@ -60,7 +60,7 @@ pub enum Generate {
 #[derive(Args, Debug, Clone)]
 pub struct TopArgs {
     /// The trace options: filters, backend; --json prints one summary
-    /// object per interval (schema in the README) instead of a table.
+    /// object per interval (schema: docs/schema.md) instead of a table.
     #[command(flatten)]
     pub trace: TraceArgs,
     /// How often to summarize: 2s, 500ms, 1m (100ms to 24h).
@@ -187,7 +187,7 @@ pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
 
 #[derive(Args, Debug, Clone)]
 pub struct NodeportArgs {
-    /// One JSON object per line (schema in the README) instead of a table.
+    /// One JSON object per line (schema: docs/schema.md) instead of a table.
     #[arg(long)]
     pub json: bool,
     /// The NodePort range to guard (besides the node's IPVS virtual services).
@@ -249,7 +249,7 @@ pub struct CheckArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct TraceArgs {
-    /// One JSON object per line (schema in the README) instead of a table.
+    /// One JSON object per line (schema: docs/schema.md) instead of a table.
     #[arg(long)]
     pub json: bool,
     /// Only events of this process id.

@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
+use portwatch_common::{lost, maps};
 
 use crate::pipeline::correlate::{self, Correlator, Report};
 use crate::pipeline::sink::{
@@ -23,7 +24,7 @@ use crate::pipeline::sink::{
 use crate::{
     cmd::cli::NodeportArgs,
     host::{
-        ipvs, netns,
+        ipvs,
         ports::{self, PortSet},
     },
     kernel::{attach, source::Source},
@@ -81,16 +82,9 @@ fn interfaces(only: &[String]) -> Result<BTreeSet<String>> {
 
 /// The start-up warning: the node's own range can hand out guarded ports.
 fn overlap_warning(guarded: &PortSet) -> Option<(String, String)> {
-    let v = netns::read_sysctls(
-        None,
-        &[
-            "/proc/sys/net/ipv4/ip_local_port_range",
-            "/proc/sys/net/ipv4/ip_local_reserved_ports",
-        ],
-    )
-    .ok()?;
-    let range = netns::parse_port_range(&v[0])?;
-    let reserved = PortSet::parse(&v[1]).ok()?;
+    let p = crate::host::sysctl::read_ports(None, false).ok()?;
+    let range = p.range.ok()?;
+    let reserved = p.reserved.ok()?;
     let (exposed, fixed) = ports::exposed_guarded(range, &reserved, guarded)?;
     let fix = format!("sysctl -w net.ipv4.ip_local_reserved_ports={fixed}");
     Some((
@@ -153,8 +147,10 @@ pub async fn pipeline(
             Err(e) => eprintln!("portwatch: not watching {i}: {e:#}"),
         }
     }
-    let mut gmap: BpfHashMap<MapData, u16, u8> =
-        BpfHashMap::try_from(ebpf.take_map("GUARDED").context("GUARDED map missing")?)?;
+    let mut gmap: BpfHashMap<MapData, u16, u8> = BpfHashMap::try_from(
+        ebpf.take_map(maps::GUARDED)
+            .with_context(|| format!("{} map missing", maps::GUARDED))?,
+    )?;
     let (mut guarded, nsvc) = guarded_ports(&statics)?;
     sync_guarded(&mut gmap, &PortSet::new(), &guarded)?;
 
@@ -192,7 +188,7 @@ pub async fn pipeline(
         fix
     });
 
-    let mut source = Source::named(&mut ebpf, "STEALS", &[2])?;
+    let mut source = Source::named(&mut ebpf, maps::STEALS, lost::STEAL)?;
     let clock = Clock::now();
     let ctx = Context { probe, fix };
     let mut sink = make_sink(clock, ctx);

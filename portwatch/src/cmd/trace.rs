@@ -45,6 +45,7 @@ pub fn options(args: &TraceArgs) -> trace::Options {
         },
         filter: filter_of(args),
         netns_sweep: args.netns_sweep,
+        cri: None,
     }
 }
 

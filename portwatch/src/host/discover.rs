@@ -9,15 +9,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::host::{
     holders::comm_of,
-    ipvs,
-    netns::{self, parse_port_range},
+    ipvs, netns,
     ports::PortSet,
     sockdiag::{self, PortFilter, Sock},
-    sysctl::{PORT_RANGE, RESERVED_PORTS, TW_REUSE},
+    sysctl::read_ports,
 };
 
 /// A network namespace to audit.
@@ -171,13 +170,11 @@ pub fn discover(specs: &[String]) -> Result<Vec<Target>> {
 }
 
 pub fn read_state(t: &Target) -> Result<NsState> {
-    let v = netns::read_sysctls(t.handle.as_ref(), &[PORT_RANGE, RESERVED_PORTS, TW_REUSE])
+    let p = read_ports(t.handle.as_ref(), true)
         .with_context(|| format!("sysctls of netns {} ({})", t.ino, t.place))?;
-    let range = parse_port_range(&v[0])
-        .with_context(|| format!("ip_local_port_range {:?} of netns {}", v[0].trim(), t.ino))?;
-    let reserved = PortSet::parse(&v[1])
-        .with_context(|| format!("ip_local_reserved_ports of netns {}", t.ino))?;
-    let tw_reuse = v[2].trim().parse().ok();
+    let range = p.range.map_err(|e| anyhow!("{e} in netns {}", t.ino))?;
+    let reserved = p.reserved.map_err(|e| anyhow!("{e} in netns {}", t.ino))?;
+    let tw_reuse = p.tw_reuse;
     let socks = sockdiag::dump_in(
         t.handle.as_ref(),
         libc::IPPROTO_TCP as u8,

@@ -15,10 +15,10 @@ use std::{collections::HashMap, fs::File, net::IpAddr};
 use anyhow::{anyhow, Context as _, Result};
 
 use crate::host::{
-    netns::{self, parse_port_range, NetnsHandles},
+    netns::{self, NetnsHandles},
     ports::{self, PortSet},
     sockdiag::{self, PortFilter, Sock, STATE_LISTEN},
-    sysctl::{PORT_RANGE, RESERVED_PORTS},
+    sysctl::read_ports,
 };
 
 /// A destination: remote address (IPv4-mapped IPv6 as IPv4) and port.
@@ -131,11 +131,11 @@ fn totals(socks: &[Sock], usable: &PortSet) -> (u32, u32) {
 }
 
 fn sample_here(only: Option<&[Dest]>) -> Result<Usage> {
-    let v = netns::read_sysctls(None, &[PORT_RANGE, RESERVED_PORTS])?;
-    let range = parse_port_range(&v[0])
-        .ok_or_else(|| anyhow!("unparsable ip_local_port_range {:?}", v[0]))?;
-    let reserved = PortSet::parse(&v[1])
-        .context("parsing ip_local_reserved_ports")?
+    let p = read_ports(None, false)?;
+    let range = p.range.map_err(|e| anyhow!(e))?;
+    let reserved = p
+        .reserved
+        .map_err(|e| anyhow!(e))?
         .intersect(&PortSet::range(range.0, range.1));
     let usable = ports::usable(range, &reserved);
     // Filtered in the kernel: only sockets on a range port come back.

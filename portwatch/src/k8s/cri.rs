@@ -257,6 +257,20 @@ impl Cri {
         })
     }
 
+    /// Another user of the same runtime connection and look-up thread, with
+    /// a cache of its own (one CRI client per process: `serve`'s trace
+    /// pipeline and its netns scan share one).
+    pub fn handle(&self) -> Cri {
+        Cri {
+            cache: HashMap::new(),
+            jobs: self.jobs.clone(),
+            wake: self.wake.clone(),
+            status: self.status.clone(),
+            given: self.given,
+            asked: 0,
+        }
+    }
+
     pub fn status(&self) -> &Status {
         &self.status
     }

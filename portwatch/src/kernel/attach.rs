@@ -1,6 +1,10 @@
 //! Stage 1: load the kernel programs and attach each hook with the best
 //! backend the running kernel offers (fexit -> kprobe -> tracepoint), or the
 //! one `--backend` forces.
+//!
+//! The kernel side is two objects: `failures` for `trace`, `steal` for
+//! `nodeport-steal`. Each command loads only its own; `serve`, which runs
+//! both pipelines, loads each once.
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
@@ -12,12 +16,18 @@ use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 
-use portwatch_common::{StealOffsets, TpSockFields, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE};
+use portwatch_common::{
+    globals, maps, progs, StealOffsets, TpSockFields, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE,
+};
 
 use crate::kernel::{btf::Btf, offsets, probe::Probe, system, tpformat::Format};
 
-/// The compiled kernel programs, embedded at build time.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
+/// `trace`'s kernel programs (the `failures` bin of portwatch-ebpf),
+/// embedded at build time.
+static FAILURES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/failures"));
+
+/// `nodeport-steal`'s kernel programs (the `steal` bin of portwatch-ebpf).
+static STEAL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steal"));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
@@ -67,17 +77,31 @@ struct Loaded {
     notes: Vec<String>,
 }
 
-/// Memlock, BTF offsets, load, with the kernel BTF the caller parsed (once:
-/// it is 5 MB of start-up work). `steal` carries the offsets the
-/// nodeport-steal programs read (all invalid for `trace`); `notes` are the
-/// caller's so far.
-fn load(
-    btf: Btf,
-    ringbuf_bytes: u32,
-    steal: &StealOffsets,
-    mut notes: Vec<String>,
-) -> Result<Loaded> {
+/// Memlock, then `object` loaded with the kernel BTF and what `set` puts
+/// into the loader (globals, map sizes).
+fn load_object<'a>(
+    object: &[u8],
+    aya_btf: &'a AyaBtf,
+    set: impl FnOnce(&mut EbpfLoader<'a>),
+) -> Result<Ebpf> {
     system::raise_memlock();
+    let mut loader = EbpfLoader::new();
+    loader.btf(Some(aya_btf));
+    set(&mut loader);
+    let mut ebpf = loader
+        .load(object)
+        .map_err(|e| explain_load_error(anyhow!(e)))?;
+    if let Ok(logger) = aya_log::EbpfLogger::init(&mut ebpf) {
+        crate::kernel::source::spawn_ebpf_logger(logger);
+    }
+    Ok(ebpf)
+}
+
+/// The `failures` object, with the kernel BTF the caller parsed (once: it
+/// is 5 MB of start-up work), its offsets from that BTF and an EVENTS ring
+/// buffer of `ringbuf_bytes`.
+fn load_failures(btf: Btf, ringbuf_bytes: u32) -> Result<Loaded> {
+    let mut notes = vec![];
     let (offs, missing) = offsets::from_btf(&btf);
     for m in missing {
         notes.push(format!(
@@ -85,18 +109,10 @@ fn load(
         ));
     }
     let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF")?;
-
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(&aya_btf))
-        .override_global("OFFSETS", &offs, true)
-        .override_global("STEAL_OFFSETS", steal, true)
-        .map_max_entries("EVENTS", ringbuf_bytes)
-        .load(EBPF_OBJECT)
-        .map_err(|e| explain_load_error(anyhow!(e)))?;
-
-    if let Ok(logger) = aya_log::EbpfLogger::init(&mut ebpf) {
-        crate::kernel::source::spawn_ebpf_logger(logger);
-    }
+    let ebpf = load_object(FAILURES_OBJECT, &aya_btf, |l| {
+        l.override_global(globals::OFFSETS, &offs, true)
+            .map_max_entries(maps::EVENTS, ringbuf_bytes);
+    })?;
     Ok(Loaded {
         ebpf,
         btf,
@@ -114,7 +130,7 @@ pub fn attach(opts: &Options) -> Result<Attached> {
     } = {
         system::check_privileges()?;
         let btf = Btf::from_sys_fs()?;
-        load(btf, opts.ringbuf_bytes, &StealOffsets::default(), vec![])?
+        load_failures(btf, opts.ringbuf_bytes)?
     };
     let mut hooks = vec![];
     for hook in [Hook::Connect, Hook::Bind] {
@@ -219,35 +235,32 @@ pub fn attach_nodeport() -> Result<StealAttached> {
     }
     let btf = Btf::from_sys_fs()?;
     let (offs, mut ipvs_missing) = steal_offsets(&btf, &mut notes)?;
-    // trace's ring buffer goes unused here: the smallest one.
-    let Loaded {
-        mut ebpf, notes, ..
-    } = load(btf, 4096, &offs, notes)?;
+    let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF")?;
+    let mut ebpf = load_object(STEAL_OBJECT, &aya_btf, |l| {
+        l.override_global(globals::STEAL_OFFSETS, &offs, true);
+    })?;
 
     for (prog, cat, name) in [
-        ("pw_tp_sock_state", "sock", "inet_sock_set_state"),
-        ("pw_tp_retrans", "tcp", "tcp_retransmit_skb"),
+        (progs::TP_SOCK_STATE, "sock", "inet_sock_set_state"),
+        (progs::TP_RETRANS, "tcp", "tcp_retransmit_skb"),
     ] {
-        if prog == "pw_tp_retrans" && offs.valid & SOFF_RETRANS == 0 {
+        if prog == progs::TP_RETRANS && offs.valid & SOFF_RETRANS == 0 {
             continue;
         }
         load_attach_tracepoint(&mut ebpf, prog, cat, name)?;
     }
-    let p: &mut SchedClassifier = ebpf
-        .program_mut("pw_tc_synack")
-        .context("program pw_tc_synack missing from the object")?
-        .try_into()?;
-    p.load()
+    tc_synack_mut(&mut ebpf)?
+        .load()
         .map_err(|e| anyhow!(e))
         .context("loading the tc SYN-ACK program")?;
 
     let mut ipvs = None;
     if ipvs_missing.is_none() {
         let res = (|| -> Result<()> {
-            let p = kprobe_mut(&mut ebpf, "pw_kp_ipvs_conn_new")?;
+            let p = kprobe_mut(&mut ebpf, progs::KP_IPVS_CONN_NEW)?;
             p.load()
                 .map_err(|e| anyhow!(e))
-                .context("loading pw_kp_ipvs_conn_new")?;
+                .with_context(|| format!("loading {}", progs::KP_IPVS_CONN_NEW))?;
             p.attach("ip_vs_conn_new", 0)
                 .map_err(|e| anyhow!(e))
                 .context("attaching a kprobe to ip_vs_conn_new")?;
@@ -266,6 +279,13 @@ pub fn attach_nodeport() -> Result<StealAttached> {
     })
 }
 
+fn tc_synack_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    Ok(ebpf
+        .program_mut(progs::TC_SYNACK)
+        .with_context(|| format!("program {} missing from the object", progs::TC_SYNACK))?
+        .try_into()?)
+}
+
 /// Puts the SYN-ACK watch on `iface`'s ingress (adding the clsact qdisc
 /// it needs when the interface has none yet).
 pub fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
@@ -273,11 +293,8 @@ pub fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
     // fine, and is not needed at all where the kernel attaches through TCX
     // links (6.6+). Its error only matters if the attach fails too.
     let qdisc = tc::qdisc_add_clsact(iface).err();
-    let p: &mut SchedClassifier = ebpf
-        .program_mut("pw_tc_synack")
-        .context("program pw_tc_synack missing from the object")?
-        .try_into()?;
-    p.attach(iface, TcAttachType::Ingress)
+    tc_synack_mut(ebpf)?
+        .attach(iface, TcAttachType::Ingress)
         .map_err(|e| match qdisc {
             Some(q) => anyhow!(
                 "{e} (adding a clsact qdisc failed first: {q}; is the sch_ingress module available?)"
@@ -288,14 +305,24 @@ pub fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
     Ok(())
 }
 
+/// The errno the kernel answered with, wherever it sits in the error's
+/// chain (aya keeps the syscall's `io::Error` as the source).
+fn errno_of(e: &anyhow::Error) -> Option<i32> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>()?.raw_os_error())
+}
+
 fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
-    let s = format!("{e:#}");
-    if s.contains("Operation not permitted") || s.contains("EPERM") {
-        anyhow!("the kernel refused to load portwatch's eBPF programs (permission denied): {s}")
+    if errno_of(&e) == Some(libc::EPERM) {
+        anyhow!("the kernel refused to load portwatch's eBPF programs (permission denied): {e:#}")
     } else {
         e.context("loading portwatch's eBPF programs")
     }
 }
+
+/// Where a kernel with kprobes lists its kprobe PMU (aya reads its type
+/// there to attach).
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 fn attach_hook(
     ebpf: &mut Ebpf,
@@ -352,15 +379,14 @@ fn attach_hook(
 
 /// Why a backend is unavailable, in words an operator can act on.
 fn short_reason(probe: Probe, e: &anyhow::Error) -> String {
-    let full = format!("{e:#}");
-    match probe {
-        Probe::Fexit if full.contains("Operation not permitted") => {
+    match (probe, errno_of(e)) {
+        (Probe::Fexit, Some(libc::EPERM)) => {
             "the kernel refuses to load fexit programs (EPERM)".into()
         }
-        Probe::Kprobe if full.contains("event_source/devices/kprobe") => {
+        (Probe::Kprobe, Some(libc::ENOENT)) if !std::path::Path::new(KPROBE_PMU).exists() => {
             "the kernel has no kprobes (CONFIG_KPROBES off)".into()
         }
-        _ => full,
+        _ => format!("{e:#}"),
     }
 }
 
@@ -379,11 +405,11 @@ fn targets(btf: &Btf, hook: Hook) -> Result<Targets> {
                     Some(2) => fns.push((
                         f,
                         if f == "inet_hash_connect" {
-                            "pw_fx_conn4"
+                            progs::FX_CONN4
                         } else {
-                            "pw_fx_conn6"
+                            progs::FX_CONN6
                         },
-                        "pw_kp_connect",
+                        progs::KP_CONNECT,
                     )),
                     Some(n) => bail!("{f} takes {n} arguments on this kernel, expected 2"),
                     None => bail!("{f} is not in the kernel's BTF"),
@@ -395,14 +421,14 @@ fn targets(btf: &Btf, hook: Hook) -> Result<Targets> {
                 btf.func_params("__inet_bind"),
                 btf.func_params("inet_bind_sk"),
             ) {
-                (Some(4), _) => fns.push(("__inet_bind", "pw_fx_bind4", "pw_kp_bind")),
-                (_, Some(3)) => fns.push(("inet_bind_sk", "pw_fx_bind3", "pw_kp_bind")),
+                (Some(4), _) => fns.push(("__inet_bind", progs::FX_BIND4, progs::KP_BIND)),
+                (_, Some(3)) => fns.push(("inet_bind_sk", progs::FX_BIND3, progs::KP_BIND)),
                 _ => bail!(
                     "neither __inet_bind(4 args) nor inet_bind_sk(3 args) is in the kernel's BTF"
                 ),
             }
             match btf.func_params("inet6_bind") {
-                Some(3) => fns.push(("inet6_bind", "pw_fx_bind6", "pw_kp_bind6")),
+                Some(3) => fns.push(("inet6_bind", progs::FX_BIND6, progs::KP_BIND6)),
                 _ => bail!("inet6_bind(3 args) is not in the kernel's BTF"),
             }
         }
@@ -478,12 +504,12 @@ fn attach_kprobe(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
     // kretprobe program is shared with the other hook, so no unload).
     let mut links: Vec<(&str, KProbeLinkId)> = vec![];
     // The programs this attempt will load (not those the other hook uses).
-    let mut fresh: Vec<&str> = t.fns.iter().map(|f| f.2).chain(["pw_kret"]).collect();
+    let mut fresh: Vec<&str> = t.fns.iter().map(|f| f.2).chain([progs::KRET]).collect();
     fresh.dedup();
     fresh.retain(|p| !is_loaded(ebpf, p));
     let mut res = Ok(());
     for (func, _, entry) in &t.fns {
-        for prog in [*entry, "pw_kret"] {
+        for prog in [*entry, progs::KRET] {
             match load_kprobe(ebpf, prog).and_then(|p| {
                 p.attach(func, 0)
                     .map_err(|e| anyhow!(e))
@@ -538,8 +564,8 @@ fn attach_tracepoint(ebpf: &mut Ebpf, hook: Hook, notes: &mut Vec<String>) -> Re
         notes.push(n);
     }
     let (enter, exit, sys) = match hook {
-        Hook::Connect => ("pw_tp_conn_enter", "pw_tp_conn_exit", "connect"),
-        Hook::Bind => ("pw_tp_bind_enter", "pw_tp_bind_exit", "bind"),
+        Hook::Connect => (progs::TP_CONN_ENTER, progs::TP_CONN_EXIT, "connect"),
+        Hook::Bind => (progs::TP_BIND_ENTER, progs::TP_BIND_EXIT, "bind"),
     };
     let mut res = Ok(());
     for (prog, tp) in [
@@ -567,4 +593,117 @@ fn attach_tracepoint(ebpf: &mut Ebpf, hook: Hook, notes: &mut Vec<String>) -> Re
         );
     }
     Ok(format!("syscalls:sys_enter_{sys} + sys_exit_{sys}"))
+}
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn kernel_errors_are_told_apart_by_errno() {
+        let eperm = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::EPERM))
+            .context("loading pw_fx_conn4")
+            .context("fexit");
+        assert_eq!(errno_of(&eperm), Some(libc::EPERM));
+        assert_eq!(
+            short_reason(Probe::Fexit, &eperm),
+            "the kernel refuses to load fexit programs (EPERM)"
+        );
+        let other = anyhow!("no BTF for inet_bind_sk");
+        assert_eq!(errno_of(&other), None);
+        assert_eq!(
+            short_reason(Probe::Fexit, &other),
+            "no BTF for inet_bind_sk"
+        );
+        let einval = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(explain_load_error(einval)
+            .to_string()
+            .starts_with("loading portwatch's eBPF programs"));
+    }
+
+    use std::collections::{BTreeSet, HashMap};
+
+    use portwatch_common::{globals, lost, maps, progs, Offsets, StealOffsets};
+
+    use super::{errno_of, explain_load_error, short_reason, Probe, FAILURES_OBJECT, STEAL_OBJECT};
+    use anyhow::anyhow;
+
+    fn set<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<&'a str> {
+        names.into_iter().collect()
+    }
+
+    /// The names the eBPF side writes as identifiers, checked against the
+    /// constants userspace uses: each object has exactly its programs and
+    /// maps, its LOST has one entry per slot, and its globals are there with
+    /// the size of the type userspace writes (the other object's are not).
+    fn check(
+        what: &str,
+        object: &[u8],
+        want_progs: &[&str],
+        want_maps: &[&str],
+        lost_slots: u32,
+        want_globals: &[(&str, usize)],
+        absent_globals: &[(&str, usize)],
+    ) {
+        let mut obj = aya_obj::Object::parse(object)
+            .unwrap_or_else(|e| panic!("{what}: the built object does not parse: {e}"));
+        assert_eq!(
+            set(obj.programs.keys().map(String::as_str)),
+            set(want_progs.iter().copied()),
+            "{what}: programs"
+        );
+        // Sections of globals (.rodata, .bss, ...) are maps to aya too.
+        assert_eq!(
+            set(obj
+                .maps
+                .keys()
+                .map(String::as_str)
+                .filter(|m| !m.starts_with('.'))),
+            set(want_maps.iter().copied()),
+            "{what}: maps"
+        );
+        assert_eq!(
+            obj.maps[maps::LOST].max_entries(),
+            lost_slots,
+            "{what}: LOST slots"
+        );
+        for &(name, size) in want_globals {
+            let zeroes = vec![0u8; size];
+            obj.patch_map_data(HashMap::from([(name, (&zeroes[..], true))]))
+                .unwrap_or_else(|e| panic!("{what}: global {name} of {size} bytes: {e}"));
+        }
+        for &(name, size) in absent_globals {
+            let zeroes = vec![0u8; size];
+            assert!(
+                obj.patch_map_data(HashMap::from([(name, (&zeroes[..], true))]))
+                    .is_err(),
+                "{what}: has the other object's global {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn failures_object_holds_exactly_the_shared_names() {
+        check(
+            "failures",
+            FAILURES_OBJECT,
+            progs::FAILURES,
+            maps::FAILURES,
+            lost::FAILURES_SLOTS,
+            &[(globals::OFFSETS, size_of::<Offsets>())],
+            &[(globals::STEAL_OFFSETS, size_of::<StealOffsets>())],
+        );
+    }
+
+    #[test]
+    fn steal_object_holds_exactly_the_shared_names() {
+        check(
+            "steal",
+            STEAL_OBJECT,
+            progs::STEAL,
+            maps::STEAL,
+            lost::STEAL_SLOTS,
+            &[(globals::STEAL_OFFSETS, size_of::<StealOffsets>())],
+            &[(globals::OFFSETS, size_of::<Offsets>())],
+        );
+    }
 }

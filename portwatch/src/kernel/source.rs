@@ -6,7 +6,12 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     Ebpf,
 };
+use portwatch_common::{lost, maps};
 use tokio::io::unix::AsyncFd;
+
+/// Records handed out per call of `next_batch`: a storm is read in slices,
+/// so the caller's batch stays this small however full the ring is.
+pub const MAX_BATCH: usize = 1024;
 
 pub struct Source {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -16,9 +21,9 @@ pub struct Source {
 }
 
 impl Source {
-    /// The failure events of `trace`.
+    /// The failure events of `trace` (the `failures` object).
     pub fn new(ebpf: &mut Ebpf) -> Result<Source> {
-        Source::named(ebpf, "EVENTS", &[0, 1])
+        Source::named(ebpf, maps::EVENTS, lost::FAILURES)
     }
 
     /// Ring buffer `ring`, whose losses the kernel side counts in `LOST` at
@@ -28,7 +33,10 @@ impl Source {
             ebpf.take_map(ring)
                 .with_context(|| format!("{ring} map missing"))?,
         )?;
-        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
+        let lost = PerCpuArray::try_from(
+            ebpf.take_map(maps::LOST)
+                .with_context(|| format!("{} map missing", maps::LOST))?,
+        )?;
         // SAFETY: the AsyncFd owns the RingBuf, which owns the fd: it stays open
         // for as long as it is registered.
         let ring = unsafe { AsyncFd::register(ring) }
@@ -44,10 +52,22 @@ impl Source {
     pub async fn next_batch(&mut self, mut f: impl FnMut(&[u8])) -> Result<()> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            f(&item);
+        let mut emptied = false;
+        for _ in 0..MAX_BATCH {
+            match ring.next() {
+                Some(item) => f(&item),
+                None => {
+                    emptied = true;
+                    break;
+                }
+            }
         }
-        guard.clear_ready();
+        if emptied {
+            guard.clear_ready();
+            return Ok(());
+        }
+        // More is waiting: the ring stays ready, and the caller's loop
+        // comes back for it after handling this much.
         Ok(())
     }
 

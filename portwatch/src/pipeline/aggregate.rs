@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// Version of the summary records; raised on any change to names or meaning.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = crate::pipeline::schema::SUMMARY_SCHEMA;
 
 /// Who failed: a pod (by uid: names may come later) or the host.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

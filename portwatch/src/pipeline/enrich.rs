@@ -18,10 +18,10 @@ use anyhow::Result;
 
 use crate::{
     host::{
-        netns::{self, parse_port_range, read_sysctls, NetnsHandles},
+        netns::{self, NetnsHandles},
         ports::PortSet,
         sockdiag::NsHandle,
-        sysctl::{PORT_RANGE, RESERVED_PORTS},
+        sysctl::read_ports,
     },
     k8s::{
         cri::{self, Cri, Lookup},
@@ -46,11 +46,18 @@ impl Enricher {
     /// `cri::DEFAULT_ENDPOINTS` that answers). Without a cgroup2 mount
     /// there are no pods, and no runtime is asked. Netns handles whose
     /// namespace has gone are closed every `netns_sweep` (see `maintain`).
-    pub fn new(cri_endpoint: Option<PathBuf>, netns_sweep: Duration) -> Result<Enricher> {
+    /// `shared`: a runtime client already started (its thread and
+    /// connection are used; `cri_endpoint` is then not looked at).
+    pub fn new(
+        cri_endpoint: Option<PathBuf>,
+        shared: Option<&Cri>,
+        netns_sweep: Duration,
+    ) -> Result<Enricher> {
         let cgroups = CgroupResolver::new();
-        let cri = match cgroups.root() {
-            Some(_) => Cri::start(cri_endpoint)?,
-            None => Cri::off(),
+        let cri = match (cgroups.root(), shared) {
+            (None, _) => Cri::off(),
+            (Some(_), Some(c)) => c.handle(),
+            (Some(_), None) => Cri::start(cri_endpoint)?,
         };
         Ok(Enricher {
             netns: NetnsHandles::with(netns_sweep, netns::cap_for(netns::nofile_limit())),
@@ -138,16 +145,15 @@ impl Enricher {
                 return r.clone();
             }
         }
-        let paths = [PORT_RANGE, RESERVED_PORTS];
         let read = if self.netns.is_own(ino) {
-            read_sysctls(None, &paths).ok()
+            read_ports(None, false).ok()
         } else {
             self.netns
                 .get(ino, pids)
-                .and_then(|f| read_sysctls(Some(f), &paths).ok())
+                .and_then(|f| read_ports(Some(f), false).ok())
         };
         let r: Ports = match read {
-            Some(v) => (parse_port_range(&v[0]), PortSet::parse(&v[1]).ok()),
+            Some(p) => (p.range.ok(), p.reserved.ok()),
             None => (None, None),
         };
         if self.ranges.len() > 4096 {

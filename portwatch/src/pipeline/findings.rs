@@ -19,7 +19,7 @@ use crate::{
         ports::{self, PortSet},
         sockdiag::{self, Sock, STATE_LISTEN, STATE_TIME_WAIT},
     },
-    pipeline::{cause::holder_counts, event::HolderCount, schema::SCHEMA_VERSION},
+    pipeline::{cause::holder_counts, event::HolderCount, schema::FINDING_SCHEMA},
 };
 
 /// The kernel's default range: clear of the default NodePort range.
@@ -91,7 +91,7 @@ pub fn findings_for(
     let usable = ports::usable(st.range, &st.reserved);
     let reserved_in = st.reserved.intersect(&range);
     let finding = |check, severity, evidence, fix: Option<String>, message: String| Finding {
-        schema: SCHEMA_VERSION,
+        schema: FINDING_SCHEMA,
         kind: "finding",
         check,
         severity,

@@ -1,8 +1,15 @@
 //! What the JSON records share, whichever stage builds them and whichever
 //! sink writes them: the schema version, and times as RFC 3339.
 
-/// Version of the JSON records; raised on any change to names or meaning.
-pub const SCHEMA_VERSION: u32 = 3;
+/// Each record family's version, raised on any change to its names or
+/// meaning (docs/schema.md). `trace`'s events (and its `lost` records):
+pub const EVENT_SCHEMA: u32 = 3;
+/// `check`'s findings (they started at the events' version and share it).
+pub const FINDING_SCHEMA: u32 = 3;
+/// `nodeport-steal`'s reports (and their `lost` records).
+pub const STEAL_SCHEMA: u32 = 3;
+/// `top`'s summaries.
+pub const SUMMARY_SCHEMA: u32 = 1;
 
 /// `time_ns` (ns since the epoch, UTC) as RFC 3339 with microseconds.
 pub fn rfc3339_micros(time_ns: u64) -> String {

@@ -48,6 +48,9 @@ pub struct Options {
     pub filter: Filter,
     /// How often handles on network namespaces that have gone are closed.
     pub netns_sweep: std::time::Duration,
+    /// A runtime client the process already has (`serve`'s, shared with
+    /// its netns scan); None: the pipeline starts its own at `cri_endpoint`.
+    pub cri: Option<crate::k8s::cri::Cri>,
 }
 
 /// attach -> ring buffer -> decode -> enrich -> filter -> cause -> `sink`,
@@ -88,7 +91,11 @@ pub async fn pipeline(
     }
     let mut source = Source::new(&mut ebpf)?;
     let clock = Clock::now();
-    let mut enricher = Enricher::new(opts.cri_endpoint.clone(), opts.netns_sweep)?;
+    let mut enricher = Enricher::new(
+        opts.cri_endpoint.clone(),
+        opts.cri.as_ref(),
+        opts.netns_sweep,
+    )?;
     eprintln!("portwatch: {}", enricher.pods_note());
     let names_wake = enricher.names_wake();
     if opts.detail.lookups {

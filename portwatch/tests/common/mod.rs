@@ -2,6 +2,9 @@
 //! the real portwatch binary, real clients. Needs root; fails loudly without.
 #![allow(dead_code)]
 
+pub mod containerd;
+pub mod prometheus;
+
 use std::{
     io::Write,
     path::PathBuf,
@@ -389,4 +392,116 @@ pub fn assert_common(
 /// Where the cgroup2 hierarchy is mounted (pure v2 or hybrid).
 pub fn cgroup2_root() -> PathBuf {
     xtask::testkit::cgroup2_root().expect("a cgroup2 mount (pure v2 or hybrid)")
+}
+
+/// Makes `n` namespaces, `at_once` at a time, each failing `fails` times
+/// toward 127.0.0.1:`port`; returns the failures the clients saw (err 99).
+/// Half are held by their client alone (`unshare -n`), half also by a bind
+/// mount under /run/netns (`ip netns add`, as CNI makes pod namespaces)
+/// that is deleted once the client is done. Each lives half a second after
+/// its failures, long enough for portwatch to look at it.
+pub fn churn_netns(n: usize, at_once: usize, fails: usize, port: u16) -> usize {
+    let inner = format!(
+        "echo '41000 41001' > /proc/sys/net/ipv4/ip_local_port_range && ip link set lo up && \
+         {} listen 127.0.0.1 {port} fill 127.0.0.1 {port} 2 connect 127.0.0.1 {port} {fails} && sleep 0.5",
+        pwclient_bin().display()
+    );
+    let mut failed = 0;
+    let mut made = 0;
+    while made < n {
+        let batch = (n - made).min(at_once);
+        let children: Vec<_> = (made..made + batch)
+            .map(|i| {
+                let mut c = Command::new("sh");
+                if i % 2 == 0 {
+                    c.args(["-c", &format!("exec unshare -n sh -c \"{inner}\"")]);
+                } else {
+                    let name = format!("pwc-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+                    c.args([
+                        "-c",
+                        &format!(
+                            "ip netns add {name} && ip netns exec {name} sh -c \"{inner}\"; rc=$?; ip netns del {name}; exit $rc"
+                        ),
+                    ]);
+                }
+                c.stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("sh")
+            })
+            .collect();
+        made += batch;
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let s = String::from_utf8_lossy(&out.stdout);
+            failed += s.lines().filter(|l| *l == "err 99").count();
+        }
+    }
+    failed
+}
+
+/// The `net:[INO]` links among `pid`'s open files.
+pub fn netns_fds(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let l = std::fs::read_link(e.path()).ok()?;
+            l.to_str()?
+                .strip_prefix("net:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Namespaces some process or bind mount holds (what is alive without
+/// portwatch's handles).
+pub fn held_namespaces() -> std::collections::HashSet<u32> {
+    let mut held: std::collections::HashSet<u32> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" - nsfs "))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .strip_prefix("net:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(l) = std::fs::read_link(e.path().join("ns/net")) {
+            if let Some(i) = l
+                .to_str()
+                .and_then(|s| s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok())
+            {
+                held.insert(i);
+            }
+        }
+    }
+    held
+}
+
+/// `pid`'s handles on namespaces nothing else holds: the pins.
+pub fn pinned_by(pid: u32) -> Vec<u32> {
+    let held = held_namespaces();
+    netns_fds(pid)
+        .into_iter()
+        .filter(|i| !held.contains(i))
+        .collect()
 }

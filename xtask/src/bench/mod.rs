@@ -64,6 +64,10 @@ mod machine;
 mod report;
 mod runs;
 mod stats;
+mod vm;
+mod vmreport;
+
+pub use vm::bench_vm;
 
 use xtask::testkit::Netns;
 
@@ -74,6 +78,8 @@ use stats::*;
 
 pub struct Opts {
     pub quick: bool,
+    /// `--vm`: the production-kernel bench in a guest (vm.rs).
+    pub vm: bool,
     pub out: Option<PathBuf>,
 }
 
@@ -125,6 +131,9 @@ impl Kind {
 }
 
 pub fn bench(opts: Opts) -> Result<()> {
+    if opts.vm {
+        return bench_vm(opts);
+    }
     if !crate::is_root() {
         bail!("the bench loads BPF programs and makes network namespaces: run `cargo xtask bench` as root");
     }

@@ -51,7 +51,7 @@ pub(crate) fn output_settled(out: &Path, t_end: Instant) -> Instant {
     }
 }
 
-/// Destinations and failures of the cause-detail storm (issue 8): every
+/// Destinations and failures of the cause-detail storm: every
 /// destination's 2-port range held, failures round-robin over them, so
 /// each needs its own socket-table look-up.
 pub(crate) const SPREAD_DESTS: u16 = 50;

@@ -267,6 +267,93 @@ pub(crate) fn podman(img: &image::Image) -> Result<()> {
             said[0]
         );
     }
+
+    // 3. The incident path: `kubectl debug node/NODE -it --profile=sysadmin
+    //    --image=IMAGE -- portwatch trace` runs the image privileged in the
+    //    node's PID and network namespaces with `portwatch trace` as its
+    //    command (found on the image's PATH). No tracefs inside: portwatch
+    //    mounts it itself.
+    incident_path(img, &client)
+}
+
+/// The image as `kubectl debug node/... --profile=sysadmin -- portwatch
+/// trace --json` runs it: a real failure in a netns shows up on stdout.
+fn incident_path(img: &image::Image, client: &Path) -> Result<()> {
+    let t0 = Instant::now();
+    let name = format!("portwatch-debug-{}", std::process::id());
+    let mut c = Command::new("podman");
+    c.args(["run", "--rm", "--name", &name, "--runtime", "runc"])
+        .args([
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ])
+        .args([
+            "--privileged",
+            "--pid",
+            "host",
+            "--network",
+            "host",
+            "--ipc",
+            "host",
+        ])
+        .args(["--entrypoint", r#"["portwatch","trace","--json"]"#])
+        .arg(&img.tag);
+    eprintln!("xtask: $ {}", show(&c));
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running podman")?;
+    let err = xtask::testkit::watch_stderr(&mut child, Some("attached;"));
+    let out = lines_of(child.stdout.take().unwrap());
+    let res = (|| -> Result<String> {
+        err.wait_ready(&mut child, Duration::from_secs(60))?;
+        let ns = Netns::add(&format!("pwdebug-{}", std::process::id()), (41000, 41001))?;
+        let said = ns
+            .cmd(client)
+            .args("listen 127.0.0.1 7100 fill 127.0.0.1 7100 2 connect 127.0.0.1 7100 1".split(' '))
+            .output()?;
+        ensure!(
+            String::from_utf8_lossy(&said.stdout).contains("err 99"),
+            "pwclient did not fail: {}",
+            String::from_utf8_lossy(&said.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let l = out.recv_timeout(left).map_err(|_| {
+                anyhow::anyhow!(
+                    "no event from netns {} on the debug container's stdout in 15 s: {:?}",
+                    ns.inode,
+                    err.lines.lock().unwrap()
+                )
+            })?;
+            let v: Value = serde_json::from_str(&l)?;
+            if v["netns"] == ns.inode {
+                ensure!(
+                    v["errno"] == "EADDRNOTAVAIL" && v["comm"] == "pwclient",
+                    "{v}"
+                );
+                return Ok(l);
+            }
+        }
+    })();
+    let _ = Command::new("podman")
+        .args(["kill", "--signal", "INT", &name])
+        .output();
+    let st = child.wait()?;
+    let ev = res?;
+    ensure!(st.success(), "the debug container ended with {st}");
+    let lines = err.lines.lock().unwrap();
+    let tracefs = lines.iter().find(|l| l.contains("tracefs"));
+    eprintln!(
+        "xtask: podman: as kubectl debug --profile=sysadmin runs it ({}), the image's trace saw {ev} ({:.1} s)",
+        tracefs.map_or("tracefs was there", |l| l.as_str()),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -113,27 +113,58 @@ impl GuestReport {
     }
 }
 
-pub(crate) fn boot(k: &Kernel, vmlinuz: &Path, initrd: &Path, dir: &Path) -> Result<GuestReport> {
+/// qemu's flags for every guest (TCG: KVM fails on these machines); `extra`
+/// goes before `-kernel` (e.g. `-icount`).
+pub(crate) fn qemu_args(extra: &[&str]) -> Vec<String> {
+    [
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "1536",
+        "-smp",
+        "1",
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The kernel command line of every guest.
+pub(crate) const APPEND: &str = "console=ttyS0 panic=-1 quiet loglevel=3";
+
+/// Boots `vmlinuz` + `initrd` and hands each serial console line to
+/// `on_line` (also written to `dir/console.log`) until the guest powers
+/// off. Ok(false) when it was killed at `timeout`.
+pub(crate) fn boot_serial(
+    name: &str,
+    vmlinuz: &Path,
+    initrd: &Path,
+    dir: &Path,
+    extra_qemu: &[&str],
+    timeout: Duration,
+    mut on_line: impl FnMut(&str),
+) -> Result<bool> {
     let log_path = dir.join("console.log");
     let mut log = fs::File::create(&log_path)?;
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-accel", "tcg", "-cpu", "max", "-m", "1536", "-smp", "1"])
-        .args([
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-        ])
+    c.args(qemu_args(extra_qemu))
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
+        .args(["-append", APPEND])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    eprintln!("xtask: {}: $ {}", k.name, show(&c));
+    eprintln!("xtask: {name}: $ {}", show(&c));
     let t0 = Instant::now();
     let mut child = c.spawn().context("starting qemu-system-x86_64")?;
     let stdout = child.stdout.take().unwrap();
@@ -145,27 +176,39 @@ pub(crate) fn boot(k: &Kernel, vmlinuz: &Path, initrd: &Path, dir: &Path) -> Res
             }
         }
     });
-    let mut rep = GuestReport::default();
-    let mut cur = None;
+    let mut finished = true;
     loop {
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(l) => {
                 writeln!(log, "{l}")?;
-                println!("[{}] {l}", k.name);
-                rep.line(&mut cur, &l);
+                on_line(&l);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if t0.elapsed() > GUEST_TIMEOUT {
+                if t0.elapsed() > timeout {
                     let _ = child.kill();
-                    rep.problems
-                        .push(format!("timed out after {} s", GUEST_TIMEOUT.as_secs()));
+                    finished = false;
                     break;
                 }
             }
         }
     }
     let _ = child.wait();
+    Ok(finished)
+}
+
+pub(crate) fn boot(k: &Kernel, vmlinuz: &Path, initrd: &Path, dir: &Path) -> Result<GuestReport> {
+    let t0 = Instant::now();
+    let mut rep = GuestReport::default();
+    let mut cur = None;
+    let finished = boot_serial(k.name, vmlinuz, initrd, dir, &[], GUEST_TIMEOUT, |l| {
+        println!("[{}] {l}", k.name);
+        rep.line(&mut cur, l);
+    })?;
+    if !finished {
+        rep.problems
+            .push(format!("timed out after {} s", GUEST_TIMEOUT.as_secs()));
+    }
     eprintln!(
         "xtask: {}: guest ran {:.0} s, {} passed, {} failed",
         k.name,

@@ -2,6 +2,113 @@
 
 use super::*;
 
+/// A guest's root file system under construction: the base every guest
+/// shares (busybox applets, dash as /bin/sh, Debian's `ip`, /etc), then
+/// programs with the libraries `ldd` names, kernel modules in load order,
+/// and `/init`, packed as a newc cpio.
+pub(crate) struct GuestRoot {
+    pub(crate) root: PathBuf,
+    dynamic: Vec<PathBuf>,
+}
+
+impl GuestRoot {
+    /// A fresh tree at `dir/root` with the base layout and `tools` (host
+    /// programs copied at their own paths).
+    pub(crate) fn new(dir: &Path, tools: &[&str]) -> Result<GuestRoot> {
+        let root = dir.join("root");
+        let _ = fs::remove_dir_all(&root);
+        for d in [
+            "bin",
+            "sbin",
+            "usr/bin",
+            "usr/sbin",
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "run",
+            "lib/modules",
+            "pw",
+            "etc",
+            "var",
+        ] {
+            fs::create_dir_all(root.join(d))?;
+        }
+        std::os::unix::fs::symlink("/run", root.join("var/run"))?;
+        put(&root, Path::new("/bin/busybox"), Path::new("/bin/busybox"))?;
+        for a in APPLETS {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
+        }
+        std::os::unix::fs::symlink("dash", root.join("bin/sh"))?;
+        // Enough of /etc for programs that look users up.
+        fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        )?;
+        fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+        let mut g = GuestRoot {
+            root,
+            dynamic: vec![],
+        };
+        for src in tools {
+            g.program(Path::new(src), Path::new(src), false)?;
+        }
+        Ok(g)
+    }
+
+    /// Copies a program to `at` (stripped of debug info when `strip`); its
+    /// libraries come along when the tree is packed.
+    pub(crate) fn program(&mut self, src: &Path, at: &Path, strip: bool) -> Result<()> {
+        if strip {
+            put_stripped(&self.root, src, at)?;
+        } else {
+            put(&self.root, src, at)?;
+        }
+        self.dynamic.push(src.to_path_buf());
+        Ok(())
+    }
+
+    /// Stages `wanted` and their dependencies from the kernel package into
+    /// /lib/modules; returns them in load order.
+    pub(crate) fn modules(&self, kdir: &Path, wanted: &[&str]) -> Result<Vec<String>> {
+        modules_in_order(&module_index(kdir)?, &self.root.join("lib/modules"), wanted)
+    }
+
+    /// Adds the programs' libraries and `/init`, and packs the tree into
+    /// `dir/initramfs.cpio`. `what` names the guest in the log line.
+    pub(crate) fn pack(self, init: &str, dir: &Path, what: &str) -> Result<PathBuf> {
+        let root = &self.root;
+        for prog in &self.dynamic {
+            for lib in libraries_of(prog)? {
+                if !root.join(lib.strip_prefix("/").unwrap()).exists() {
+                    put(root, &lib, &lib)?;
+                }
+            }
+        }
+        let init_path = root.join("init");
+        fs::write(&init_path, init)?;
+        fs::set_permissions(&init_path, fs::Permissions::from_mode(0o755))?;
+
+        // newc cpio, uncompressed: the kernel unpacks it faster than it gunzips.
+        let initrd = dir.join("initramfs.cpio");
+        let list = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cd '{}' && find . -print0 | cpio --null --quiet -o -H newc -R 0:0 > '{}'",
+                root.display(),
+                initrd.display()
+            ))
+            .status()?;
+        if !list.success() {
+            bail!("building {} failed", initrd.display());
+        }
+        let mb = fs::metadata(&initrd)?.len() as f64 / (1 << 20) as f64;
+        eprintln!("xtask: {what} initramfs {mb:.1} MiB");
+        Ok(initrd)
+    }
+}
+
+/// The vm-test guest: the test binaries, the tools they drive, the modules.
 pub(crate) fn build_initramfs(
     k: &Kernel,
     kdir: &Path,
@@ -9,46 +116,9 @@ pub(crate) fn build_initramfs(
     dir: &Path,
     extra: &[String],
 ) -> Result<PathBuf> {
-    let root = dir.join("root");
-    let _ = fs::remove_dir_all(&root);
-    for d in [
-        "bin",
-        "sbin",
-        "usr/bin",
-        "usr/sbin",
-        "proc",
-        "sys",
-        "dev",
-        "tmp",
-        "run",
-        "lib/modules",
-        "pw",
-        "etc",
-        "var",
-    ] {
-        fs::create_dir_all(root.join(d))?;
-    }
-    std::os::unix::fs::symlink("/run", root.join("var/run"))?;
-    put(&root, Path::new("/bin/busybox"), Path::new("/bin/busybox"))?;
-    for a in APPLETS {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
-    }
-    std::os::unix::fs::symlink("dash", root.join("bin/sh"))?;
-    // Enough of /etc for programs that look users up.
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-    )?;
-    fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
-
-    let mut dynamic: Vec<PathBuf> = vec![];
-    for src in HOST_TOOLS {
-        put(&root, Path::new(src), Path::new(src))?;
-        dynamic.push(PathBuf::from(src));
-    }
+    let mut g = GuestRoot::new(dir, HOST_TOOLS)?;
     for f in &payload.fixed {
-        put_stripped(&root, f, f)?;
-        dynamic.push(f.clone());
+        g.program(f, f, true)?;
     }
     let mut test_names = vec![];
     for t in &payload.tests {
@@ -58,45 +128,13 @@ pub(crate) fn build_initramfs(
         if HOST_ONLY.contains(&name.as_str()) {
             continue;
         }
-        put_stripped(&root, t, &Path::new("/pw").join(&name))?;
-        dynamic.push(t.clone());
+        g.program(t, &Path::new("/pw").join(&name), true)?;
         test_names.push(name);
     }
-    for prog in &dynamic {
-        for lib in libraries_of(prog)? {
-            if !root.join(lib.strip_prefix("/").unwrap()).exists() {
-                put(&root, &lib, &lib)?;
-            }
-        }
-    }
-
-    let mods = modules_in_order(&module_index(kdir)?, &root.join("lib/modules"))?;
+    let mods = g.modules(kdir, MODULES)?;
+    eprintln!("xtask: {} modules: {}", k.name, mods.join(" "));
     let init = guest_init(k, &mods, &test_names, extra);
-    let init_path = root.join("init");
-    fs::write(&init_path, init)?;
-    fs::set_permissions(&init_path, fs::Permissions::from_mode(0o755))?;
-
-    // newc cpio, uncompressed: the kernel unpacks it faster than it gunzips.
-    let initrd = dir.join("initramfs.cpio");
-    let list = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd '{}' && find . -print0 | cpio --null --quiet -o -H newc -R 0:0 > '{}'",
-            root.display(),
-            initrd.display()
-        ))
-        .status()?;
-    if !list.success() {
-        bail!("building {} failed", initrd.display());
-    }
-    let mb = fs::metadata(&initrd)?.len() as f64 / (1 << 20) as f64;
-    eprintln!(
-        "xtask: {} initramfs {:.1} MiB, modules: {}",
-        k.name,
-        mb,
-        mods.join(" ")
-    );
-    Ok(initrd)
+    g.pack(&init, dir, k.name)
 }
 
 /// The guest's PID 1: mounts, modules, then every test binary once per

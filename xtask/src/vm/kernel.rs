@@ -112,7 +112,11 @@ pub(crate) fn stage_module(src: &Path, name: &str, dir: &Path) -> Result<PathBuf
 }
 
 /// Modules in load order: dependencies first.
-pub(crate) fn modules_in_order(idx: &BTreeMap<String, PathBuf>, dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn modules_in_order(
+    idx: &BTreeMap<String, PathBuf>,
+    dir: &Path,
+    wanted: &[&str],
+) -> Result<Vec<String>> {
     fn visit(
         m: &str,
         idx: &BTreeMap<String, PathBuf>,
@@ -136,7 +140,7 @@ pub(crate) fn modules_in_order(idx: &BTreeMap<String, PathBuf>, dir: &Path) -> R
         Ok(())
     }
     let mut done = vec![];
-    for m in MODULES {
+    for m in wanted {
         visit(m, idx, dir, &mut done)?;
     }
     Ok(done)

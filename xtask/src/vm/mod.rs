@@ -32,8 +32,10 @@ mod initramfs;
 mod kernel;
 
 pub use guest::*;
+pub(crate) use initramfs::GuestRoot;
 use initramfs::*;
 use kernel::*;
+pub(crate) use kernel::{find_vmlinuz, unpack_kernel};
 
 /// A Debian kernel the suite runs on. Pinned: a build the mirror stops
 /// serving makes `vm-test` say which ones it serves instead.
@@ -54,7 +56,7 @@ pub const KERNELS: &[Kernel] = &[
 ];
 
 /// What building and booting the guests needs on the host.
-const VM_PKGS: &[&str] = &[
+pub(crate) const VM_PKGS: &[&str] = &[
     "qemu-system-x86",
     "cpio",
     "kmod",
@@ -116,8 +118,9 @@ const PER_BACKEND: &[&str] = &["trace", "cause"];
 /// Test binaries that need what only the host has, and test nothing
 /// kernel-specific beyond what `trace` already proves on every backend:
 /// serve (a real Prometheus), cri (a real containerd), top (`ss`), churn
-/// (300 namespaces: minutes under TCG, and nothing kernel-specific).
-const HOST_ONLY: &[&str] = &["serve", "cri", "top", "churn"];
+/// (300 namespaces: minutes under TCG, and nothing kernel-specific), soak
+/// (a real containerd, Prometheus, minutes).
+const HOST_ONLY: &[&str] = &["serve", "cri", "top", "churn", "soak"];
 
 /// One guest's time limit; a hung kernel must not hang CI.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);

@@ -1,6 +1,6 @@
 //! What `portwatch serve` exports, in Prometheus' text format.
 //!
-//! Cardinality is bounded by construction (README, "Metrics"):
+//! Cardinality is bounded by construction (docs/metrics.md):
 //! - failures: kind (2) x errno (2) x cause (6) per pod, and at most
 //!   `MAX_FAILURE_PODS` pods; past that, failures count under
 //!   `namespace="", pod="_other"`;

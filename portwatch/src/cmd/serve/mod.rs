@@ -41,8 +41,8 @@ use http::Shared;
 use metrics::Metrics;
 
 /// How long stopping may take before portwatch gives up on a clean drain
-/// (Kubernetes' default terminationGracePeriod is far longer; the issue
-/// asks for 2 s).
+/// (Kubernetes' default terminationGracePeriod is far longer; a stop must
+/// fit in 2 s).
 const STOP_GRACE: Duration = Duration::from_millis(1500);
 
 /// Trace events: counted, then out as JSON lines.
@@ -177,7 +177,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
     };
 
-    let trace_opts = options(&cli::trace_args_for_serve(&args));
+    // One runtime client for the process: the trace pipeline's enricher
+    // and the netns scan ask the same thread and connection.
+    let cri = if crate::k8s::pods::CgroupResolver::new().root().is_some() {
+        Cri::start(args.cri_endpoint.clone())?
+    } else {
+        Cri::off()
+    };
+    let mut trace_opts = options(&cli::trace_args_for_serve(&args));
+    trace_opts.cri = Some(cri.handle());
     let tracing = async {
         let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
         let sink = Box::new(TraceTee {
@@ -212,7 +220,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
 
     let scanning = async {
-        match scanner(&args, shared.clone(), stop_rx.clone()).await {
+        match scanner(&args, shared.clone(), cri, stop_rx.clone()).await {
             Ok(()) => Ok(()),
             Err(e) => fail(e.context("netns scanner")),
         }
@@ -248,17 +256,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 async fn scanner(
     args: &ServeArgs,
     shared: Arc<Shared>,
+    mut cri: Cri,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let opts = Arc::new(scan::Options {
         max_destinations: args.max_destinations as usize,
         nodeport_range: args.nodeport_range,
     });
-    let mut cri = if crate::k8s::pods::CgroupResolver::new().root().is_some() {
-        Cri::start(args.cri_endpoint.clone())?
-    } else {
-        Cri::off()
-    };
     let mut scan_tick = tokio::time::interval(args.scan_interval);
     let mut check_tick = tokio::time::interval(args.check_interval);
     scan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,5 +1,5 @@
-//! Events as JSON lines: one object per event (the README's "JSON
-//! schema", version `SCHEMA_VERSION`), and one per batch of lost events.
+//! Events as JSON lines: one object per event (docs/schema.md, version
+//! `EVENT_SCHEMA`), and one per batch of lost events.
 
 use std::{
     io::{self, Write},
@@ -14,7 +14,7 @@ use crate::{
     kernel::probe::Probe,
     pipeline::{
         event::{Cause, Detail, Errno, Event, Family, Kind, Proto},
-        schema::{rfc3339_micros, SCHEMA_VERSION},
+        schema::{rfc3339_micros, EVENT_SCHEMA},
     },
 };
 
@@ -75,7 +75,7 @@ impl<W: Write> JsonSink<W> {
 
 pub fn json_line(ev: &Event) -> String {
     let j = JsonEvent {
-        schema: SCHEMA_VERSION,
+        schema: EVENT_SCHEMA,
         time: rfc3339_micros(ev.time_ns),
         kind: ev.kind,
         errno: ev.errno,
@@ -113,7 +113,7 @@ impl<W: Write> Sink<Event> for JsonSink<W> {
     }
     fn lost(&mut self, count: u64) -> io::Result<()> {
         let j = JsonLost {
-            schema: SCHEMA_VERSION,
+            schema: EVENT_SCHEMA,
             kind: "lost",
             count,
         };

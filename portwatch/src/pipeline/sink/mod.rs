@@ -1,5 +1,5 @@
-//! Stage 6: events out, as JSON lines (a versioned contract, see README
-//! "JSON schema": `json`) or as an aligned table with a plain-words hint
+//! Stage 6: events out, as JSON lines (a versioned contract, see
+//! docs/schema.md: `json`) or as an aligned table with a plain-words hint
 //! (`table`); likewise nodeport-steal's reports (`steal`), top's summaries
 //! (`summary`) and check's findings (`findings`).
 

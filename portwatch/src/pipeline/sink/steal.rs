@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::pipeline::{
     correlate::Report,
     decode::Clock,
-    schema::{rfc3339_micros, SCHEMA_VERSION},
+    schema::{rfc3339_micros, STEAL_SCHEMA},
     sink::Sink,
 };
 
@@ -39,7 +39,7 @@ pub fn to_json(r: &Report, clock: &Clock, ctx: &Context) -> serde_json::Value {
         None => json!(null),
     };
     json!({
-        "schema": SCHEMA_VERSION,
+        "schema": STEAL_SCHEMA,
         "time": rfc3339_micros(clock.wall_ns(r.ts_ns)),
         "kind": kind,
         "port": r.local.port(),
@@ -231,7 +231,7 @@ mod tests {
         assert_eq!(v["ipvs"]["real_server"], "10.0.1.3:8080");
         assert_eq!(v["outcome"], "failed");
         assert_eq!(v["probe"], "kprobe");
-        assert_eq!(v["schema"], SCHEMA_VERSION);
+        assert_eq!(v["schema"], STEAL_SCHEMA);
         assert!(v["time"]
             .as_str()
             .unwrap()

@@ -1,5 +1,5 @@
 //! `top`'s summaries out: one JSON object per interval (its own schema,
-//! `aggregate::SCHEMA_VERSION`), or a table with a title line: in blocks,
+//! `schema::SUMMARY_SCHEMA`), or a table with a title line: in blocks,
 //! or redrawn in place and cut to the terminal.
 
 use std::{

@@ -1,0 +1,97 @@
+//! The `failures` object, loaded by `portwatch trace`.
+//!
+//! Three backends report the same `FailureEvent` for a connect()/bind() that
+//! fails with EADDRNOTAVAIL or EADDRINUSE; userspace attaches one per hook,
+//! the best the running kernel offers:
+//!
+//! * fexit on the kernel function that fails (`inet_hash_connect`,
+//!   `inet6_hash_connect`, `__inet_bind` / `inet_bind_sk`, `inet6_bind`):
+//!   costs only the calls it probes, sees the socket at the moment it fails.
+//! * kprobe + kretprobe on the same functions (entry remembers the
+//!   arguments per thread, return emits).
+//! * the syscall tracepoints `sys_enter_*` / `sys_exit_*` (enter remembers
+//!   fd and sockaddr pointer per thread, exit emits on the two errnos). This
+//!   one costs every syscall of the node a little (it switches threads to the
+//!   slow syscall path), so it is the last resort.
+//!
+//! Hooks by family: [`connect`], [`bind`]; [`pending`] carries a call from
+//! an entry probe to its return probe (kprobe and tracepoint backends).
+//! Every kernel struct field is read at an offset userspace found in the
+//! running kernel's BTF, handed in through the `OFFSETS` global.
+#![no_std]
+#![no_main]
+
+mod bind;
+mod connect;
+mod pending;
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use portwatch_common::{lost, FailureEvent, Offsets};
+use portwatch_ebpf::shared;
+
+use pending::Pending;
+
+/// Set by userspace before load (`EbpfLoader::set_global`).
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    valid: 0,
+    task_nsproxy: 0,
+    nsproxy_net_ns: 0,
+    net_ns_inum: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    socket_file: 0,
+    socket_sk: 0,
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_dport: 0,
+    skc_num: 0,
+    skc_family: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    skc_net: 0,
+    sk_protocol: 0,
+};
+
+/// Failure events for userspace. Size set by userspace at load.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// What was dropped, at the slots of `portwatch_common::lost::FAILURES`.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::FAILURES_SLOTS, 0);
+
+/// LRU: a thread killed inside connect()/bind() never reaches the exit
+/// probe, and its entry must not pin a slot for the life of the node agent.
+#[map]
+static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn offsets() -> Offsets {
+    shared::global(&OFFSETS)
+}
+
+/// Sends a failure to userspace, with the task's netns if the socket did
+/// not give one.
+#[inline(always)]
+fn report(ev: &FailureEvent, o: &Offsets) {
+    let mut ev = *ev;
+    shared::fill_task_netns(&mut ev, o);
+    portwatch_ebpf::submit!(EVENTS, LOST, lost::EVENTS_FULL, ev);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,114 @@
+//! A call carried from an entry probe to its return probe, per thread: the
+//! kprobe backend's kretprobe and the tracepoint backend's `sys_exit_*`.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::kretprobe,
+    programs::{RetProbeContext, TracePointContext},
+};
+use portwatch_common::{lost, KIND_CONNECT, PROBE_KPROBE, PROBE_TRACEPOINT};
+use portwatch_ebpf::{
+    net::{SYS_ENTER_ARG0_OFF, SYS_ENTER_ARG_SIZE, SYS_EXIT_RET_OFF},
+    shared,
+};
+
+use crate::{bind, connect, offsets, report, LOST, PENDING};
+
+/// What an entry probe remembers for its return probe, keyed by thread id.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub fd: i32,
+    /// sockaddr pointer: user memory (tracepoint) or kernel memory (kprobe).
+    pub addr: u64,
+    pub addrlen: u32,
+    pub _pad2: u32,
+    /// struct sock * (kprobe only).
+    pub sk: u64,
+}
+
+#[inline(always)]
+pub fn remember(p: &Pending) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if PENDING.insert(tid, p, 0).is_err() {
+        shared::count_lost(&LOST, lost::PENDING_FULL);
+    }
+}
+
+#[inline(always)]
+fn take_pending() -> Option<Pending> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied out at once, before anything could
+    // delete the entry.
+    let p = unsafe { PENDING.get(tid) }.copied();
+    if p.is_some() {
+        let _ = PENDING.remove(tid);
+    }
+    p
+}
+
+/// `sys_enter_connect` / `sys_enter_bind`: `(int fd, struct sockaddr *,
+/// int addrlen)`, remembered for the exit.
+#[inline(always)]
+pub fn tp_enter(ctx: &TracePointContext, kind: u8) -> u32 {
+    const FD: usize = SYS_ENTER_ARG0_OFF;
+    const ADDR: usize = SYS_ENTER_ARG0_OFF + SYS_ENTER_ARG_SIZE;
+    const ADDRLEN: usize = SYS_ENTER_ARG0_OFF + 2 * SYS_ENTER_ARG_SIZE;
+    // SAFETY: the syscall tracepoint record's arguments are u64s at these
+    // offsets (a stable ABI); the helper checks the reads.
+    let (fd, addr, addrlen) = unsafe {
+        (
+            ctx.read_at::<u64>(FD).unwrap_or(0) as i32,
+            ctx.read_at::<u64>(ADDR).unwrap_or(0),
+            ctx.read_at::<u64>(ADDRLEN).unwrap_or(0) as u32,
+        )
+    };
+    remember(&Pending {
+        kind,
+        _pad: [0; 3],
+        fd,
+        addr,
+        addrlen,
+        _pad2: 0,
+        sk: 0,
+    });
+    0
+}
+
+/// `sys_exit_connect` / `sys_exit_bind`: reports the call remembered at
+/// enter if it failed with one of the two errnos.
+#[inline(always)]
+pub fn tp_exit(ctx: &TracePointContext) -> u32 {
+    let Some(p) = take_pending() else { return 0 };
+    // SAFETY: the syscall exit record's return value is an i64 at this
+    // offset (a stable ABI); the helper checks the read.
+    let ret = unsafe { ctx.read_at::<i64>(SYS_EXIT_RET_OFF).unwrap_or(0) };
+    if !shared::is_reported(ret) {
+        return 0;
+    }
+    let o = offsets();
+    let mut ev = shared::new_event(p.kind, PROBE_TRACEPOINT, ret);
+    if let Some(sa) = shared::read_sockaddr(p.addr, p.addrlen, true) {
+        shared::fill_from_sockaddr(&mut ev, &sa, p.kind == KIND_CONNECT);
+    }
+    if let Some(sk) = shared::sock_from_fd(&o, p.fd) {
+        shared::fill_from_sock(&o, &mut ev, sk, p.kind == KIND_CONNECT);
+    }
+    report(&ev, &o);
+    0
+}
+
+/// Return of any of the kprobed functions (connect's and bind's).
+#[kretprobe]
+pub fn pw_kret(ctx: RetProbeContext) -> u32 {
+    let Some(p) = take_pending() else { return 0 };
+    let ret: i64 = ctx.ret::<i32>() as i64;
+    if p.kind == KIND_CONNECT {
+        connect::failed(p.sk, ret, PROBE_KPROBE);
+    } else {
+        bind::failed(p.sk, p.addr, ret, PROBE_KPROBE);
+    }
+    0
+}

@@ -1,0 +1,70 @@
+//! IPVS scheduling: the connection entry IPVS makes for a stolen SYN-ACK.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
+    macros::kprobe,
+    programs::ProbeContext,
+};
+use portwatch_common::{StealEvent, SynAckKey, AF_INET, PROBE_KPROBE, SOFF_IPVS, STEAL_IPVS};
+use portwatch_ebpf::{net::IPPROTO_TCP, shared::read_k};
+
+use crate::{emit_steal, steal_offsets, SYNACKS};
+
+/// `struct ip_vs_conn *ip_vs_conn_new(const struct ip_vs_conn_param *p,
+///   int dest_af, const union nf_inet_addr *daddr, __be16 dport, ...)`:
+/// IPVS made a connection entry. Reported only for a connection whose
+/// SYN-ACK was just seen on a guarded port (a stolen reply), not for the
+/// node's ordinary IPVS traffic.
+#[kprobe]
+pub fn pw_kp_ipvs_conn_new(ctx: ProbeContext) -> u32 {
+    let _ = ipvs_conn_new(&ctx);
+    0
+}
+
+#[inline(always)]
+fn ipvs_conn_new(ctx: &ProbeContext) -> Option<()> {
+    let o = steal_offsets();
+    if o.valid & SOFF_IPVS == 0 {
+        return None;
+    }
+    let p: u64 = ctx.arg(0)?;
+    let daddr: u64 = ctx.arg(2)?;
+    let dport: u64 = ctx.arg(3)?;
+    // SAFETY: integers, pointers and address bytes, read through the
+    // checking helpers at offsets from the ip_vs module's BTF.
+    unsafe {
+        let proto: u16 = read_k(p, o.cp_protocol)?;
+        if proto != IPPROTO_TCP as u16 {
+            return None;
+        }
+        let caddr_p: u64 = read_k(p, o.cp_caddr)?;
+        let vaddr_p: u64 = read_k(p, o.cp_vaddr)?;
+        let cport: u16 = read_k(p, o.cp_cport)?;
+        let vport: u16 = read_k(p, o.cp_vport)?;
+        let mut key = SynAckKey {
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+            local_port: u16::from_be(vport),
+            remote_port: u16::from_be(cport),
+        };
+        let v: [u8; 4] = bpf_probe_read_kernel(vaddr_p as *const [u8; 4]).ok()?;
+        let c: [u8; 4] = bpf_probe_read_kernel(caddr_p as *const [u8; 4]).ok()?;
+        key.local_addr[..4].copy_from_slice(&v);
+        key.remote_addr[..4].copy_from_slice(&c);
+        SYNACKS.get(&key)?;
+        let mut ev = StealEvent::zeroed();
+        ev.ts_ns = bpf_ktime_get_boot_ns();
+        ev.kind = STEAL_IPVS;
+        ev.probe = PROBE_KPROBE;
+        ev.family = AF_INET;
+        ev.local_port = key.local_port;
+        ev.remote_port = key.remote_port;
+        ev.local_addr = key.local_addr;
+        ev.remote_addr = key.remote_addr;
+        let rs: [u8; 4] = bpf_probe_read_kernel(daddr as *const [u8; 4]).ok()?;
+        ev.rs_addr[..4].copy_from_slice(&rs);
+        ev.rs_port = u16::from_be(dport as u16);
+        emit_steal(&ev);
+    }
+    Some(())
+}
