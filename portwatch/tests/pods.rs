@@ -222,11 +222,15 @@ fn pod_uid_container_id_and_cgroup_for_every_layout() {
     let (uid, _) = next();
     cases.push((format!("kubepods/burstable/pod{uid}"), uid, None));
 
+    // Every netns stays until the end: a deleted one's inode is free for the
+    // next, and events are matched to their case by inode.
+    let mut netns = vec![];
     for (layout, uid, cid) in &cases {
         let path = cgs.make(layout);
-        let ns = Netns::new("pod", RANGE);
-        let (c, id) = failing_client(&ns, &cgs, Some(&path));
-        let ev = one_event(&mut t, &ns, c.pid, &mut all);
+        netns.push(Netns::new("pod", RANGE));
+        let ns = netns.last().unwrap();
+        let (c, id) = failing_client(ns, &cgs, Some(&path));
+        let ev = one_event(&mut t, ns, c.pid, &mut all);
         assert_eq!(ev["cgroup_id"], id.unwrap(), "{layout}: {ev}");
         assert_eq!(ev["cgroup"], path.as_str(), "{layout}: {ev}");
         assert_eq!(
