@@ -327,9 +327,10 @@ pub mod progs {
 
     // failures, syscall tracepoints.
     pub const TP_CONN_ENTER: &str = "pw_tp_conn_enter";
-    pub const TP_CONN_EXIT: &str = "pw_tp_conn_exit";
     pub const TP_BIND_ENTER: &str = "pw_tp_bind_enter";
-    pub const TP_BIND_EXIT: &str = "pw_tp_bind_exit";
+    /// `sys_exit_connect` and `sys_exit_bind`: one program for both (what
+    /// enter remembered says which call it was), verified once.
+    pub const TP_EXIT: &str = "pw_tp_exit";
 
     // steal.
     /// tc ingress: SYN-ACKs for guarded ports.
@@ -353,9 +354,8 @@ pub mod progs {
         KP_BIND6,
         KRET,
         TP_CONN_ENTER,
-        TP_CONN_EXIT,
         TP_BIND_ENTER,
-        TP_BIND_EXIT,
+        TP_EXIT,
     ];
     /// Every program of the `steal` object.
     pub const STEAL: &[&str] = &[TC_SYNACK, KP_IPVS_CONN_NEW, TP_SOCK_STATE, TP_RETRANS];

@@ -10,11 +10,13 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     programs::{
         kprobe::KProbeLinkId,
+        trace_point::TracePointLinkId,
         tc::{self, TcAttachType},
         FExit, KProbe, SchedClassifier, TracePoint,
     },
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
+use aya_obj::btf::{BtfType, Func, FuncLinkage};
 
 use portwatch_common::{
     globals, maps, progs, StealOffsets, TpSockFields, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE,
@@ -73,20 +75,20 @@ pub struct Attached {
 struct Loaded {
     ebpf: Ebpf,
     btf: Btf,
-    aya_btf: AyaBtf,
     notes: Vec<String>,
 }
 
-/// Memlock, then `object` loaded with the kernel BTF and what `set` puts
-/// into the loader (globals, map sizes).
-fn load_object<'a>(
-    object: &[u8],
-    aya_btf: &'a AyaBtf,
-    set: impl FnOnce(&mut EbpfLoader<'a>),
-) -> Result<Ebpf> {
+/// Memlock, then `object` loaded with what `set` puts into the loader
+/// (globals, map sizes).
+///
+/// Without the kernel's BTF: rustc emits no CO-RE relocations (the unit
+/// tests check that both objects have none), so aya would parse the 5 MB of
+/// vmlinux BTF for nothing. Field offsets come from portwatch's own reader
+/// through the objects' globals instead.
+fn load_object<'a>(object: &[u8], set: impl FnOnce(&mut EbpfLoader<'a>)) -> Result<Ebpf> {
     system::raise_memlock();
     let mut loader = EbpfLoader::new();
-    loader.btf(Some(aya_btf));
+    loader.btf(None);
     set(&mut loader);
     let mut ebpf = loader
         .load(object)
@@ -108,24 +110,17 @@ fn load_failures(btf: Btf, ringbuf_bytes: u32) -> Result<Loaded> {
             "kernel BTF lacks a field, some event details will be null: {m}"
         ));
     }
-    let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF")?;
-    let ebpf = load_object(FAILURES_OBJECT, &aya_btf, |l| {
+    let ebpf = load_object(FAILURES_OBJECT, |l| {
         l.override_global(globals::OFFSETS, &offs, true)
             .map_max_entries(maps::EVENTS, ringbuf_bytes);
     })?;
-    Ok(Loaded {
-        ebpf,
-        btf,
-        aya_btf,
-        notes,
-    })
+    Ok(Loaded { ebpf, btf, notes })
 }
 
 pub fn attach(opts: &Options) -> Result<Attached> {
     let Loaded {
         mut ebpf,
         btf,
-        aya_btf,
         mut notes,
     } = {
         system::check_privileges()?;
@@ -137,7 +132,6 @@ pub fn attach(opts: &Options) -> Result<Attached> {
         hooks.push(attach_hook(
             &mut ebpf,
             &btf,
-            &aya_btf,
             hook,
             opts.backend,
             &mut notes,
@@ -235,8 +229,7 @@ pub fn attach_nodeport() -> Result<StealAttached> {
     }
     let btf = Btf::from_sys_fs()?;
     let (offs, mut ipvs_missing) = steal_offsets(&btf, &mut notes)?;
-    let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF")?;
-    let mut ebpf = load_object(STEAL_OBJECT, &aya_btf, |l| {
+    let mut ebpf = load_object(STEAL_OBJECT, |l| {
         l.override_global(globals::STEAL_OFFSETS, &offs, true);
     })?;
 
@@ -327,7 +320,6 @@ const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 fn attach_hook(
     ebpf: &mut Ebpf,
     btf: &Btf,
-    aya_btf: &AyaBtf,
     hook: Hook,
     forced: Option<Probe>,
     notes: &mut Vec<String>,
@@ -343,7 +335,7 @@ fn attach_hook(
     let mut skipped = vec![];
     for &probe in order {
         let res = match probe {
-            Probe::Fexit => attach_fexit(ebpf, btf, aya_btf, hook),
+            Probe::Fexit => attach_fexit(ebpf, btf, hook),
             Probe::Kprobe => attach_kprobe(ebpf, btf, hook),
             Probe::Tracepoint => attach_tracepoint(ebpf, hook, notes),
         };
@@ -436,7 +428,27 @@ fn targets(btf: &Btf, hook: Hook) -> Result<Targets> {
     Ok(Targets { fns })
 }
 
-fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, aya_btf: &AyaBtf, hook: Hook) -> Result<String> {
+/// What aya needs to load an fexit program on `func`: a BTF in which
+/// `func`'s name is a function at the type id the kernel's vmlinux BTF
+/// gives it (aya only looks the id up by name and hands it to the kernel,
+/// which checks it against its own BTF). Built from the id portwatch's own
+/// reader found, instead of a second, full parse of vmlinux BTF by aya.
+fn fexit_btf(btf: &Btf, func: &str) -> Result<AyaBtf> {
+    let id = btf
+        .func_id(func)
+        .with_context(|| format!("no BTF for {func}"))?;
+    let mut b = AyaBtf::new();
+    let name = b.add_string(func);
+    // Ids 1..id are placeholders (aya's own Btf starts with id 0, void).
+    for _ in 1..id {
+        b.add_type(BtfType::Unknown);
+    }
+    let got = b.add_type(BtfType::Func(Func::new(name, 0, FuncLinkage::Global)));
+    debug_assert_eq!(got, id);
+    Ok(b)
+}
+
+fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
     let t = targets(btf, hook)?;
     let mut names = vec![];
     let mut loaded: Vec<&str> = vec![];
@@ -447,7 +459,7 @@ fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, aya_btf: &AyaBtf, hook: Hook) -> Res
                 .program_mut(prog)
                 .with_context(|| format!("program {prog} missing from the object"))?
                 .try_into()?;
-            p.load(func, aya_btf)
+            p.load(func, &fexit_btf(btf, func)?)
                 .map_err(|e| anyhow!(e))
                 .with_context(|| format!("loading fexit program for {func}"))?;
             loaded.push(prog);
@@ -545,41 +557,69 @@ fn attach_kprobe(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
 }
 
 /// Loads tracepoint program `prog` and attaches it to `category:name`.
-fn load_attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
-    let p: &mut TracePoint = ebpf
+fn tracepoint_mut<'a>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut TracePoint> {
+    Ok(ebpf
         .program_mut(prog)
         .with_context(|| format!("program {prog} missing from the object"))?
-        .try_into()?;
-    p.load()
-        .map_err(|e| anyhow!(e))
-        .with_context(|| format!("loading {prog}"))?;
-    p.attach(category, name)
-        .map_err(|e| anyhow!(e))
-        .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
-    Ok(())
+        .try_into()?)
 }
 
+/// Loads `prog` unless it already is, and attaches it to `category:name`.
+fn load_attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &str,
+    name: &str,
+) -> Result<TracePointLinkId> {
+    let p = tracepoint_mut(ebpf, prog)?;
+    if p.fd().is_err() {
+        p.load()
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("loading {prog}"))?;
+    }
+    p.attach(category, name)
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("attaching to tracepoint {category}:{name}"))
+}
+
+/// `sys_enter_*` with the hook's own program, `sys_exit_*` with the one
+/// exit program both hooks share (loaded by whichever hook comes first).
 fn attach_tracepoint(ebpf: &mut Ebpf, hook: Hook, notes: &mut Vec<String>) -> Result<String> {
     if let Some(n) = system::ensure_tracefs()? {
         notes.push(n);
     }
-    let (enter, exit, sys) = match hook {
-        Hook::Connect => (progs::TP_CONN_ENTER, progs::TP_CONN_EXIT, "connect"),
-        Hook::Bind => (progs::TP_BIND_ENTER, progs::TP_BIND_EXIT, "bind"),
+    let (enter, sys) = match hook {
+        Hook::Connect => (progs::TP_CONN_ENTER, "connect"),
+        Hook::Bind => (progs::TP_BIND_ENTER, "bind"),
     };
+    let exit_was_loaded = tracepoint_mut(ebpf, progs::TP_EXIT)?.fd().is_ok();
+    let mut links = vec![];
     let mut res = Ok(());
     for (prog, tp) in [
         (enter, format!("sys_enter_{sys}")),
-        (exit, format!("sys_exit_{sys}")),
+        (progs::TP_EXIT, format!("sys_exit_{sys}")),
     ] {
-        res = load_attach_tracepoint(ebpf, prog, "syscalls", &tp);
-        if res.is_err() {
-            break;
+        match load_attach_tracepoint(ebpf, prog, "syscalls", &tp) {
+            Ok(link) => links.push((prog, link)),
+            Err(e) => {
+                res = Err(e);
+                break;
+            }
         }
     }
     if let Err(e) = res {
-        for prog in [enter, exit] {
-            if let Some(Ok(p)) = ebpf.program_mut(prog).map(<&mut TracePoint>::try_from) {
+        // Never leave half a hook attached; the exit program stays loaded
+        // if the other hook uses it.
+        for (prog, link) in links {
+            if let Ok(p) = tracepoint_mut(ebpf, prog) {
+                let _ = p.detach(link);
+            }
+        }
+        if let Ok(p) = tracepoint_mut(ebpf, enter) {
+            let _ = p.unload();
+        }
+        if !exit_was_loaded {
+            if let Ok(p) = tracepoint_mut(ebpf, progs::TP_EXIT) {
                 let _ = p.unload();
             }
         }
@@ -646,6 +686,11 @@ mod tests {
     ) {
         let mut obj = aya_obj::Object::parse(object)
             .unwrap_or_else(|e| panic!("{what}: the built object does not parse: {e}"));
+        // Loaded without the kernel's BTF: nothing may need relocating.
+        assert!(
+            !obj.has_btf_relocations(),
+            "{what}: has CO-RE relocations, but is loaded without the kernel BTF"
+        );
         assert_eq!(
             set(obj.programs.keys().map(String::as_str)),
             set(want_progs.iter().copied()),
@@ -679,6 +724,30 @@ mod tests {
                 "{what}: has the other object's global {name}"
             );
         }
+    }
+
+    /// aya finds the function in the small BTF at the id the kernel's BTF
+    /// gives it, here read by portwatch's own reader from a built blob.
+    #[test]
+    fn fexit_btf_names_the_function_at_its_kernel_id() {
+        use crate::kernel::btf::{tests::Builder, Btf};
+        use aya_obj::btf::BtfKind;
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let p = b.ptr(int);
+        b.func("tcp_v4_connect", &[p, p, int]);
+        let want = b.func("inet_hash_connect", &[p, p]);
+        b.func("inet6_hash_connect", &[p, p]);
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(btf.func_id("inet_hash_connect"), Some(want));
+        let small = super::fexit_btf(&btf, "inet_hash_connect").unwrap();
+        assert_eq!(
+            small
+                .id_by_type_name_kind("inet_hash_connect", BtfKind::Func)
+                .unwrap(),
+            want
+        );
+        assert!(super::fexit_btf(&btf, "no_such_function").is_err());
     }
 
     #[test]

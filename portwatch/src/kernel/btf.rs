@@ -292,6 +292,12 @@ impl Btf {
         u32::try_from(bits / 8).with_context(|| format!("{strukt}.{path}: offset out of range"))
     }
 
+    /// The type id of kernel function `name` (what an fexit program's
+    /// `attach_btf_id` names), if BTF knows it.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.funcs.get(name).copied()
+    }
+
     /// Number of parameters of kernel function `name`, if BTF knows it.
     pub fn func_params(&self, name: &str) -> Option<u32> {
         let id = *self.funcs.get(name)?;

@@ -107,8 +107,3 @@ pub fn pw_kp_bind6(ctx: ProbeContext) -> u32 {
 pub fn pw_tp_bind_enter(ctx: TracePointContext) -> u32 {
     pending::tp_enter(&ctx, KIND_BIND)
 }
-
-#[tracepoint(category = "syscalls", name = "sys_exit_bind")]
-pub fn pw_tp_bind_exit(ctx: TracePointContext) -> u32 {
-    pending::tp_exit(&ctx)
-}

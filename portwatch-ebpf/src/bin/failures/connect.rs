@@ -70,8 +70,3 @@ pub fn pw_kp_connect(ctx: ProbeContext) -> u32 {
 pub fn pw_tp_conn_enter(ctx: TracePointContext) -> u32 {
     pending::tp_enter(&ctx, KIND_CONNECT)
 }
-
-#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
-pub fn pw_tp_conn_exit(ctx: TracePointContext) -> u32 {
-    pending::tp_exit(&ctx)
-}

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::kretprobe,
+    macros::{kretprobe, tracepoint},
     programs::{RetProbeContext, TracePointContext},
 };
 use portwatch_common::{lost, KIND_CONNECT, PROBE_KPROBE, PROBE_TRACEPOINT};
@@ -77,10 +77,16 @@ pub fn tp_enter(ctx: &TracePointContext, kind: u8) -> u32 {
     0
 }
 
-/// `sys_exit_connect` / `sys_exit_bind`: reports the call remembered at
-/// enter if it failed with one of the two errnos.
+/// `sys_exit_connect` and `sys_exit_bind` (userspace attaches this one
+/// program to both, so the kernel verifies it once): reports the call
+/// remembered at enter if it failed with one of the two errnos.
+#[tracepoint]
+pub fn pw_tp_exit(ctx: TracePointContext) -> u32 {
+    tp_exit(&ctx)
+}
+
 #[inline(always)]
-pub fn tp_exit(ctx: &TracePointContext) -> u32 {
+fn tp_exit(ctx: &TracePointContext) -> u32 {
     let Some(p) = take_pending() else { return 0 };
     // SAFETY: the syscall exit record's return value is an i64 at this
     // offset (a stable ABI); the helper checks the read.
