@@ -83,12 +83,11 @@ struct Loaded {
 ///
 /// Without the kernel's BTF: rustc emits no CO-RE relocations (the unit
 /// tests check that both objects have none), so aya would parse the 5 MB of
-/// vmlinux BTF for nothing. Field offsets come from portwatch's own reader
+/// vmlinux BTF for nothing (see `new_loader`). Field offsets come from portwatch's own reader
 /// through the objects' globals instead.
 fn load_object<'a>(object: &[u8], set: impl FnOnce(&mut EbpfLoader<'a>)) -> Result<Ebpf> {
     system::raise_memlock();
-    let mut loader = EbpfLoader::new();
-    loader.btf(None);
+    let mut loader = new_loader();
     set(&mut loader);
     let mut ebpf = loader
         .load(object)
@@ -97,6 +96,54 @@ fn load_object<'a>(object: &[u8], set: impl FnOnce(&mut EbpfLoader<'a>)) -> Resu
         crate::kernel::source::spawn_ebpf_logger(logger);
     }
     Ok(ebpf)
+}
+
+/// An `EbpfLoader` without the kernel BTF, built without reading it.
+///
+/// aya 0.14's `EbpfLoader::new` always reads and parses vmlinux BTF (5.5 MB
+/// read, about 15 MiB of heap at once, tens of ms), which portwatch would
+/// then throw away. So the loader is built in a short-lived thread with a
+/// private mount namespace in which `/sys/kernel/btf` is an empty tmpfs:
+/// aya finds no BTF there and skips the work. Nothing else sees that
+/// namespace, and it goes away with the thread. Where the thread cannot
+/// have one (no CAP_SYS_ADMIN, a seccomp profile that refuses mount), the
+/// loader is built as usual and the BTF dropped.
+fn new_loader<'a>() -> EbpfLoader<'a> {
+    let built = std::thread::scope(|s| {
+        s.spawn(|| hide_kernel_btf().then(EbpfLoader::new))
+            .join()
+            .ok()
+            .flatten()
+    });
+    let mut loader = built.unwrap_or_else(EbpfLoader::new);
+    loader.btf(None);
+    loader
+}
+
+/// Gives the calling thread its own mount namespace (private, so nothing
+/// propagates back to the host's) with an empty tmpfs on `/sys/kernel/btf`.
+/// False if any step is refused; the thread is then best left to end.
+fn hide_kernel_btf() -> bool {
+    // SAFETY: plain syscalls on this thread's own fs and mount namespace,
+    // with NUL-terminated string literals and null pointers where the
+    // kernel allows them (source, type and data of a propagation change).
+    unsafe {
+        libc::unshare(libc::CLONE_FS | libc::CLONE_NEWNS) == 0
+            && libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) == 0
+            && libc::mount(
+                c"none".as_ptr(),
+                c"/sys/kernel/btf".as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) == 0
+    }
 }
 
 /// The `failures` object, with the kernel BTF the caller parsed (once: it
