@@ -353,7 +353,11 @@ fn sigint_and_sigterm_leave_no_program_loaded() {
             })
         };
         let want = if on_tracepoints { 3 } else { 4 };
-        assert_eq!(ids.len(), want, "portwatch's programs while it runs: {ids:?}");
+        assert_eq!(
+            ids.len(),
+            want,
+            "portwatch's programs while it runs: {ids:?}"
+        );
         assert!(
             ids.iter().all(|&id| prog_exists(id)),
             "bpftool sees them: {ids:?}"

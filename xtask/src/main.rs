@@ -371,6 +371,21 @@ fn test(args: &[String]) -> Result<()> {
         c.arg("--").args(args);
     }
     eprintln!("xtask: $ {}", show(&c));
+    let (st, totals) = run_counting(c)?;
+    // One closing line for the whole run, whichever test binary ran last.
+    println!("xtask: {} passed, {} failed", totals.passed, totals.failed);
+    if !st.success() || totals.failed > 0 {
+        bail!("tests failed");
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test` as `c` says, its stdout passed through and its
+/// libtest result lines summed.
+fn run_counting(mut c: Command) -> Result<(std::process::ExitStatus, Totals)> {
     let mut child = c
         .stdout(Stdio::piped())
         .spawn()
@@ -381,16 +396,7 @@ fn test(args: &[String]) -> Result<()> {
         println!("{line}");
         totals.add(&line);
     }
-    let st = child.wait()?;
-    // One closing line for the whole run, whichever test binary ran last.
-    println!("xtask: {} passed, {} failed", totals.passed, totals.failed);
-    if !st.success() || totals.failed > 0 {
-        bail!("tests failed");
-    }
-    if totals.passed == 0 {
-        bail!("no test ran");
-    }
-    Ok(())
+    Ok((child.wait()?, totals))
 }
 
 /// The fuzz targets (portwatch/src/fuzz/targets.rs), `secs` each, with the
@@ -416,17 +422,7 @@ fn fuzz(secs: f64, seed: u64, target: Option<&str>) -> Result<()> {
         "xtask: $ {} (seed {seed:#x}, {secs} s per target)",
         show(&c)
     );
-    let mut child = c
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running cargo test")?;
-    let mut totals = Totals::default();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line?;
-        println!("{line}");
-        totals.add(&line);
-    }
-    let st = child.wait()?;
+    let (st, totals) = run_counting(c)?;
     if !st.success() || totals.failed > 0 {
         bail!("fuzzing found a failing input (above; saved under target/fuzz-crashes/)");
     }

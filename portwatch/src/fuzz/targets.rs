@@ -750,21 +750,7 @@ fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
 
 fn failure_seeds() -> Vec<Vec<u8>> {
     let mut v = vec![];
-    let mut r = FailureEvent::zeroed();
-    r.ts_ns = 5_000;
-    r.cgroup_id = 77;
-    r.pid = 100;
-    r.tid = 101;
-    r.netns = 4026532000;
-    r.ret = -99;
-    r.kind = KIND_CONNECT;
-    r.probe = PROBE_TRACEPOINT;
-    r.proto = 6;
-    r.family = AF_INET;
-    r.dport = 7100;
-    r.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-    r.flags = F_DADDR | F_DPORT | F_PROTO | F_NETNS | F_SOCK;
-    r.comm[..4].copy_from_slice(b"curl");
+    let mut r = decode::tests::raw_connect_v4();
     v.push(bytes_of(&r));
     r.kind = KIND_BIND;
     r.ret = -98;

@@ -10,8 +10,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     programs::{
         kprobe::KProbeLinkId,
-        trace_point::TracePointLinkId,
         tc::{self, TcAttachType},
+        trace_point::TracePointLinkId,
         FExit, KProbe, SchedClassifier, TracePoint,
     },
     Btf as AyaBtf, Ebpf, EbpfLoader,

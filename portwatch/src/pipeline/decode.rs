@@ -147,7 +147,7 @@ pub fn from_raw(raw: &FailureEvent, clock: &Clock) -> Result<Event> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn raw_connect_v4() -> FailureEvent {
