@@ -33,7 +33,8 @@ use crate::{
         control::{self, AttachReport, Control},
         correlate::Report,
         event::Event,
-        sink::{steal as np_out, JsonSink, Sink},
+        sink::{steal as np_out, JsonSink, Sink, TraceSink},
+        sysctl::SysctlWrite,
         trace,
     },
 };
@@ -62,6 +63,12 @@ impl<S: Sink<Event>> Sink<Event> for TraceTee<S> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+impl<S: TraceSink> TraceSink for TraceTee<S> {
+    fn sysctl(&mut self, w: &SysctlWrite) -> io::Result<()> {
+        self.inner.sysctl(w)
     }
 }
 
