@@ -2,6 +2,7 @@
 //! the real portwatch binary, real clients. Needs root; fails loudly without.
 #![allow(dead_code)]
 
+pub mod cgroups;
 pub mod containerd;
 pub mod prometheus;
 
