@@ -184,6 +184,34 @@ pub struct SysctlEvent {
 
 pub const SYSCTL_EVENT_SIZE: usize = core::mem::size_of::<SysctlEvent>();
 
+/// Port spans the guard keeps from being exposed, at most this many.
+pub const GUARD_SPANS: usize = 16;
+
+/// An inclusive port span.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSpan {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// What `serve --guard-port-range` hands the kernel side: in netns `netns`
+/// (the node's), a write of `ip_local_port_range` whose new range takes in
+/// a port of `spans` that the old range did not is refused (EPERM).
+/// `spans` are the guarded ports not in `ip_local_reserved_ports`, kept
+/// current by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SysctlGuard {
+    /// 0: nothing is refused.
+    pub enabled: u32,
+    pub netns: u32,
+    /// How many of `spans` are in use.
+    pub count: u32,
+    pub _pad: u32,
+    pub spans: [PortSpan; GUARD_SPANS],
+}
+
 /// `Offsets::valid` bits: which groups of offsets userspace found in the
 /// running kernel's BTF. A group that is not valid is never dereferenced.
 pub const OFF_NETNS: u32 = 1 << 0;
@@ -365,6 +393,9 @@ pub mod maps {
     /// Both objects, one each: per-CPU counts of what the kernel side
     /// dropped, at the slots in [`crate::lost`].
     pub const LOST: &str = "LOST";
+    /// `failures`: the [`SysctlGuard`](crate::SysctlGuard), one entry,
+    /// filled by `serve --guard-port-range`.
+    pub const SYSCTL_GUARD: &str = "SYSCTL_GUARD";
     /// `steal`: the [`StealEvent`](crate::StealEvent) ring buffer.
     pub const STEALS: &str = "STEALS";
     /// `steal`: the guarded local ports, kept current by userspace.
@@ -375,7 +406,7 @@ pub mod maps {
     pub const OWNERS: &str = "OWNERS";
 
     /// Every map of the `failures` object.
-    pub const FAILURES: &[&str] = &[EVENTS, LOST, PENDING];
+    pub const FAILURES: &[&str] = &[EVENTS, LOST, PENDING, SYSCTL_GUARD];
     /// Every map of the `steal` object.
     pub const STEAL: &[&str] = &[STEALS, LOST, GUARDED, SYNACKS, OWNERS];
 }
@@ -482,6 +513,7 @@ mod user {
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::FailureEvent {}
     unsafe impl aya::Pod for super::SysctlEvent {}
+    unsafe impl aya::Pod for super::SysctlGuard {}
     unsafe impl aya::Pod for super::StealEvent {}
     unsafe impl aya::Pod for super::StealOffsets {}
     unsafe impl aya::Pod for super::SynAckKey {}
@@ -504,6 +536,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<StealOffsets>(), 22 * 4);
         assert_eq!(core::mem::size_of::<TpSockFields>(), 6 * 4);
         assert_eq!(SYSCTL_EVENT_SIZE, 312);
+        assert_eq!(core::mem::size_of::<SysctlGuard>(), 16 + 4 * GUARD_SPANS);
         assert_eq!(core::mem::align_of::<SysctlEvent>(), 8);
     }
 

@@ -89,6 +89,22 @@ fn writes_in(
     all.iter().filter(|v| is_mine(v)).cloned().collect()
 }
 
+/// GET /metrics over a plain TCP connection (the VM guests have no curl).
+fn get_metrics(addr: &str) -> String {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        c,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    resp
+}
+
 /// What every sysctl_write record carries.
 fn assert_write(v: &Value, name: &str, old: &str, new: &str, ns: &Netns) {
     assert_eq!(v["schema"], 1, "{v}");
@@ -415,4 +431,79 @@ fn a_burst_of_writes_is_counted_whole() {
         "burst: {N} writes in {took:?}; live tracer: {} delivered, {lost} lost; stopped one: {got2} delivered, {lost2} lost",
         got.len()
     );
+}
+
+/// `serve --guard-port-range`, with a test netns standing in for the node:
+/// `sysctl -w` widening the node's range over the NodePorts gets EPERM and
+/// the range stays; a narrowing write there goes through; the same wide
+/// write in another netns goes through (a pod's own netns is never
+/// refused). serve prints each write as a JSON line (`refused` true for the
+/// one refused) and counts them in `portwatch_sysctl_writes_total`.
+#[test]
+fn serve_guard_refuses_only_the_node_overlap() {
+    let node = Netns::new("sxguard", (32768, 60999));
+    let pod = Netns::new("sxgpod", (32768, 60999));
+    let node_path = format!("/run/netns/{}", node.name);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut t = Tracer::start_env(
+        &["serve", "--listen", &listen, "--guard-port-range"],
+        &[("PORTWATCH_NODE_NETNS", &node_path)],
+    );
+    let errs = t.stderr.lock().unwrap().clone();
+    assert!(
+        errs.iter().any(|l| l.contains("guarding the node's netns")),
+        "{errs:?}"
+    );
+    let wide = "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"";
+    let refused = node.cmd("sh").args(["-c", wide]).output().unwrap();
+    assert!(!refused.status.success(), "the node's write must fail");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Operation not permitted"),
+        "EPERM: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        read_in(&node, "net.ipv4.ip_local_port_range"),
+        "32768 60999"
+    );
+    sh_in(
+        &node,
+        "echo '40000 40001' > /proc/sys/net/ipv4/ip_local_port_range",
+    );
+    assert_eq!(
+        read_in(&node, "net.ipv4.ip_local_port_range"),
+        "40000 40001"
+    );
+    sh_in(&pod, &format!("{wide} >/dev/null"));
+    assert_eq!(read_in(&pod, "net.ipv4.ip_local_port_range"), "1024 65535");
+
+    let mut all = vec![];
+    let n = writes_in(&mut t, &node, 2, Duration::from_secs(10), &mut all);
+    let p = writes_in(&mut t, &pod, 1, Duration::from_secs(10), &mut all);
+    assert_eq!((n.len(), p.len()), (2, 1), "{n:?} {p:?}");
+    assert_eq!(n[0]["new"], "1024 65535");
+    assert_eq!(n[0]["refused"], true, "{}", n[0]);
+    assert_eq!(n[0]["verdict"], "creates_nodeport_overlap", "{}", n[0]);
+    assert_eq!(n[0]["comm"], "sysctl");
+    assert_eq!(n[1]["new"], "40000 40001");
+    assert_eq!(n[1]["refused"], false, "{}", n[1]);
+    assert_eq!(n[1]["verdict"], "narrows_range", "{}", n[1]);
+    assert_eq!(p[0]["refused"], false, "{}", p[0]);
+    assert_eq!(p[0]["verdict"], "ok", "{}", p[0]);
+
+    let body = get_metrics(&listen);
+    let count = |verdict: &str, refused: bool| -> u64 {
+        let head = format!(
+            "portwatch_sysctl_writes_total{{name=\"net.ipv4.ip_local_port_range\",verdict=\"{verdict}\",namespace=\"\",pod=\"\",refused=\"{refused}\"}} "
+        );
+        body.lines()
+            .find_map(|l| l.strip_prefix(&head)?.parse().ok())
+            .unwrap_or(0)
+    };
+    // Other tests write in other netns meanwhile: at least ours.
+    assert!(count("creates_nodeport_overlap", true) >= 1, "{body}");
+    assert!(count("narrows_range", false) >= 1, "{body}");
+    assert!(count("ok", false) >= 1, "{body}");
+    let (st, _) = t.stop();
+    assert!(st.success());
 }

@@ -116,6 +116,12 @@ pub struct ServeArgs {
     /// The NodePort range (guarded, and audited by the check).
     #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::host::ports::parse_lo_hi)]
     pub nodeport_range: (u16, u16),
+    /// Refuse (EPERM) writes of the node's net.ipv4.ip_local_port_range
+    /// that would take in NodePorts (--nodeport-range) not kept in
+    /// ip_local_reserved_ports. Writes in pods' own network namespaces are
+    /// never refused. A refused write can fail a pod's start: see the README.
+    #[arg(long)]
+    pub guard_port_range: bool,
     /// Probe kind for the trace hooks: auto, fexit, kprobe, tracepoint.
     #[arg(long, value_name = "BACKEND", default_value = "auto", value_parser = parse_backend)]
     pub backend: BackendChoice,

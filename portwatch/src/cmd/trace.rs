@@ -47,6 +47,7 @@ pub fn options(args: &TraceArgs) -> trace::Options {
         netns_sweep: args.netns_sweep,
         cri: None,
         nodeport_range: args.nodeport_range,
+        guard_port_range: false,
     }
 }
 

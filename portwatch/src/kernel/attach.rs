@@ -306,6 +306,18 @@ pub fn attach_nodeport() -> Result<StealAttached> {
     })
 }
 
+/// Hands the sysctl guard to the kernel side (`serve --guard-port-range`).
+pub fn set_sysctl_guard(ebpf: &mut Ebpf, guard: &portwatch_common::SysctlGuard) -> Result<()> {
+    let map = ebpf
+        .map_mut(maps::SYSCTL_GUARD)
+        .with_context(|| format!("map {} missing from the object", maps::SYSCTL_GUARD))?;
+    let mut arr: aya::maps::Array<_, portwatch_common::SysctlGuard> =
+        aya::maps::Array::try_from(map)?;
+    arr.set(0, guard, 0)
+        .map_err(|e| anyhow!(e))
+        .context("setting the sysctl guard")
+}
+
 fn tc_synack_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
     Ok(ebpf
         .program_mut(progs::TC_SYNACK)

@@ -20,6 +20,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use portwatch_common::{PortSpan, SysctlGuard, GUARD_SPANS};
 use serde::Serialize;
 
 use crate::{
@@ -297,6 +298,30 @@ impl NodeNetns {
     }
 }
 
+/// What the kernel side refuses under `serve --guard-port-range`: in the
+/// node's netns `node`, a new `ip_local_port_range` taking in guarded ports
+/// that `reserved` does not cover and the old range did not hold. At most
+/// `GUARD_SPANS` spans: past that the last one stretches over the rest
+/// (the reserved holes in there are then guarded too: it refuses more,
+/// never less).
+pub fn guard_of(node: u32, guarded: &PortSet, reserved: &PortSet) -> SysctlGuard {
+    let spans = guarded.minus(reserved);
+    let spans = spans.spans();
+    let mut g = SysctlGuard {
+        enabled: 1,
+        netns: node,
+        count: spans.len().min(GUARD_SPANS) as u32,
+        ..SysctlGuard::default()
+    };
+    for (i, &(lo, hi)) in spans.iter().take(GUARD_SPANS).enumerate() {
+        g.spans[i] = PortSpan { lo, hi };
+    }
+    if spans.len() > GUARD_SPANS {
+        g.spans[GUARD_SPANS - 1].hi = spans[spans.len() - 1].1;
+    }
+    g
+}
+
 struct Waiting {
     w: SysctlWrite,
     names: Option<cri::Slot>,
@@ -311,6 +336,8 @@ pub struct Stage {
     guarded: PortSet,
     budget: Duration,
     queue: VecDeque<Waiting>,
+    /// A write in the node's netns came by since `guard` was last asked.
+    node_written: bool,
 }
 
 impl Stage {
@@ -320,7 +347,22 @@ impl Stage {
             guarded,
             budget,
             queue: VecDeque::new(),
+            node_written: false,
         }
+    }
+
+    /// The guard for the node's netns as its settings are now (None: the
+    /// node's netns or its reserved ports cannot be read).
+    pub fn guard(&mut self) -> Option<SysctlGuard> {
+        self.node_written = false;
+        let reserved = self.node.read()?.reserved.ok()?;
+        Some(guard_of(self.node.ino?, &self.guarded, &reserved))
+    }
+
+    /// Whether a write in the node's netns came by since `guard` was last
+    /// asked (the guard may need its reserved ports again).
+    pub fn node_written(&self) -> bool {
+        self.node_written
     }
 
     /// Fills what userspace knows (cgroup, pod, node netns, verdict) and
@@ -331,6 +373,7 @@ impl Stage {
         w.cgroup = cgroup;
         w.pod = pod;
         w.node_netns = w.netns.is_some() && w.netns == self.node.ino;
+        self.node_written |= w.node_netns;
         let settings = if w.node_netns {
             self.node.read()
         } else {
@@ -574,6 +617,55 @@ pub(crate) mod tests {
             assert_eq!(verdict(assess(n, Some("0"), "1", &s)), Some(Verdict::Ok));
             assert_eq!(assess(n, Some("0"), "on", &s), None);
         }
+    }
+
+    #[test]
+    fn the_guard_keeps_the_unreserved_nodeports() {
+        let g = guard_of(7, &PortSet::range(30000, 32767), &ps("8080,31000-31010"));
+        assert_eq!((g.enabled, g.netns, g.count), (1, 7, 2));
+        assert_eq!(
+            g.spans[0],
+            PortSpan {
+                lo: 30000,
+                hi: 30999
+            }
+        );
+        assert_eq!(
+            g.spans[1],
+            PortSpan {
+                lo: 31011,
+                hi: 32767
+            }
+        );
+        assert_eq!(g.spans[2], PortSpan::default());
+        // All reserved: nothing to refuse.
+        assert_eq!(
+            guard_of(7, &PortSet::range(30000, 32767), &ps("30000-32767")).count,
+            0
+        );
+        // More spans than the kernel side holds: the last stretches over
+        // the rest, so nothing guarded is ever let through.
+        let holes = (0..40).map(|i| 30000 + 2 * i).map(|p| (p, p));
+        let g = guard_of(
+            7,
+            &PortSet::range(30000, 32767),
+            &PortSet::from_ranges(holes),
+        );
+        assert_eq!(g.count as usize, GUARD_SPANS);
+        assert_eq!(
+            g.spans[0],
+            PortSpan {
+                lo: 30001,
+                hi: 30001
+            }
+        );
+        assert_eq!(
+            g.spans[GUARD_SPANS - 1],
+            PortSpan {
+                lo: 30031,
+                hi: 32767
+            }
+        );
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct Options {
     /// The NodePort range: the ports a sysctl write must not expose in the
     /// node's netns.
     pub nodeport_range: (u16, u16),
+    /// Refuse writes of the node's `ip_local_port_range` that expose
+    /// NodePorts (`serve --guard-port-range`).
+    pub guard_port_range: bool,
 }
 
 /// attach -> ring buffer -> decode -> enrich -> filter -> cause -> `sink`,
@@ -112,6 +115,34 @@ pub async fn pipeline(
         crate::host::ports::PortSet::range(opts.nodeport_range.0, opts.nodeport_range.1),
         opts.detail.budget,
     );
+    if opts.guard_port_range {
+        if let Err(why) = &sysctl_watch {
+            anyhow::bail!("--guard-port-range needs the sysctl watch, which did not attach: {why}");
+        }
+        let g = sysctls
+            .guard()
+            .context("--guard-port-range: the node's ip_local_reserved_ports could not be read")?;
+        attach::set_sysctl_guard(&mut ebpf, &g)?;
+        eprintln!(
+            "portwatch: guarding the node's netns: a write of net.ipv4.ip_local_port_range there that takes in guarded ports {}-{} not in ip_local_reserved_ports is refused (EPERM)",
+            opts.nodeport_range.0, opts.nodeport_range.1
+        );
+    }
+    // Keeps the kernel side's guard in step with the node's reserved ports
+    // (after a write in the node's netns, and every tick).
+    let refresh_guard = |sysctls: &mut sysctl::Stage, ebpf: &mut aya::Ebpf| {
+        if !opts.guard_port_range {
+            return;
+        }
+        match sysctls.guard() {
+            Some(g) => {
+                if let Err(e) = attach::set_sysctl_guard(ebpf, &g) {
+                    log::warn!("{e:#}");
+                }
+            }
+            None => log::warn!("the node's ip_local_reserved_ports could not be read; the guard keeps its last ports"),
+        }
+    };
     let mut source = Source::new(&mut ebpf)?;
     let clock = Clock::now();
     let mut enricher = Enricher::new(
@@ -216,6 +247,9 @@ pub async fn pipeline(
             r = source.next_batch(|b| decode_into(&mut batch, b)) => {
                 r?;
                 process(&mut batch, &mut detailer, &mut sysctls, &mut enricher);
+                if sysctls.node_written() {
+                    refresh_guard(&mut sysctls, &mut ebpf);
+                }
                 emit(&mut detailer, &mut sysctls, &mut sink)
             }
             Some(done) = detail_done.recv() => {
@@ -228,6 +262,7 @@ pub async fn pipeline(
             }
             _ = lost_tick.tick() => {
                 enricher.maintain();
+                refresh_guard(&mut sysctls, &mut ebpf);
                 report_lost(&mut sink, &source, &mut lost_seen)
             }
             _ = ctl.stopped() => break End::Signal,

@@ -5,6 +5,11 @@
 //! Reads and other sysctls cost a name read and a compare, and go on
 //! untouched. Every write of one of ours is reported, before the kernel
 //! applies it, with the value it replaces and the one written.
+//!
+//! With `serve --guard-port-range`, userspace fills `SYSCTL_GUARD`: a write
+//! of the node's `ip_local_port_range` whose new range takes in guarded,
+//! unreserved ports the old one did not is refused (the writer gets EPERM)
+//! and reported as refused. Writes in any other netns go through.
 
 use aya_ebpf::{
     cty::c_char,
@@ -13,16 +18,30 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_sysctl_get_current_value,
         bpf_sysctl_get_name, bpf_sysctl_get_new_value,
     },
-    macros::cgroup_sysctl,
+    macros::{cgroup_sysctl, map},
+    maps::Array,
     programs::SysctlContext,
 };
 use portwatch_common::{
-    lost, sysctl_name_words, SysctlEvent, COMM_LEN, KIND_SYSCTL, SF_NETNS, SF_NEW_TRUNC, SF_OLD,
-    SF_OLD_TRUNC, SYSCTL_NAMES, SYSCTL_NAME_LEN, SYSCTL_NAME_WORDS, SYSCTL_VALUE_LEN,
+    lost, sysctl_name_words, SysctlEvent, SysctlGuard, COMM_LEN, GUARD_SPANS, KIND_SYSCTL,
+    SF_NETNS, SF_NEW_TRUNC, SF_OLD, SF_OLD_TRUNC, SF_REFUSED, SYSCTL_NAMES, SYSCTL_NAME_LEN,
+    SYSCTL_NAME_WORDS, SYSCTL_PORT_RANGE, SYSCTL_VALUE_LEN,
 };
 use portwatch_ebpf::shared;
 
 use crate::{offsets, EVENTS, LOST};
+
+/// What `serve --guard-port-range` refuses; zero (off) unless userspace
+/// fills it.
+#[map]
+static SYSCTL_GUARD: Array<SysctlGuard> = Array::with_max_entries(1, 0);
+
+/// The program's answer: refuse the write (the writer gets EPERM).
+const REFUSE: i32 = 0;
+
+/// Bytes of a range value the guard reads ("65535 65535\n" and some
+/// spaces); a longer one is not a range the kernel would take as ours.
+const RANGE_TEXT: usize = 32;
 
 /// The program's answer: let the access go on.
 const ALLOW: i32 = 1;
@@ -77,10 +96,124 @@ pub fn pw_sysctl(ctx: SysctlContext) -> i32 {
         // -E2BIG: longer than any of ours.
         return ALLOW;
     }
-    if let Some(which) = which_of(&name) {
-        report(&ctx, which);
+    let Some(which) = which_of(&name) else {
+        return ALLOW;
+    };
+    let netns = shared::task_netns(&offsets());
+    let refuse = which == SYSCTL_PORT_RANGE && exposes_guarded(&ctx, netns);
+    report(&ctx, which, netns, refuse);
+    if refuse {
+        REFUSE
+    } else {
+        ALLOW
     }
-    ALLOW
+}
+
+/// "LO HI" (whitespace around and between, as the kernel takes it): the
+/// two ports, or None for anything else.
+#[inline(always)]
+fn parse_range(buf: &[u8; RANGE_TEXT]) -> Option<(u32, u32)> {
+    // Two numbers, no indexing by a counter (no bounds checks for the
+    // verifier to meet).
+    let (mut lo, mut hi) = (0u32, 0u32);
+    let mut n = 0u32;
+    let mut in_num = false;
+    let mut i = 0;
+    while i < RANGE_TEXT {
+        let c = buf[i];
+        if c == 0 {
+            break;
+        }
+        if c.is_ascii_digit() {
+            if !in_num {
+                if n >= 2 {
+                    return None;
+                }
+                in_num = true;
+            }
+            let d = (c - b'0') as u32;
+            if n == 0 {
+                lo = lo * 10 + d;
+            } else {
+                hi = hi * 10 + d;
+            }
+            if lo > 65535 || hi > 65535 {
+                return None;
+            }
+        } else if c == b' ' || c == b'\t' || c == b'\n' {
+            if in_num {
+                in_num = false;
+                n += 1;
+            }
+        } else {
+            return None;
+        }
+        i += 1;
+    }
+    if in_num {
+        n += 1;
+    }
+    (n == 2 && lo <= hi).then_some((lo, hi))
+}
+
+/// Whether this write of `ip_local_port_range`, in netns `netns`, takes in
+/// guarded ports the old range left out (the guard on, in the node's netns).
+#[inline(always)]
+fn exposes_guarded(ctx: &SysctlContext, netns: Option<u32>) -> bool {
+    let Some(g) = SYSCTL_GUARD.get(0) else {
+        return false;
+    };
+    if g.enabled == 0 || netns != Some(g.netns) {
+        return false;
+    }
+    let mut buf = [0u8; RANGE_TEXT];
+    // SAFETY: the helper writes at most RANGE_TEXT bytes into `buf`.
+    let n = unsafe {
+        bpf_sysctl_get_new_value(
+            ctx.sysctl,
+            buf.as_mut_ptr() as *mut c_char,
+            RANGE_TEXT as u64,
+        )
+    };
+    if n < 0 {
+        return false;
+    }
+    // A value that does not parse the kernel refuses itself (EINVAL).
+    let Some((lo, hi)) = parse_range(&buf) else {
+        return false;
+    };
+    let mut old = [0u8; RANGE_TEXT];
+    // SAFETY: as above.
+    let n = unsafe {
+        bpf_sysctl_get_current_value(
+            ctx.sysctl,
+            old.as_mut_ptr() as *mut c_char,
+            RANGE_TEXT as u64,
+        )
+    };
+    // No old range known: every guarded port in the new one is new.
+    let (olo, ohi) = if n < 0 {
+        (1, 0)
+    } else {
+        parse_range(&old).unwrap_or((1, 0))
+    };
+    let count = g.count as usize;
+    let mut i = 0;
+    while i < GUARD_SPANS {
+        if i >= count {
+            break;
+        }
+        let s = g.spans[i];
+        let x = if lo > s.lo as u32 { lo } else { s.lo as u32 };
+        let y = if hi < s.hi as u32 { hi } else { s.hi as u32 };
+        // Guarded ports [x, y] are in the new range; new unless the old
+        // range held them all.
+        if x <= y && (x < olo || y > ohi) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// The flags a value helper's return earns: `ok` when read whole,
@@ -97,16 +230,15 @@ fn flags_of(ret: i64, ok: u16, trunc: u16) -> u16 {
 }
 
 #[inline(always)]
-fn report(ctx: &SysctlContext, which: u8) {
+fn report(ctx: &SysctlContext, which: u8, netns: Option<u32>, refused: bool) {
     let Some(mut entry) = EVENTS.reserve::<SysctlEvent>(0) else {
         shared::count_lost(&LOST, lost::EVENTS_FULL);
         return;
     };
     let p = entry.as_mut_ptr();
     let pid_tgid = bpf_get_current_pid_tgid();
-    let o = offsets();
-    let mut flags = 0u16;
-    let netns = match shared::task_netns(&o) {
+    let mut flags = if refused { SF_REFUSED } else { 0 };
+    let netns = match netns {
         Some(ns) => {
             flags |= SF_NETNS;
             ns

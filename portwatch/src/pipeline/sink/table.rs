@@ -276,7 +276,7 @@ impl<W: Write> TraceSink for TableSink<W> {
         self.header()?;
         writeln!(
             self.out,
-            "{:<15} {:>7} {:<15} {:<7} {} {} -> {}  netns {}{} pod {}",
+            "{:<15} {:>7} {:<15} {:<7} {} {} -> {:?}  netns {}{} pod {}",
             clock_of(w.time_ns),
             w.pid,
             w.comm,
@@ -285,7 +285,7 @@ impl<W: Write> TraceSink for TableSink<W> {
             w.old
                 .as_deref()
                 .map_or_else(|| "?".to_string(), |o| format!("{o:?}")),
-            format!("{:?}", w.new),
+            w.new,
             w.netns.map_or_else(|| "-".into(), |n| n.to_string()),
             if w.node_netns { " (node)" } else { "" },
             w.pod.as_ref().map_or_else(|| "-".into(), Pod::short),
