@@ -310,6 +310,7 @@ fn widening_the_node_range_over_the_nodeports_is_an_overlap() {
     assert_eq!(n[0]["node_netns"], true);
     assert_eq!(n[0]["verdict"], "creates_nodeport_overlap", "{}", n[0]);
     assert_eq!(n[0]["exposed"], "30000-32767");
+    assert_eq!(n[0]["usable"], serde_json::json!([28232, 64512]));
     assert_eq!(n[0]["comm"], "sysctl");
     // Reserving the NodePorts is the fix: ok. Taking them out again,
     // with the wide range in place, exposes them again.

@@ -161,18 +161,19 @@ pub fn assess(name: Name, old: Option<&str>, new: &str, s: &Settings) -> Option<
             let old = parse_port_range(old?)?;
             let new = parse_port_range(new)?;
             let reserved = s.reserved?;
+            let before = usable(old, reserved).len();
+            let after = usable(new, reserved).len();
             if let Some(g) = s.guarded {
                 let now = exposed(new, reserved, g);
                 if !now.minus(&exposed(old, reserved, g)).is_empty() {
                     return Some(Assessment {
                         exposed: Some(now),
                         fix: Some(reserved.union(g)),
+                        usable: Some((before, after)),
                         ..Assessment::of(Verdict::CreatesNodeportOverlap)
                     });
                 }
             }
-            let before = usable(old, reserved).len();
-            let after = usable(new, reserved).len();
             let verdict = if after < before {
                 Verdict::NarrowsRange
             } else if new.0 % 2 == new.1 % 2 {
@@ -491,6 +492,7 @@ pub(crate) mod tests {
         assert_eq!(a.verdict, Verdict::CreatesNodeportOverlap);
         assert_eq!(a.exposed.unwrap().to_string(), "30000-32767");
         assert_eq!(a.fix.unwrap().to_string(), "30000-32767");
+        assert_eq!(a.usable, Some((28232, 64512)));
         // With part reserved: the rest is exposed, the fix keeps what is there.
         let a = range("32768 60999", "1024 65535", "8080,30000-30999", true).unwrap();
         assert_eq!(a.exposed.unwrap().to_string(), "31000-32767");
