@@ -505,6 +505,55 @@ fn serve_guard_refuses_only_the_node_overlap() {
     assert!(count("creates_nodeport_overlap", true) >= 1, "{body}");
     assert!(count("narrows_range", false) >= 1, "{body}");
     assert!(count("ok", false) >= 1, "{body}");
+
+    // Reserving the NodePorts first makes the wide range safe: the guard
+    // follows the node's reservation (refreshed before the write's record
+    // goes out, so waiting for the record is waiting for the guard).
+    sh_in(
+        &node,
+        "echo 30000-32767 > /proc/sys/net/ipv4/ip_local_reserved_ports",
+    );
+    assert_eq!(
+        writes_in(&mut t, &node, 3, Duration::from_secs(10), &mut all).len(),
+        3
+    );
+    sh_in(&node, &format!("{wide} >/dev/null"));
+    assert_eq!(read_in(&node, "net.ipv4.ip_local_port_range"), "1024 65535");
+    // Emptying the reservation under the wide range is reported, not
+    // refused (the guard covers range writes); once it is seen, narrowing
+    // a range that already exposes the NodePorts exposes nothing new and
+    // goes through.
+    sh_in(&node, "echo > /proc/sys/net/ipv4/ip_local_reserved_ports");
+    assert_eq!(
+        writes_in(&mut t, &node, 5, Duration::from_secs(10), &mut all).len(),
+        5
+    );
+    sh_in(
+        &node,
+        "echo '1024 65533' > /proc/sys/net/ipv4/ip_local_port_range",
+    );
+    assert_eq!(read_in(&node, "net.ipv4.ip_local_port_range"), "1024 65533");
+    let n = writes_in(&mut t, &node, 6, Duration::from_secs(10), &mut all);
+    let seen: Vec<(&str, &str, bool)> = n[2..]
+        .iter()
+        .map(|v| {
+            (
+                v["new"].as_str().unwrap(),
+                v["verdict"].as_str().unwrap(),
+                v["refused"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("30000-32767", "ok", false),
+            ("1024 65535", "ok", false),
+            ("", "creates_nodeport_overlap", false),
+            ("1024 65533", "narrows_range", false),
+        ],
+        "{n:?}"
+    );
     let (st, _) = t.stop();
     assert!(st.success());
 }
