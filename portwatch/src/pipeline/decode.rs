@@ -61,7 +61,10 @@ pub fn sysctl_from_raw(raw: &SysctlEvent, clock: &Clock) -> Result<SysctlWrite> 
         new_truncated: has(SF_NEW_TRUNC),
         pid: raw.pid,
         tid: raw.tid,
-        comm: sysctl::value_text(&raw.comm),
+        comm: {
+            let end = raw.comm.iter().position(|&c| c == 0).unwrap_or(COMM_LEN);
+            String::from_utf8_lossy(&raw.comm[..end]).into_owned()
+        },
         uid: raw.uid,
         cgroup_id: raw.cgroup_id,
         netns: has(SF_NETNS).then_some(raw.netns),

@@ -375,10 +375,11 @@ impl Stage {
         w.pod = pod;
         w.node_netns = w.netns.is_some() && w.netns == self.node.ino;
         self.node_written |= w.node_netns;
-        let settings = if w.node_netns {
-            self.node.read()
-        } else {
-            w.netns.and_then(|ino| enricher.ports_now(ino, &pids))
+        // Only the port list and range verdicts need the netns's settings.
+        let settings = match w.name {
+            Name::TwReuse | Name::UnprivilegedPortStart => None,
+            _ if w.node_netns => self.node.read(),
+            _ => w.netns.and_then(|ino| enricher.ports_now(ino, &pids)),
         };
         let reserved = settings.as_ref().and_then(|p| p.reserved.as_ref().ok());
         let s = Settings {
