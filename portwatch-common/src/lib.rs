@@ -96,6 +96,122 @@ impl FailureEvent {
     }
 }
 
+// ---------------------------------------------------------------------------
+// sysctl writes: a `cgroup/sysctl` program on the cgroup2 root sees every
+// write of the few sysctls that decide which ports connect() may pick.
+// ---------------------------------------------------------------------------
+
+/// `SysctlEvent::kind`, at the same offset as `FailureEvent::kind`: one
+/// ring buffer carries both, and userspace tells them apart by this byte.
+pub const KIND_SYSCTL: u8 = 3;
+
+/// Where `kind` sits in every record of the `failures` ring buffer.
+pub const KIND_OFFSET: usize = 36;
+
+/// The sysctls reported, as `bpf_sysctl_get_name` spells them (slashes);
+/// `SysctlEvent::which` is an index into this list.
+pub const SYSCTL_NAMES: [&str; 4] = [
+    "net/ipv4/ip_local_port_range",
+    "net/ipv4/ip_local_reserved_ports",
+    "net/ipv4/tcp_tw_reuse",
+    "net/ipv4/ip_unprivileged_port_start",
+];
+pub const SYSCTL_PORT_RANGE: u8 = 0;
+pub const SYSCTL_RESERVED_PORTS: u8 = 1;
+pub const SYSCTL_TW_REUSE: u8 = 2;
+pub const SYSCTL_UNPRIVILEGED_PORT_START: u8 = 3;
+
+/// Bytes of the buffer a name is read into (the longest name above, its
+/// NUL and zero padding). A longer name is none of ours.
+pub const SYSCTL_NAME_WORDS: usize = 5;
+pub const SYSCTL_NAME_LEN: usize = SYSCTL_NAME_WORDS * 8;
+
+/// `name` zero-padded into 8-byte words, the way the kernel side compares
+/// it with the name it read (word by word: no memcmp in BPF).
+pub const fn sysctl_name_words(name: &str) -> [u64; SYSCTL_NAME_WORDS] {
+    let b = name.as_bytes();
+    assert!(b.len() < SYSCTL_NAME_LEN);
+    let mut w = [0u64; SYSCTL_NAME_WORDS];
+    let mut i = 0;
+    while i < b.len() {
+        w[i / 8] |= (b[i] as u64) << (8 * (i % 8));
+        i += 1;
+    }
+    w
+}
+
+/// Bytes kept of a value (old or new), its NUL included: a longer value
+/// (a long `ip_local_reserved_ports` list) is cut and flagged.
+pub const SYSCTL_VALUE_LEN: usize = 128;
+
+/// `SysctlEvent::flags`.
+/// The netns was read (`netns` is valid).
+pub const SF_NETNS: u16 = 1 << 0;
+/// The current value was read (`old` is valid).
+pub const SF_OLD: u16 = 1 << 1;
+/// `old` was longer than `SYSCTL_VALUE_LEN - 1` bytes and is cut.
+pub const SF_OLD_TRUNC: u16 = 1 << 2;
+/// `new` was longer than `SYSCTL_VALUE_LEN - 1` bytes and is cut.
+pub const SF_NEW_TRUNC: u16 = 1 << 3;
+/// The program refused the write (the writer got EPERM).
+pub const SF_REFUSED: u16 = 1 << 4;
+
+/// One write of a reported sysctl, before the kernel applies it. `old` and
+/// `new` are NUL-terminated text, as the kernel shows the value and as the
+/// writer wrote it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SysctlEvent {
+    // The first 36 bytes are laid out as in `FailureEvent`.
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    /// Inode of the writer's network namespace, the one whose value the
+    /// write changes (valid with `SF_NETNS`).
+    pub netns: u32,
+    pub _ret: i32,
+    /// `KIND_SYSCTL`.
+    pub kind: u8,
+    /// Index into `SYSCTL_NAMES`.
+    pub which: u8,
+    pub flags: u16,
+    pub comm: [u8; COMM_LEN],
+    pub old: [u8; SYSCTL_VALUE_LEN],
+    pub new: [u8; SYSCTL_VALUE_LEN],
+}
+
+pub const SYSCTL_EVENT_SIZE: usize = core::mem::size_of::<SysctlEvent>();
+
+/// Port spans the guard keeps from being exposed, at most this many.
+pub const GUARD_SPANS: usize = 16;
+
+/// An inclusive port span.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSpan {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// What `serve --guard-port-range` hands the kernel side: in netns `netns`
+/// (the node's), a write of `ip_local_port_range` whose new range takes in
+/// a port of `spans` that the old range did not is refused (EPERM).
+/// `spans` are the guarded ports not in `ip_local_reserved_ports`, kept
+/// current by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SysctlGuard {
+    /// 0: nothing is refused.
+    pub enabled: u32,
+    pub netns: u32,
+    /// How many of `spans` are in use.
+    pub count: u32,
+    pub _pad: u32,
+    pub spans: [PortSpan; GUARD_SPANS],
+}
+
 /// `Offsets::valid` bits: which groups of offsets userspace found in the
 /// running kernel's BTF. A group that is not valid is never dereferenced.
 pub const OFF_NETNS: u32 = 1 << 0;
@@ -277,6 +393,9 @@ pub mod maps {
     /// Both objects, one each: per-CPU counts of what the kernel side
     /// dropped, at the slots in [`crate::lost`].
     pub const LOST: &str = "LOST";
+    /// `failures`: the [`SysctlGuard`](crate::SysctlGuard), one entry,
+    /// filled by `serve --guard-port-range`.
+    pub const SYSCTL_GUARD: &str = "SYSCTL_GUARD";
     /// `steal`: the [`StealEvent`](crate::StealEvent) ring buffer.
     pub const STEALS: &str = "STEALS";
     /// `steal`: the guarded local ports, kept current by userspace.
@@ -287,7 +406,7 @@ pub mod maps {
     pub const OWNERS: &str = "OWNERS";
 
     /// Every map of the `failures` object.
-    pub const FAILURES: &[&str] = &[EVENTS, LOST, PENDING];
+    pub const FAILURES: &[&str] = &[EVENTS, LOST, PENDING, SYSCTL_GUARD];
     /// Every map of the `steal` object.
     pub const STEAL: &[&str] = &[STEALS, LOST, GUARDED, SYNACKS, OWNERS];
 }
@@ -342,6 +461,10 @@ pub mod progs {
     /// `tcp:tcp_retransmit_skb`.
     pub const TP_RETRANS: &str = "pw_tp_retrans";
 
+    // failures, cgroup/sysctl.
+    /// Writes of the sysctls in `SYSCTL_NAMES`, on the cgroup2 root.
+    pub const SYSCTL: &str = "pw_sysctl";
+
     /// Every program of the `failures` object.
     pub const FAILURES: &[&str] = &[
         FX_CONN4,
@@ -356,6 +479,7 @@ pub mod progs {
         TP_CONN_ENTER,
         TP_BIND_ENTER,
         TP_EXIT,
+        SYSCTL,
     ];
     /// Every program of the `steal` object.
     pub const STEAL: &[&str] = &[TC_SYNACK, KP_IPVS_CONN_NEW, TP_SOCK_STATE, TP_RETRANS];
@@ -388,6 +512,8 @@ mod user {
     // holes that could carry uninitialised bytes into the kernel.
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::FailureEvent {}
+    unsafe impl aya::Pod for super::SysctlEvent {}
+    unsafe impl aya::Pod for super::SysctlGuard {}
     unsafe impl aya::Pod for super::StealEvent {}
     unsafe impl aya::Pod for super::StealOffsets {}
     unsafe impl aya::Pod for super::SynAckKey {}
@@ -409,6 +535,46 @@ mod tests {
         assert_eq!(core::mem::size_of::<SynAckKey>(), 36);
         assert_eq!(core::mem::size_of::<StealOffsets>(), 22 * 4);
         assert_eq!(core::mem::size_of::<TpSockFields>(), 6 * 4);
+        assert_eq!(SYSCTL_EVENT_SIZE, 312);
+        assert_eq!(core::mem::size_of::<SysctlGuard>(), 16 + 4 * GUARD_SPANS);
+        assert_eq!(core::mem::align_of::<SysctlEvent>(), 8);
+    }
+
+    #[test]
+    fn both_records_keep_kind_at_one_offset() {
+        assert_eq!(core::mem::offset_of!(FailureEvent, kind), KIND_OFFSET);
+        assert_eq!(core::mem::offset_of!(SysctlEvent, kind), KIND_OFFSET);
+        // Two record types in one ring: sizes differ too.
+        assert_ne!(SYSCTL_EVENT_SIZE, FAILURE_EVENT_SIZE);
+        assert!(![KIND_CONNECT, KIND_BIND].contains(&KIND_SYSCTL));
+    }
+
+    #[test]
+    fn sysctl_names_pack_into_words() {
+        let w = sysctl_name_words("net/ipv4/tcp_tw_reuse");
+        assert_eq!(w[0].to_le_bytes(), *b"net/ipv4");
+        assert_eq!(w[1].to_le_bytes(), *b"/tcp_tw_");
+        assert_eq!(w[2].to_le_bytes(), *b"reuse\0\0\0");
+        assert_eq!(w[3..], [0, 0]);
+        for n in SYSCTL_NAMES {
+            assert!(n.len() < SYSCTL_NAME_LEN, "{n} and its NUL fit");
+        }
+        assert_eq!(
+            SYSCTL_NAMES[SYSCTL_PORT_RANGE as usize],
+            "net/ipv4/ip_local_port_range"
+        );
+        assert_eq!(
+            SYSCTL_NAMES[SYSCTL_RESERVED_PORTS as usize],
+            "net/ipv4/ip_local_reserved_ports"
+        );
+        assert_eq!(
+            SYSCTL_NAMES[SYSCTL_TW_REUSE as usize],
+            "net/ipv4/tcp_tw_reuse"
+        );
+        assert_eq!(
+            SYSCTL_NAMES[SYSCTL_UNPRIVILEGED_PORT_START as usize],
+            "net/ipv4/ip_unprivileged_port_start"
+        );
     }
 
     #[test]

@@ -11,86 +11,12 @@
 
 mod common;
 
-use std::{
-    fs,
-    os::unix::fs::MetadataExt,
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::fs;
 
-use common::*;
+use common::{cgroups::Cgroups, *};
 use serde_json::{json, Value};
 
 const RANGE: (u16, u16) = (42000, 42003); // 4 ports: even, so exactly 4 connects fit
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// The directories one test made, removed (deepest first) on drop, after
-/// the processes in them have exited.
-struct Cgroups {
-    root: PathBuf,
-    /// The private parent, relative to the cgroup2 root ("/portwatch-test-…").
-    base: String,
-    made: Vec<PathBuf>,
-}
-
-impl Cgroups {
-    fn new() -> Cgroups {
-        require_root();
-        let base = format!(
-            "/portwatch-test-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut c = Cgroups {
-            root: cgroup2_root(),
-            base,
-            made: vec![],
-        };
-        let b = c.base.clone();
-        c.mkdir(&b);
-        c
-    }
-
-    /// Makes `rel` (below the private parent) and each missing parent;
-    /// returns its path from the cgroup2 root.
-    fn make(&mut self, rel: &str) -> String {
-        let mut path = self.base.clone();
-        for comp in rel.split('/').filter(|c| !c.is_empty()) {
-            path = format!("{path}/{comp}");
-            self.mkdir(&path);
-        }
-        path
-    }
-
-    fn mkdir(&mut self, path: &str) {
-        let dir = self.root.join(path.trim_start_matches('/'));
-        if !dir.exists() {
-            fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-            self.made.push(dir);
-        }
-    }
-
-    /// Moves `pid` into cgroup `path` and returns the cgroup's id (inode).
-    fn enter(&self, path: &str, pid: u32) -> u64 {
-        let dir = self.root.join(path.trim_start_matches('/'));
-        fs::write(dir.join("cgroup.procs"), pid.to_string())
-            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", dir.display()));
-        let now = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-        assert!(now.lines().any(|l| l == format!("0::{path}")), "{now}");
-        fs::metadata(&dir).unwrap().ino()
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for d in self.made.iter().rev() {
-            if let Err(e) = fs::remove_dir(d) {
-                eprintln!("rmdir {}: {e}", d.display());
-            }
-        }
-    }
-}
 
 /// A pod uid and a container id, different for every case.
 fn ids(n: u32) -> (String, String) {

@@ -116,6 +116,12 @@ pub struct ServeArgs {
     /// The NodePort range (guarded, and audited by the check).
     #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::host::ports::parse_lo_hi)]
     pub nodeport_range: (u16, u16),
+    /// Refuse (EPERM) writes of the node's net.ipv4.ip_local_port_range
+    /// that would take in NodePorts (--nodeport-range) not kept in
+    /// ip_local_reserved_ports. Writes in pods' own network namespaces are
+    /// never refused. A refused write can fail a pod's start: see the README.
+    #[arg(long)]
+    pub guard_port_range: bool,
     /// Probe kind for the trace hooks: auto, fexit, kprobe, tracepoint.
     #[arg(long, value_name = "BACKEND", default_value = "auto", value_parser = parse_backend)]
     pub backend: BackendChoice,
@@ -139,6 +145,7 @@ pub fn trace_args_for_serve(s: &ServeArgs) -> TraceArgs {
         detail_budget: s.detail_budget,
         cri_endpoint: s.cri_endpoint.clone(),
         netns_sweep: s.scan_interval,
+        nodeport_range: s.nodeport_range,
         ..TraceArgs::default()
     }
 }
@@ -302,6 +309,11 @@ pub struct TraceArgs {
     /// (not a flag: `serve` sweeps every scan interval).
     #[arg(skip = crate::host::netns::DEFAULT_SWEEP)]
     pub netns_sweep: Duration,
+    /// The NodePort range: a write of the node's ip_local_port_range or
+    /// ip_local_reserved_ports that exposes any of it is reported as
+    /// creates_nodeport_overlap.
+    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::host::ports::parse_lo_hi)]
+    pub nodeport_range: (u16, u16),
 }
 
 impl Default for TraceArgs {
@@ -324,6 +336,7 @@ impl Default for TraceArgs {
             no_detail: false,
             cri_endpoint: None,
             netns_sweep: crate::host::netns::DEFAULT_SWEEP,
+            nodeport_range: (30000, 32767),
         }
     }
 }

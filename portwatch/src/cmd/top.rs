@@ -26,7 +26,8 @@ use crate::{
         aggregate::{dest_of, Agg, Sampled, Summary},
         control::{self, Control},
         event::Event,
-        sink::{summary, Sink},
+        sink::{summary, Sink, TraceSink},
+        sysctl::SysctlWrite,
         trace::{self, End},
     },
 };
@@ -60,6 +61,13 @@ impl Sink<Event> for TopSink {
         Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl TraceSink for TopSink {
+    /// top summarizes failures; sysctl writes are `trace`'s and `serve`'s.
+    fn sysctl(&mut self, _w: &SysctlWrite) -> io::Result<()> {
         Ok(())
     }
 }

@@ -11,9 +11,8 @@ use crate::{
     pipeline::{
         cause,
         control::{self, Control},
-        event::Event,
         filter::Filter,
-        sink::{JsonSink, Sink, TableSink},
+        sink::{JsonSink, TableSink, TraceSink},
         trace::{self, End},
     },
 };
@@ -23,7 +22,7 @@ use crate::{
 pub async fn run(args: TraceArgs) -> Result<End> {
     let (_stop, rx) = control::stop_on_signals()?;
     let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-    let sink: Box<dyn Sink<Event>> = if args.json {
+    let sink: Box<dyn TraceSink> = if args.json {
         Box::new(JsonSink::new(stdout))
     } else {
         Box::new(TableSink::new(stdout))
@@ -37,6 +36,7 @@ pub fn options(args: &TraceArgs) -> trace::Options {
         attach: attach::Options {
             backend: args.backend.0,
             ringbuf_bytes: args.ringbuf_size * 1024,
+            cgroup2: crate::k8s::pods::cgroup2_root(),
         },
         cri_endpoint: args.cri_endpoint.clone(),
         detail: cause::Options {
@@ -46,6 +46,8 @@ pub fn options(args: &TraceArgs) -> trace::Options {
         filter: filter_of(args),
         netns_sweep: args.netns_sweep,
         cri: None,
+        nodeport_range: args.nodeport_range,
+        guard_port_range: false,
     }
 }
 

@@ -77,6 +77,11 @@ impl PortSet {
             .sum()
     }
 
+    /// The ranges, `(lo, hi)` inclusive, sorted and disjoint.
+    pub fn spans(&self) -> &[(u16, u16)] {
+        &self.ranges
+    }
+
     /// Every port, in order.
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
         self.ranges.iter().flat_map(|&(lo, hi)| lo..=hi)

@@ -192,6 +192,14 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
+/// Where this process sees the cgroup2 hierarchy's root (None: no cgroup2
+/// mount).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| cgroup2_mount(&m))
+}
+
 /// At most this many id -> path entries are kept.
 const CACHE_MAX: usize = 16_384;
 /// A walk of the hierarchy on a miss runs at most this often.
@@ -210,10 +218,7 @@ pub struct CgroupResolver {
 impl CgroupResolver {
     /// The cgroup2 mount from /proc/self/mountinfo (None: no cgroup2 here).
     pub fn new() -> CgroupResolver {
-        let root = fs::read_to_string("/proc/self/mountinfo")
-            .ok()
-            .and_then(|m| cgroup2_mount(&m));
-        CgroupResolver::with_root(root)
+        CgroupResolver::with_root(cgroup2_root())
     }
 
     pub fn with_root(root: Option<PathBuf>) -> CgroupResolver {

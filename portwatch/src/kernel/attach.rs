@@ -12,7 +12,7 @@ use aya::{
         kprobe::KProbeLinkId,
         tc::{self, TcAttachType},
         trace_point::TracePointLinkId,
-        FExit, KProbe, SchedClassifier, TracePoint,
+        CgroupAttachMode, CgroupSysctl, FExit, KProbe, SchedClassifier, TracePoint,
     },
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
@@ -62,11 +62,17 @@ pub struct Options {
     pub backend: Option<Probe>,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ringbuf_bytes: u32,
+    /// The root of the cgroup2 hierarchy, where the sysctl-write watch
+    /// attaches (None: no cgroup2 mount, no watch).
+    pub cgroup2: Option<std::path::PathBuf>,
 }
 
 pub struct Attached {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookReport>,
+    /// The sysctl-write watch: where it attached, or why it did not (the
+    /// failure hooks work without it).
+    pub sysctl: Result<String, String>,
     /// Things the operator should know (tracefs mounted, offsets missing).
     pub notes: Vec<String>,
 }
@@ -184,7 +190,41 @@ pub fn attach(opts: &Options) -> Result<Attached> {
             &mut notes,
         )?);
     }
-    Ok(Attached { ebpf, hooks, notes })
+    let sysctl = match &opts.cgroup2 {
+        Some(root) => attach_sysctl(&mut ebpf, root).map_err(|e| format!("{e:#}")),
+        None => Err("no cgroup2 mount in /proc/self/mountinfo".into()),
+    };
+    Ok(Attached {
+        ebpf,
+        hooks,
+        sysctl,
+        notes,
+    })
+}
+
+/// The sysctl-write watch on the root of the cgroup2 hierarchy (the
+/// unified mount on a hybrid host): every process of the node is below it.
+/// aya attaches through a BPF link here (the ring buffer needs 5.8, links
+/// came with 5.7): a cgroup link always shares the hook with other
+/// programs, and the kernel takes no flags with it (BPF_F_ALLOW_MULTI
+/// there is EINVAL), hence `Single`, which passes none. The link goes away
+/// with the loader, as every other program's.
+fn attach_sysctl(ebpf: &mut Ebpf, root: &std::path::Path) -> Result<String> {
+    let dir = std::fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;
+    let p: &mut CgroupSysctl = ebpf
+        .program_mut(progs::SYSCTL)
+        .with_context(|| format!("program {} missing from the object", progs::SYSCTL))?
+        .try_into()?;
+    p.load()
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("loading {}", progs::SYSCTL))?;
+    p.attach(&dir, CgroupAttachMode::Single)
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("attaching to the cgroup2 root {}", root.display()))?;
+    Ok(format!(
+        "cgroup/sysctl on the cgroup2 root {}",
+        root.display()
+    ))
 }
 
 /// nodeport-steal, attached: the SYN-ACK watch (tc ingress), the socket
@@ -317,6 +357,18 @@ pub fn attach_nodeport() -> Result<StealAttached> {
         ipvs_missing,
         notes,
     })
+}
+
+/// Hands the sysctl guard to the kernel side (`serve --guard-port-range`).
+pub fn set_sysctl_guard(ebpf: &mut Ebpf, guard: &portwatch_common::SysctlGuard) -> Result<()> {
+    let map = ebpf
+        .map_mut(maps::SYSCTL_GUARD)
+        .with_context(|| format!("map {} missing from the object", maps::SYSCTL_GUARD))?;
+    let mut arr: aya::maps::Array<_, portwatch_common::SysctlGuard> =
+        aya::maps::Array::try_from(map)?;
+    arr.set(0, guard, 0)
+        .map_err(|e| anyhow!(e))
+        .context("setting the sysctl guard")
 }
 
 fn tc_synack_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {

@@ -7,8 +7,74 @@ use portwatch_common::*;
 
 use crate::{
     kernel::probe::Probe,
-    pipeline::event::{Errno, Event, Family, Kind, Proto},
+    pipeline::{
+        event::{Errno, Event, Family, Kind, Proto},
+        sysctl::{self, SysctlWrite},
+    },
 };
+
+/// What the `failures` ring buffer carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Failure(Event),
+    Sysctl(SysctlWrite),
+}
+
+/// Decodes one record of the `failures` ring buffer, a failure or a sysctl
+/// write (told apart by the `kind` byte both keep at one offset).
+pub fn decode_record(bytes: &[u8], clock: &Clock) -> Result<Record> {
+    if bytes.get(KIND_OFFSET) == Some(&KIND_SYSCTL) {
+        decode_sysctl(bytes, clock).map(Record::Sysctl)
+    } else {
+        decode(bytes, clock).map(Record::Failure)
+    }
+}
+
+/// Decodes a sysctl write record.
+pub fn decode_sysctl(bytes: &[u8], clock: &Clock) -> Result<SysctlWrite> {
+    if bytes.len() < SYSCTL_EVENT_SIZE {
+        bail!(
+            "short sysctl record: {} bytes, expected {SYSCTL_EVENT_SIZE}",
+            bytes.len()
+        );
+    }
+    // SAFETY: SysctlEvent is repr(C) plain data; read_unaligned copes with
+    // any alignment of the ring buffer slice.
+    let raw: SysctlEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    sysctl_from_raw(&raw, clock)
+}
+
+pub fn sysctl_from_raw(raw: &SysctlEvent, clock: &Clock) -> Result<SysctlWrite> {
+    if raw.kind != KIND_SYSCTL {
+        bail!("not a sysctl record (kind {})", raw.kind);
+    }
+    let Some(name) = sysctl::Name::from_index(raw.which) else {
+        bail!("unknown sysctl index {}", raw.which);
+    };
+    let has = |f: u16| raw.flags & f != 0;
+    Ok(SysctlWrite {
+        time_ns: clock.wall_ns(raw.ts_ns),
+        name,
+        old: has(SF_OLD).then(|| sysctl::value_text(&raw.old)),
+        old_truncated: has(SF_OLD_TRUNC),
+        new: sysctl::value_text(&raw.new),
+        new_truncated: has(SF_NEW_TRUNC),
+        pid: raw.pid,
+        tid: raw.tid,
+        comm: {
+            let end = raw.comm.iter().position(|&c| c == 0).unwrap_or(COMM_LEN);
+            String::from_utf8_lossy(&raw.comm[..end]).into_owned()
+        },
+        uid: raw.uid,
+        cgroup_id: raw.cgroup_id,
+        netns: has(SF_NETNS).then_some(raw.netns),
+        refused: has(SF_REFUSED),
+        cgroup: None,
+        pod: None,
+        node_netns: false,
+        assessment: None,
+    })
+}
 
 /// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]
@@ -234,6 +300,67 @@ pub(crate) mod tests {
         let mut r = raw_connect_v4();
         r.ret = i32::MIN;
         assert!(from_raw(&r, &Clock::fixed(0)).is_err());
+    }
+
+    fn raw_sysctl() -> SysctlEvent {
+        let mut r = SysctlEvent {
+            ts_ns: 7_000,
+            cgroup_id: 88,
+            pid: 300,
+            tid: 301,
+            uid: 0,
+            netns: 4026532001,
+            _ret: 0,
+            kind: KIND_SYSCTL,
+            which: SYSCTL_PORT_RANGE,
+            flags: SF_NETNS | SF_OLD,
+            comm: [0; COMM_LEN],
+            old: [0; SYSCTL_VALUE_LEN],
+            new: [0; SYSCTL_VALUE_LEN],
+        };
+        r.comm[..6].copy_from_slice(b"sysctl");
+        r.old[..12].copy_from_slice(b"32768\t60999\n");
+        r.new[..11].copy_from_slice(b"1024 65535\n");
+        r
+    }
+
+    fn sysctl_bytes(r: &SysctlEvent) -> Vec<u8> {
+        let p = r as *const SysctlEvent as *const u8;
+        // SAFETY: `p` points to a live SysctlEvent of SYSCTL_EVENT_SIZE
+        // bytes, plain data (repr(C)), borrowed for the slice's lifetime.
+        unsafe { std::slice::from_raw_parts(p, SYSCTL_EVENT_SIZE) }.to_vec()
+    }
+
+    #[test]
+    fn one_ring_two_record_types() {
+        let clock = Clock::fixed(1_000_000_000);
+        let Record::Sysctl(w) = decode_record(&sysctl_bytes(&raw_sysctl()), &clock).unwrap() else {
+            panic!("a sysctl record")
+        };
+        assert_eq!(w.name, sysctl::Name::PortRange);
+        assert_eq!(w.old.as_deref(), Some("32768 60999"));
+        assert_eq!(w.new, "1024 65535");
+        assert!(!w.old_truncated && !w.new_truncated && !w.refused);
+        assert_eq!((w.pid, w.tid, w.comm.as_str()), (300, 301, "sysctl"));
+        assert_eq!(w.netns, Some(4026532001));
+        assert_eq!(w.cgroup_id, 88);
+        assert_eq!(w.time_ns, 1_000_007_000);
+        let Record::Failure(ev) = decode_record(&bytes_of(&raw_connect_v4()), &clock).unwrap()
+        else {
+            panic!("a failure record")
+        };
+        assert_eq!(ev.kind, Kind::Connect);
+        // Flags: no old value, both cut, refused, no netns.
+        let mut r = raw_sysctl();
+        r.flags = SF_OLD_TRUNC | SF_NEW_TRUNC | SF_REFUSED;
+        let w = sysctl_from_raw(&r, &clock).unwrap();
+        assert_eq!(w.old, None);
+        assert!(w.old_truncated && w.new_truncated && w.refused);
+        assert_eq!(w.netns, None);
+        // Bad records.
+        r.which = 9;
+        assert!(sysctl_from_raw(&r, &clock).is_err());
+        assert!(decode_record(&sysctl_bytes(&raw_sysctl())[..100], &clock).is_err());
     }
 
     #[test]

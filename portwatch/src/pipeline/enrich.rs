@@ -21,11 +21,11 @@ use crate::{
         netns::{self, NetnsHandles},
         ports::PortSet,
         sockdiag::NsHandle,
-        sysctl::read_ports,
+        sysctl::{read_ports, PortSysctls},
     },
     k8s::{
         cri::{self, Cri, Lookup},
-        pods::{self, CgroupResolver},
+        pods::{self, CgroupResolver, Pod},
     },
     pipeline::event::Event,
 };
@@ -110,16 +110,42 @@ impl Enricher {
         };
         ev.port_range = range;
         ev.reserved = reserved;
-        ev.cgroup = self.cgroups.resolve(ev.cgroup_id, &[ev.tid, ev.pid]);
-        ev.pod = ev.cgroup.as_deref().and_then(pods::parse_kube_path);
-        let pod = ev.pod.as_mut()?;
-        match self.cri.names(cri::Key::of(pod)) {
-            Lookup::Known(Some(names)) => {
-                names.apply(pod);
+        let (cgroup, pod, slot) = self.pod_of(ev.cgroup_id, &[ev.tid, ev.pid]);
+        ev.cgroup = cgroup;
+        ev.pod = pod;
+        slot
+    }
+
+    /// The cgroup path of `cgroup_id` and its pod, with the names the
+    /// runtime's cache has; the slot of a name look-up still under way.
+    pub fn pod_of(
+        &mut self,
+        cgroup_id: u64,
+        pids: &[u32],
+    ) -> (Option<String>, Option<Pod>, Option<cri::Slot>) {
+        let cgroup = self.cgroups.resolve(cgroup_id, pids);
+        let mut pod = cgroup.as_deref().and_then(pods::parse_kube_path);
+        let slot = match pod.as_mut().map(|p| (self.cri.names(cri::Key::of(p)), p)) {
+            Some((Lookup::Known(Some(names)), p)) => {
+                names.apply(p);
                 None
             }
-            Lookup::Known(None) => None,
-            Lookup::Pending(slot) => Some(slot),
+            Some((Lookup::Pending(slot), _)) => Some(slot),
+            Some((Lookup::Known(None), _)) | None => None,
+        };
+        (cgroup, pod, slot)
+    }
+
+    /// The port settings of netns `ino` read now, past the cache (a sysctl
+    /// write may just have changed them). None: the netns is gone.
+    pub fn ports_now(&mut self, ino: u32, pids: &[u32]) -> Option<PortSysctls> {
+        self.ranges.remove(&ino);
+        if self.netns.is_own(ino) {
+            read_ports(None, false).ok()
+        } else {
+            self.netns
+                .get(ino, pids)
+                .and_then(|f| read_ports(Some(f), false).ok())
         }
     }
 

@@ -1,6 +1,12 @@
 //! Stage 5: which events the operator asked to see.
 
-use crate::pipeline::event::{Errno, Event};
+use crate::{
+    k8s::pods::Pod,
+    pipeline::{
+        event::{Errno, Event},
+        sysctl::SysctlWrite,
+    },
+};
 
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
@@ -44,23 +50,52 @@ impl Filter {
     }
 
     pub fn matches(&self, ev: &Event) -> bool {
-        self.pid.is_none_or(|p| ev.pid == p)
-            && self.comm.as_deref().is_none_or(|c| ev.comm == c)
-            && self.errno.is_none_or(|e| ev.errno == e)
+        self.errno.is_none_or(|e| ev.errno == e)
             && self.dport.is_none_or(|d| ev.dport == Some(d))
-            && (!self.host || ev.pod.is_none())
+            && self.matches_who(ev.pid, &ev.comm, ev.pod.as_ref())
+    }
+
+    /// A sysctl write: the criteria about who wrote it. It has no errno and
+    /// no destination, so `--errno` and `--dport` leave it out.
+    pub fn matches_sysctl(&self, w: &SysctlWrite) -> bool {
+        self.errno.is_none()
+            && self.dport.is_none()
+            && self.matches_who(w.pid, &w.comm, w.pod.as_ref())
+    }
+
+    /// As `could_match`, for a sysctl write.
+    pub fn could_match_sysctl(&self, w: &SysctlWrite, names_pending: bool) -> bool {
+        if !names_pending || w.pod.is_none() {
+            return self.matches_sysctl(w);
+        }
+        let undecided = Filter {
+            namespace: None,
+            pod: None,
+            container: None,
+            ..self.clone()
+        };
+        undecided.matches_sysctl(w)
+            && (self.container.is_none()
+                || w.pod.as_ref().is_some_and(|p| p.container_id.is_some()))
+    }
+
+    /// Process and pod criteria.
+    fn matches_who(&self, pid: u32, comm: &str, pod: Option<&Pod>) -> bool {
+        self.pid.is_none_or(|p| pid == p)
+            && self.comm.as_deref().is_none_or(|c| comm == c)
+            && (!self.host || pod.is_none())
             && self
                 .namespace
                 .as_deref()
-                .is_none_or(|n| ev.pod.as_ref().and_then(|p| p.namespace.as_deref()) == Some(n))
+                .is_none_or(|n| pod.and_then(|p| p.namespace.as_deref()) == Some(n))
             && self.pod.as_deref().is_none_or(|want| {
-                ev.pod.as_ref().is_some_and(|p| {
+                pod.is_some_and(|p| {
                     name_or_prefix(p.name.as_deref(), Some(&p.uid), &want.to_ascii_lowercase())
                         || p.name.as_deref() == Some(want)
                 })
             })
             && self.container.as_deref().is_none_or(|want| {
-                ev.pod.as_ref().is_some_and(|p| {
+                pod.is_some_and(|p| {
                     name_or_prefix(
                         p.container.as_deref(),
                         p.container_id.as_deref(),
@@ -240,5 +275,28 @@ mod tests {
             ..Default::default()
         }
         .matches(&ev));
+    }
+
+    #[test]
+    fn sysctl_writes_match_on_who_wrote_them() {
+        let mut w = crate::pipeline::sysctl::tests::sample_write();
+        assert!(Filter::default().matches_sysctl(&w));
+        assert!(f(|f| f.pid = Some(4242)).matches_sysctl(&w));
+        assert!(!f(|f| f.pid = Some(1)).matches_sysctl(&w));
+        assert!(f(|f| f.comm = Some("sysctl".into())).matches_sysctl(&w));
+        assert!(f(|f| f.host = true).matches_sysctl(&w));
+        // Failure-only criteria leave writes out.
+        assert!(!f(|f| f.errno = Some(Errno::EADDRNOTAVAIL)).matches_sysctl(&w));
+        assert!(!f(|f| f.dport = Some(80)).matches_sysctl(&w));
+        // A pod's write: matched by uid prefix now, by name once known.
+        w.pod = in_pod(false).pod;
+        assert!(!f(|f| f.host = true).matches_sysctl(&w));
+        assert!(f(|f| f.pod = Some("0f5e5e8a".into())).matches_sysctl(&w));
+        let ns = f(|f| f.namespace = Some("shop".into()));
+        assert!(!ns.matches_sysctl(&w));
+        assert!(ns.could_match_sysctl(&w, true));
+        assert!(!ns.could_match_sysctl(&w, false));
+        w.pod = in_pod(true).pod;
+        assert!(ns.matches_sysctl(&w));
     }
 }

@@ -1,6 +1,7 @@
 //! The stages events go through, one module each. `trace`: attach ->
 //! ring buffer (`kernel`) -> `decode` -> `enrich` -> `filter` -> `cause`
 //! -> `sink`, composed in `trace` (which `top` and `serve` run too).
+//! Sysctl writes ride along: `decode` -> `sysctl` -> `sink`.
 //! `top`: the trace pipeline -> `aggregate` -> `sink`. `nodeport-steal`:
 //! ring buffer -> `correlate` -> `sink`. `check`: `host::discover` ->
 //! `findings` -> `sink`. `control` is how a running pipeline is stopped
@@ -17,4 +18,5 @@ pub mod filter;
 pub mod findings;
 pub mod schema;
 pub mod sink;
+pub mod sysctl;
 pub mod trace;

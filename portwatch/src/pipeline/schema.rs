@@ -10,6 +10,8 @@ pub const FINDING_SCHEMA: u32 = 3;
 pub const STEAL_SCHEMA: u32 = 3;
 /// `top`'s summaries.
 pub const SUMMARY_SCHEMA: u32 = 1;
+/// The `sysctl_write` records of `trace` and `serve`.
+pub const SYSCTL_SCHEMA: u32 = 1;
 
 /// `time_ns` (ns since the epoch, UTC) as RFC 3339 with microseconds.
 pub fn rfc3339_micros(time_ns: u64) -> String {

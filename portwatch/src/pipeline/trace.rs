@@ -1,6 +1,8 @@
 //! The trace pipeline, as `trace`, `top` and `serve` run it: attach ->
 //! read ring buffer -> decode -> enrich -> filter -> cause -> sink, until
-//! told to stop or the sink's reader is gone.
+//! told to stop or the sink's reader is gone. The sysctl writes the same
+//! ring buffer carries go decode -> `sysctl` (enrich, verdict, filter) ->
+//! sink.
 
 use std::{
     io::{self, Write},
@@ -18,11 +20,11 @@ use crate::{
     pipeline::{
         cause::{self, Detailer},
         control::{AttachReport, Control},
-        decode::{self, Clock},
+        decode::{self, Clock, Record},
         enrich::Enricher,
-        event::Event,
         filter::Filter,
-        sink::Sink,
+        sink::TraceSink,
+        sysctl::{self, NodeNetns},
     },
 };
 
@@ -51,6 +53,12 @@ pub struct Options {
     /// A runtime client the process already has (`serve`'s, shared with
     /// its netns scan); None: the pipeline starts its own at `cri_endpoint`.
     pub cri: Option<crate::k8s::cri::Cri>,
+    /// The NodePort range: the ports a sysctl write must not expose in the
+    /// node's netns.
+    pub nodeport_range: (u16, u16),
+    /// Refuse writes of the node's `ip_local_port_range` that expose
+    /// NodePorts (`serve --guard-port-range`).
+    pub guard_port_range: bool,
 }
 
 /// attach -> ring buffer -> decode -> enrich -> filter -> cause -> `sink`,
@@ -58,12 +66,14 @@ pub struct Options {
 /// out) or the sink's reader is gone.
 pub async fn pipeline(
     opts: &Options,
-    mut sink: Box<dyn Sink<Event>>,
+    mut sink: Box<dyn TraceSink>,
     mut ctl: Control,
 ) -> Result<End> {
+    let node = NodeNetns::from_env()?;
     let Attached {
         mut ebpf,
         hooks,
+        sysctl: sysctl_watch,
         notes,
     } = attach::attach(&opts.attach)?;
     for n in &notes {
@@ -89,6 +99,50 @@ pub async fn pipeline(
             h.target
         );
     }
+    match &sysctl_watch {
+        Ok(at) => eprintln!(
+            "portwatch: sysctl writes: {at}: writes of {} are reported (the node's netns: {}, {})",
+            sysctl::Name::ALL.map(sysctl::Name::dotted).join(", "),
+            node.ino.map_or_else(|| "unknown".into(), |i| i.to_string()),
+            node.from
+        ),
+        Err(why) => eprintln!(
+            "portwatch: sysctl writes are not watched ({why}); failures are traced without them"
+        ),
+    }
+    let mut sysctls = sysctl::Stage::new(
+        node,
+        crate::host::ports::PortSet::range(opts.nodeport_range.0, opts.nodeport_range.1),
+        opts.detail.budget,
+    );
+    if opts.guard_port_range {
+        if let Err(why) = &sysctl_watch {
+            anyhow::bail!("--guard-port-range needs the sysctl watch, which did not attach: {why}");
+        }
+        let g = sysctls
+            .guard()
+            .context("--guard-port-range: the node's ip_local_reserved_ports could not be read")?;
+        attach::set_sysctl_guard(&mut ebpf, &g)?;
+        eprintln!(
+            "portwatch: guarding the node's netns: a write of net.ipv4.ip_local_port_range there that takes in guarded ports {}-{} not in ip_local_reserved_ports is refused (EPERM)",
+            opts.nodeport_range.0, opts.nodeport_range.1
+        );
+    }
+    // Keeps the kernel side's guard in step with the node's reserved ports
+    // (after a write in the node's netns, and every tick).
+    let refresh_guard = |sysctls: &mut sysctl::Stage, ebpf: &mut aya::Ebpf| {
+        if !opts.guard_port_range {
+            return;
+        }
+        match sysctls.guard() {
+            Some(g) => {
+                if let Err(e) = attach::set_sysctl_guard(ebpf, &g) {
+                    log::warn!("{e:#}");
+                }
+            }
+            None => log::warn!("the node's ip_local_reserved_ports could not be read; the guard keeps its last ports"),
+        }
+    };
     let mut source = Source::new(&mut ebpf)?;
     let clock = Clock::now();
     let mut enricher = Enricher::new(
@@ -114,24 +168,38 @@ pub async fn pipeline(
 
     // Records are decoded straight out of the ring buffer (no copy), and
     // the rest of the pipeline runs once the ring's borrow has ended.
-    let mut batch: Vec<Event> = Vec::new();
-    let decode_into = |batch: &mut Vec<Event>, rec: &[u8]| match decode::decode(rec, &clock) {
-        Ok(ev) => batch.push(ev),
+    let mut batch: Vec<Record> = Vec::new();
+    let decode_into = |batch: &mut Vec<Record>, rec: &[u8]| match decode::decode_record(rec, &clock)
+    {
+        Ok(r) => batch.push(r),
         Err(e) => log::warn!("undecodable record: {e:#}"),
     };
     // enrich -> filter -> cause: events wait in the detailer (in order, up
     // to the budget each) for their look-ups (socket table, pod names), then
     // go out. An event whose pod names are still being looked up is
     // filtered on them when they are in (or the budget is spent).
-    let process = |batch: &mut Vec<Event>, detailer: &mut Detailer, enricher: &mut Enricher| {
-        for mut ev in batch.drain(..) {
-            let names = enricher.enrich(&mut ev);
-            if filter.could_match(&ev, names.is_some()) {
-                detailer.push_named(ev, names, |ino, ev| enricher.handle(ino, ev));
+    // Sysctl writes take the same path in their own queue (`sysctls`):
+    // enrich (pod, verdict) -> filter -> wait for the pod's names.
+    let process = |batch: &mut Vec<Record>,
+                   detailer: &mut Detailer,
+                   sysctls: &mut sysctl::Stage,
+                   enricher: &mut Enricher| {
+        for rec in batch.drain(..) {
+            match rec {
+                Record::Failure(mut ev) => {
+                    let names = enricher.enrich(&mut ev);
+                    if filter.could_match(&ev, names.is_some()) {
+                        detailer.push_named(ev, names, |ino, ev| enricher.handle(ino, ev));
+                    }
+                }
+                Record::Sysctl(w) => sysctls.push(w, enricher, filter),
             }
         }
     };
-    let emit = |detailer: &mut Detailer, sink: &mut Box<dyn Sink<Event>>| -> io::Result<()> {
+    let emit = |detailer: &mut Detailer,
+                sysctls: &mut sysctl::Stage,
+                sink: &mut Box<dyn TraceSink>|
+     -> io::Result<()> {
         let now = Instant::now();
         let mut any = false;
         while let Some(ev) = detailer.pop_ready(now) {
@@ -141,13 +209,27 @@ pub async fn pipeline(
             sink.put(&ev)?;
             any = true;
         }
+        while let Some(w) = sysctls.pop_ready(now) {
+            if !filter.matches_sysctl(&w) {
+                continue;
+            }
+            sink.sysctl(&w)?;
+            any = true;
+        }
         if any {
             sink.flush()?;
         }
         Ok(())
     };
+    let next_deadline = |detailer: &Detailer, sysctls: &sysctl::Stage| match (
+        detailer.next_deadline(),
+        sysctls.next_deadline(),
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let report_lost =
-        |sink: &mut Box<dyn Sink<Event>>, source: &Source, seen: &mut u64| -> io::Result<()> {
+        |sink: &mut Box<dyn TraceSink>, source: &Source, seen: &mut u64| -> io::Result<()> {
             let total = source.lost_total().unwrap_or(*seen);
             if total > *seen {
                 let n = total - *seen;
@@ -160,23 +242,27 @@ pub async fn pipeline(
         };
 
     let end = loop {
-        let deadline = detailer.next_deadline();
+        let deadline = next_deadline(&detailer, &sysctls);
         let res = tokio::select! {
             r = source.next_batch(|b| decode_into(&mut batch, b)) => {
                 r?;
-                process(&mut batch, &mut detailer, &mut enricher);
-                emit(&mut detailer, &mut sink)
+                process(&mut batch, &mut detailer, &mut sysctls, &mut enricher);
+                if sysctls.node_written() {
+                    refresh_guard(&mut sysctls, &mut ebpf);
+                }
+                emit(&mut detailer, &mut sysctls, &mut sink)
             }
             Some(done) = detail_done.recv() => {
                 detailer.complete(done);
-                emit(&mut detailer, &mut sink)
+                emit(&mut detailer, &mut sysctls, &mut sink)
             }
-            _ = names_wake.notified() => emit(&mut detailer, &mut sink),
+            _ = names_wake.notified() => emit(&mut detailer, &mut sysctls, &mut sink),
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
-                emit(&mut detailer, &mut sink)
+                emit(&mut detailer, &mut sysctls, &mut sink)
             }
             _ = lost_tick.tick() => {
                 enricher.maintain();
+                refresh_guard(&mut sysctls, &mut ebpf);
                 report_lost(&mut sink, &source, &mut lost_seen)
             }
             _ = ctl.stopped() => break End::Signal,
@@ -192,16 +278,16 @@ pub async fn pipeline(
         // What the kernel wrote before the signal still goes out, each event
         // with what its look-up found within the budget.
         source.drain(|b| decode_into(&mut batch, b));
-        process(&mut batch, &mut detailer, &mut enricher);
-        let mut res = emit(&mut detailer, &mut sink);
-        while res.is_ok() && !detailer.is_empty() {
-            let deadline = detailer.next_deadline().unwrap_or_else(Instant::now);
+        process(&mut batch, &mut detailer, &mut sysctls, &mut enricher);
+        let mut res = emit(&mut detailer, &mut sysctls, &mut sink);
+        while res.is_ok() && !(detailer.is_empty() && sysctls.is_empty()) {
+            let deadline = next_deadline(&detailer, &sysctls).unwrap_or_else(Instant::now);
             tokio::select! {
                 Some(done) = detail_done.recv() => detailer.complete(done),
                 _ = names_wake.notified() => {}
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
-            res = emit(&mut detailer, &mut sink);
+            res = emit(&mut detailer, &mut sysctls, &mut sink);
         }
         let _ = res.and_then(|_| report_lost(&mut sink, &source, &mut lost_seen));
     }

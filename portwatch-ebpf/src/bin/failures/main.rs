@@ -14,6 +14,10 @@
 //!   one costs every syscall of the node a little (it switches threads to the
 //!   slow syscall path), so it is the last resort.
 //!
+//! Apart from failures, [`sysctl`] reports writes of the sysctls that
+//! decide which ports connect() may pick (a `cgroup/sysctl` program on the
+//! cgroup2 root), into the same ring buffer.
+//!
 //! Hooks by family: [`connect`], [`bind`]; [`pending`] carries a call from
 //! an entry probe to its return probe (kprobe and tracepoint backends).
 //! Every kernel struct field is read at an offset userspace found in the
@@ -24,6 +28,7 @@
 mod bind;
 mod connect;
 mod pending;
+mod sysctl;
 
 use aya_ebpf::{
     macros::map,
@@ -59,7 +64,8 @@ static OFFSETS: Offsets = Offsets {
     sk_protocol: 0,
 };
 
-/// Failure events for userspace. Size set by userspace at load.
+/// Failure events (and sysctl writes, told apart by their `kind` byte) for
+/// userspace. Size set by userspace at load.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 

@@ -8,7 +8,10 @@
 //!   plus the IPVS services);
 //! - in_use: at most `--max-destinations` destinations per netns, rewritten
 //!   at every scan (destinations that fell out of the top disappear);
-//! - usable: one per netns; check findings: checks x severities per pod.
+//! - usable: one per netns; check findings: checks x severities per pod;
+//! - sysctl writes: names (4) x verdicts (6, `unknown` included) x refused
+//!   (2) per pod, the pods counted with the failures' under
+//!   `MAX_FAILURE_PODS`.
 
 use std::{collections::HashSet, sync::Mutex};
 
@@ -18,7 +21,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{host::usage::DestUse, pipeline::correlate::Report, pipeline::event::Event};
+use crate::{
+    host::usage::DestUse,
+    pipeline::{correlate::Report, event::Event, sysctl::SysctlWrite},
+};
 
 /// Pods with their own failure series; the rest share one `_other` series.
 pub const MAX_FAILURE_PODS: usize = 1000;
@@ -30,6 +36,15 @@ pub struct FailureLabels {
     pub cause: String,
     pub namespace: String,
     pub pod: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SysctlLabels {
+    pub name: String,
+    pub verdict: String,
+    pub namespace: String,
+    pub pod: String,
+    pub refused: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,6 +100,7 @@ pub struct Metrics {
     registry: Registry,
     failures: Family<FailureLabels, Counter>,
     failure_pods: Mutex<HashSet<(String, String)>>,
+    sysctl_writes: Family<SysctlLabels, Counter>,
     steals: Family<StealLabels, Counter>,
     near_misses: Family<StealLabels, Counter>,
     lost: Counter,
@@ -108,6 +124,7 @@ impl Metrics {
             registry: Registry::default(),
             failures: Family::default(),
             failure_pods: Mutex::new(HashSet::new()),
+            sysctl_writes: Family::default(),
             steals: Family::default(),
             near_misses: Family::default(),
             lost: Counter::default(),
@@ -122,6 +139,11 @@ impl Metrics {
             "portwatch_failures",
             "connect()/bind() failures with EADDRNOTAVAIL or EADDRINUSE, by why and by pod",
             m.failures.clone(),
+        );
+        m.registry.register(
+            "portwatch_sysctl_writes",
+            "writes of the port sysctls (ip_local_port_range, ip_local_reserved_ports, tcp_tw_reuse, ip_unprivileged_port_start), by what the write does, by pod, and whether --guard-port-range refused it",
+            m.sysctl_writes.clone(),
         );
         m.registry.register(
             "portwatch_nodeport_steals",
@@ -181,8 +203,10 @@ impl Metrics {
             .set(1);
     }
 
-    pub fn failure(&self, ev: &Event) {
-        let (mut namespace, mut pod) = pod_labels(ev.pod.as_ref());
+    /// A pod's labels, or `("", "_other")` once `MAX_FAILURE_PODS` pods
+    /// have their own series.
+    fn capped_pod_labels(&self, pod: Option<&crate::k8s::pods::Pod>) -> (String, String) {
+        let (mut namespace, mut pod) = pod_labels(pod);
         if !pod.is_empty() {
             let mut seen = self.failure_pods.lock().unwrap();
             let key = (namespace.clone(), pod.clone());
@@ -195,6 +219,28 @@ impl Metrics {
                 }
             }
         }
+        (namespace, pod)
+    }
+
+    pub fn sysctl_write(&self, w: &SysctlWrite) {
+        let (namespace, pod) = self.capped_pod_labels(w.pod.as_ref());
+        self.sysctl_writes
+            .get_or_create(&SysctlLabels {
+                name: w.name.dotted().into(),
+                verdict: w
+                    .assessment
+                    .as_ref()
+                    .map_or("unknown", |a| a.verdict.name())
+                    .into(),
+                namespace,
+                pod,
+                refused: w.refused.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn failure(&self, ev: &Event) {
+        let (namespace, pod) = self.capped_pod_labels(ev.pod.as_ref());
         self.failures
             .get_or_create(&FailureLabels {
                 kind: ev.kind.name().into(),
@@ -311,4 +357,33 @@ pub fn count_findings<'a>(
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::sysctl::tests::sample_write;
+
+    #[test]
+    fn sysctl_writes_are_counted_by_name_verdict_pod_and_refusal() {
+        let m = Metrics::new();
+        let mut w = sample_write();
+        m.sysctl_write(&w);
+        w.refused = true;
+        m.sysctl_write(&w);
+        m.sysctl_write(&w);
+        w.assessment = None;
+        w.pod = crate::k8s::pods::parse_kube_path(
+            "/kubepods/pod0f5e5e8a-1b2c-4d3e-8f90-a1b2c3d4e5f6/4c5f1e2d3b4a59687766554433221100ffeeddccbbaa99887766554433221100",
+        );
+        m.sysctl_write(&w);
+        let text = m.encode();
+        for line in [
+            r#"portwatch_sysctl_writes_total{name="net.ipv4.ip_local_port_range",verdict="creates_nodeport_overlap",namespace="",pod="",refused="false"} 1"#,
+            r#"portwatch_sysctl_writes_total{name="net.ipv4.ip_local_port_range",verdict="creates_nodeport_overlap",namespace="",pod="",refused="true"} 2"#,
+            r#"portwatch_sysctl_writes_total{name="net.ipv4.ip_local_port_range",verdict="unknown",namespace="",pod="0f5e5e8a-1b2c-4d3e-8f90-a1b2c3d4e5f6",refused="true"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
+    }
 }

@@ -33,7 +33,8 @@ use crate::{
         control::{self, AttachReport, Control},
         correlate::Report,
         event::Event,
-        sink::{steal as np_out, JsonSink, Sink},
+        sink::{steal as np_out, JsonSink, Sink, TraceSink},
+        sysctl::SysctlWrite,
         trace,
     },
 };
@@ -62,6 +63,13 @@ impl<S: Sink<Event>> Sink<Event> for TraceTee<S> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+impl<S: TraceSink> TraceSink for TraceTee<S> {
+    fn sysctl(&mut self, w: &SysctlWrite) -> io::Result<()> {
+        self.shared.metrics.sysctl_write(w);
+        self.inner.sysctl(w)
     }
 }
 
@@ -186,6 +194,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     let mut trace_opts = options(&cli::trace_args_for_serve(&args));
     trace_opts.cri = Some(cri.handle());
+    trace_opts.guard_port_range = args.guard_port_range;
     let tracing = async {
         let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
         let sink = Box::new(TraceTee {

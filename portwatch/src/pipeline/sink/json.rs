@@ -8,13 +8,14 @@ use std::{
 
 use serde::Serialize;
 
-use super::Sink;
+use super::{Sink, TraceSink};
 use crate::{
     k8s::pods::Pod,
     kernel::probe::Probe,
     pipeline::{
         event::{Cause, Detail, Errno, Event, Family, Kind, Proto},
-        schema::{rfc3339_micros, EVENT_SCHEMA},
+        schema::{rfc3339_micros, EVENT_SCHEMA, SYSCTL_SCHEMA},
+        sysctl::{Name, SysctlWrite, Verdict},
     },
 };
 
@@ -54,6 +55,64 @@ struct Requested {
     requested_addr: Option<IpAddr>,
     /// 0: any port.
     requested_port: Option<u16>,
+}
+
+#[derive(Serialize)]
+struct JsonSysctl<'a> {
+    schema: u32,
+    time: String,
+    kind: &'static str,
+    name: Name,
+    old: Option<&'a str>,
+    new: &'a str,
+    old_truncated: bool,
+    new_truncated: bool,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    uid: u32,
+    cgroup_id: u64,
+    cgroup: Option<&'a str>,
+    pod: Option<&'a Pod>,
+    netns: Option<u32>,
+    node_netns: bool,
+    verdict: Option<Verdict>,
+    /// `creates_nodeport_overlap`: the guarded ports exposed once applied.
+    exposed: Option<String>,
+    /// The ports taken out of `ip_local_reserved_ports`.
+    removed: Option<String>,
+    /// Range writes: usable ports before and after.
+    usable: Option<[u32; 2]>,
+    refused: bool,
+}
+
+pub fn sysctl_line(w: &SysctlWrite) -> String {
+    let a = w.assessment.as_ref();
+    let j = JsonSysctl {
+        schema: SYSCTL_SCHEMA,
+        time: rfc3339_micros(w.time_ns),
+        kind: "sysctl_write",
+        name: w.name,
+        old: w.old.as_deref(),
+        new: &w.new,
+        old_truncated: w.old_truncated,
+        new_truncated: w.new_truncated,
+        pid: w.pid,
+        tid: w.tid,
+        comm: &w.comm,
+        uid: w.uid,
+        cgroup_id: w.cgroup_id,
+        cgroup: w.cgroup.as_deref(),
+        pod: w.pod.as_ref(),
+        netns: w.netns,
+        node_netns: w.node_netns,
+        verdict: a.map(|a| a.verdict),
+        exposed: a.and_then(|a| a.exposed.as_ref()).map(|p| p.to_string()),
+        removed: a.and_then(|a| a.removed.as_ref()).map(|p| p.to_string()),
+        usable: a.and_then(|a| a.usable).map(|(b, n)| [b, n]),
+        refused: w.refused,
+    };
+    serde_json::to_string(&j).expect("sysctl write serializes")
 }
 
 #[derive(Serialize)]
@@ -128,10 +187,31 @@ impl<W: Write> Sink<Event> for JsonSink<W> {
     }
 }
 
+impl<W: Write> TraceSink for JsonSink<W> {
+    fn sysctl(&mut self, w: &SysctlWrite) -> io::Result<()> {
+        writeln!(self.out, "{}", sysctl_line(w))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{cause, event::tests::sample_event};
+    use crate::pipeline::{cause, event::tests::sample_event, sysctl::tests::sample_write};
+
+    #[test]
+    fn sysctl_write_record() {
+        assert_eq!(
+            sysctl_line(&sample_write()),
+            r#"{"schema":1,"time":"2026-11-23T08:12:33.123456Z","kind":"sysctl_write","name":"net.ipv4.ip_local_port_range","old":"32768 60999","new":"1024 65535","old_truncated":false,"new_truncated":false,"pid":4242,"tid":4242,"comm":"sysctl","uid":0,"cgroup_id":1234,"cgroup":null,"pod":null,"netns":4026531840,"node_netns":true,"verdict":"creates_nodeport_overlap","exposed":"30000-32767","removed":null,"usable":[28232,64512],"refused":false}"#
+        );
+        let mut w = sample_write();
+        w.assessment = None;
+        w.old = None;
+        w.refused = true;
+        let v: serde_json::Value = serde_json::from_str(&sysctl_line(&w)).unwrap();
+        assert!(v["verdict"].is_null() && v["old"].is_null(), "{v}");
+        assert_eq!(v["refused"], true);
+    }
 
     #[test]
     fn json_has_the_contract_fields_in_order() {

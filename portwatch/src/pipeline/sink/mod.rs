@@ -11,6 +11,8 @@ pub mod table;
 
 use std::io;
 
+use crate::pipeline::{event::Event, sysctl::SysctlWrite};
+
 pub use json::JsonSink;
 pub use table::TableSink;
 
@@ -21,4 +23,10 @@ pub trait Sink<T: ?Sized> {
     /// `count` records were dropped by the kernel side since the last call.
     fn lost(&mut self, count: u64) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
+}
+
+/// Where the trace pipeline's records go: its failures, and the writes of
+/// the port sysctls it also sees. Each sink says what it does with a write.
+pub trait TraceSink: Sink<Event> {
+    fn sysctl(&mut self, w: &SysctlWrite) -> io::Result<()>;
 }

@@ -7,13 +7,14 @@ use std::{
     net::IpAddr,
 };
 
-use super::Sink;
+use super::{Sink, TraceSink};
 use crate::{
     k8s::pods::Pod,
     pipeline::{
         cause,
         event::{Cause, Detail, Event, Exhausted, HolderCount, Kind, PortHolder, Proto, States},
         schema::rfc3339_micros,
+        sysctl::{Name, SysctlWrite, Verdict},
     },
 };
 
@@ -202,8 +203,50 @@ fn clock_of(time_ns: u64) -> String {
     rfc3339_micros(time_ns)[11..26].to_string()
 }
 
-impl<W: Write> Sink<Event> for TableSink<W> {
-    fn put(&mut self, ev: &Event) -> io::Result<()> {
+/// One line in plain words for a sysctl write: what it does, and the fix.
+pub fn sysctl_hint(w: &SysctlWrite) -> String {
+    let Some(a) = &w.assessment else {
+        let why = if w.old_truncated || w.new_truncated {
+            "a value was longer than portwatch keeps (cut)"
+        } else {
+            "a value did not parse, or the netns's other settings could not be read"
+        };
+        return format!("verdict unknown: {why}");
+    };
+    let mut s = match a.verdict {
+        Verdict::CreatesNodeportOverlap => {
+            let range = match w.name {
+                Name::PortRange => format!("ip_local_port_range {}", w.new.replace(' ', "-")),
+                _ => "ip_local_port_range".into(),
+            };
+            format!(
+                "creates a NodePort overlap in the node's netns: {range} now takes in guarded ports {} that are not in ip_local_reserved_ports: a connect() on the node may pick a NodePort as its source port and break that service. Fix: don't write the node's sysctls from a hostNetwork pod (check POD_IP != HOST_IP first), or sysctl -w net.ipv4.ip_local_reserved_ports={}",
+                a.exposed.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+                a.fix.as_ref().map(|p| p.to_string()).unwrap_or_default()
+            )
+        }
+        Verdict::RemovesReservation => format!(
+            "removes a reservation: ports {} leave ip_local_reserved_ports and may now be taken as source ports",
+            a.removed.as_ref().map(|p| p.to_string()).unwrap_or_default()
+        ),
+        Verdict::NarrowsRange => {
+            let (b, n) = a.usable.unwrap_or_default();
+            format!("narrows the range: {b} usable ports before, {n} after; connects run out of ports sooner")
+        }
+        Verdict::Parity => format!(
+            "both ends of ip_local_port_range {} have the same parity: the kernel prefers ends of different parity (it warns about it) for its pairwise port search",
+            w.new.replace(' ', "-")
+        ),
+        Verdict::Ok => "ok: no NodePort exposed, no reservation removed, no usable port lost".into(),
+    };
+    if w.refused {
+        s = format!("REFUSED (the writer got EPERM): {s}");
+    }
+    s
+}
+
+impl<W: Write> TableSink<W> {
+    fn header(&mut self) -> io::Result<()> {
         if !self.header_done {
             writeln!(
                 self.out,
@@ -222,6 +265,38 @@ impl<W: Write> Sink<Event> for TableSink<W> {
             )?;
             self.header_done = true;
         }
+        Ok(())
+    }
+}
+
+impl<W: Write> TraceSink for TableSink<W> {
+    /// One line in the failures' first columns (KIND `sysctl`), the name
+    /// and the values after them, and always its hint.
+    fn sysctl(&mut self, w: &SysctlWrite) -> io::Result<()> {
+        self.header()?;
+        writeln!(
+            self.out,
+            "{:<15} {:>7} {:<15} {:<7} {} {} -> {:?}  netns {}{} pod {}",
+            clock_of(w.time_ns),
+            w.pid,
+            w.comm,
+            "sysctl",
+            w.name.dotted(),
+            w.old
+                .as_deref()
+                .map_or_else(|| "?".to_string(), |o| format!("{o:?}")),
+            w.new,
+            w.netns.map_or_else(|| "-".into(), |n| n.to_string()),
+            if w.node_netns { " (node)" } else { "" },
+            w.pod.as_ref().map_or_else(|| "-".into(), Pod::short),
+        )?;
+        writeln!(self.out, "  \u{2514} {}", sysctl_hint(w))
+    }
+}
+
+impl<W: Write> Sink<Event> for TableSink<W> {
+    fn put(&mut self, ev: &Event) -> io::Result<()> {
+        self.header()?;
         let (src, dst) = match ev.kind {
             Kind::Connect => (endpoint(ev.saddr, ev.sport), endpoint(ev.daddr, ev.dport)),
             Kind::Bind => (endpoint(ev.saddr, ev.sport), "-".to_string()),
@@ -276,7 +351,34 @@ mod tests {
     use crate::pipeline::{
         event::{tests::sample_event, Errno},
         sink::json::json_line,
+        sysctl::tests::sample_write,
     };
+
+    #[test]
+    fn a_sysctl_write_is_one_line_and_its_hint() {
+        let mut buf = vec![];
+        let mut t = TableSink::new(&mut buf);
+        t.sysctl(&sample_write()).unwrap();
+        let out = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("TIME(UTC)"), "{out}");
+        assert_eq!(
+            lines[1],
+            "08:12:33.123456    4242 sysctl          sysctl  net.ipv4.ip_local_port_range \"32768 60999\" -> \"1024 65535\"  netns 4026531840 (node) pod -"
+        );
+        assert_eq!(
+            lines[2],
+            "  \u{2514} creates a NodePort overlap in the node's netns: ip_local_port_range 1024-65535 now takes in guarded ports 30000-32767 that are not in ip_local_reserved_ports: a connect() on the node may pick a NodePort as its source port and break that service. Fix: don't write the node's sysctls from a hostNetwork pod (check POD_IP != HOST_IP first), or sysctl -w net.ipv4.ip_local_reserved_ports=30000-32767"
+        );
+        let mut w = sample_write();
+        w.refused = true;
+        assert!(sysctl_hint(&w)
+            .starts_with("REFUSED (the writer got EPERM): creates a NodePort overlap"));
+        w.assessment = None;
+        w.new_truncated = true;
+        assert!(sysctl_hint(&w).contains("cut"));
+    }
 
     #[test]
     fn json_and_table_carry_the_pod() {
