@@ -399,6 +399,7 @@ async fn serve(
     status_tx: std::sync::mpsc::Sender<Status>,
 ) {
     let (mut client, status) = probe(&candidates).await;
+    let mut endpoint = found_at(&status);
     let _ = status_tx.send(status);
     let mut probed = Instant::now();
     let sandboxes: Sandboxes = Arc::new(Mutex::new(HashMap::new()));
@@ -410,6 +411,7 @@ async fn serve(
             if let Status::Found { .. } = status {
                 eprintln!("portwatch: pods: names now come from the CRI runtime, {status}");
             }
+            endpoint = found_at(&status);
             client = c;
         }
         let Some(c) = client.clone() else {
@@ -419,24 +421,40 @@ async fn serve(
         let Ok(permit) = limit.clone().acquire_owned().await else {
             return;
         };
-        let (wake, sandboxes) = (wake.clone(), sandboxes.clone());
+        let (wake, sandboxes, endpoint) = (wake.clone(), sandboxes.clone(), endpoint.clone());
         tokio::spawn(async move {
             let t0 = Instant::now();
-            let names =
-                match tokio::time::timeout(CALL_TIMEOUT, lookup(c, &job.key, &sandboxes)).await {
-                    Ok(Ok(n)) => n,
-                    Ok(Err(e)) => {
-                        log::debug!("CRI look-up of {:?}: {e:#}", job.key);
-                        None
-                    }
-                    Err(_) => {
-                        log::debug!(
-                            "CRI look-up of {:?}: no answer in {CALL_TIMEOUT:?}",
-                            job.key
-                        );
-                        None
-                    }
-                };
+            let asked = async {
+                match lookup(c, &job.key, &sandboxes).await {
+                    Ok(n) => Ok(n),
+                    // The runtime may have restarted under the channel,
+                    // whose first call after that fails: one fresh
+                    // connection, one more try, so that a pod's first
+                    // failures after a restart still carry its name.
+                    Err(e) => match &endpoint {
+                        Some(p) => {
+                            log::debug!("CRI look-up of {:?}: {e:#}; reconnecting", job.key);
+                            let (fresh, _) = connect(p).await?;
+                            lookup(fresh, &job.key, &sandboxes).await
+                        }
+                        None => Err(e),
+                    },
+                }
+            };
+            let names = match tokio::time::timeout(CALL_TIMEOUT, asked).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    log::debug!("CRI look-up of {:?}: {e:#}", job.key);
+                    None
+                }
+                Err(_) => {
+                    log::debug!(
+                        "CRI look-up of {:?}: no answer in {CALL_TIMEOUT:?}",
+                        job.key
+                    );
+                    None
+                }
+            };
             log::debug!(
                 "CRI look-up of {:?} in {:?}: {names:?}",
                 job.key,
@@ -445,6 +463,14 @@ async fn serve(
             fill(&job.slot, names, &wake);
             drop(permit);
         });
+    }
+}
+
+/// The socket of the runtime that answered, if one did.
+fn found_at(status: &Status) -> Option<PathBuf> {
+    match status {
+        Status::Found { endpoint, .. } => Some(endpoint.clone()),
+        _ => None,
     }
 }
 
