@@ -34,20 +34,24 @@ const KIND_ENUM64: u32 = 19;
 const MAX_NESTING: u32 = 32;
 const MAX_LOOKS: usize = 1 << 20;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Member {
     name: u32,
     ty: u32,
-    /// Offset in bits; `None` for a bitfield not on a byte boundary.
+    /// Offset in bits.
     bit_offset: u32,
     bitfield: bool,
 }
 
-#[derive(Debug, Clone)]
+/// One type, 16 bytes: vmlinux has some 150,000 of them, and this copy is
+/// most of what start-up holds at its peak.
+#[derive(Debug, Clone, Copy)]
 enum Type {
+    /// A struct or union: its members are `Btf::members[first..first + count]`.
     Struct {
         name: u32,
-        members: Vec<Member>,
+        first: u32,
+        count: u32,
     },
     /// typedef / const / volatile / restrict / type tag: points at another type.
     Alias(u32),
@@ -64,9 +68,43 @@ enum Type {
 /// Parsed kernel BTF: enough to find offsets and functions.
 pub struct Btf {
     types: Vec<Type>, // index = type id; 0 is void
+    /// Every struct's and union's members, in type order.
+    members: Vec<Member>,
     strings: Vec<u8>,
-    structs: HashMap<String, u32>,
-    funcs: HashMap<String, u32>,
+    /// Named structs and functions, by name: the first of each name.
+    structs: NameIndex,
+    funcs: NameIndex,
+}
+
+/// Type ids by name, keyed by a hash of the name (no copy of the names:
+/// the strings are the BTF's own); the rare clash of two names on one hash
+/// goes to a short list.
+#[derive(Default, Clone)]
+struct NameIndex {
+    by_hash: HashMap<u64, u32>,
+    clashes: Vec<u32>,
+}
+
+/// FNV-1a, 64 bits.
+fn name_hash(s: &[u8]) -> u64 {
+    s.iter().fold(0xcbf2_9ce4_8422_2325, |h, &c| {
+        (h ^ c as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The bytes a type takes after its 12-byte header, and how many members
+/// it has (structs and unions), from its kind and `vlen`.
+fn body_len(kind: u32, vlen: usize) -> Result<(usize, usize)> {
+    Ok(match kind {
+        KIND_STRUCT | KIND_UNION => (12 * vlen, vlen),
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => (4, 0),
+        KIND_ARRAY => (12, 0),
+        KIND_ENUM | KIND_FUNC_PROTO => (8 * vlen, 0),
+        KIND_ENUM64 | KIND_DATASEC => (12 * vlen, 0),
+        KIND_FUNC | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+        | KIND_TYPE_TAG | KIND_PTR | KIND_FWD | KIND_FLOAT => (0, 0),
+        k => bail!("unknown BTF kind {k}"),
+    })
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32> {
@@ -119,12 +157,43 @@ impl Btf {
         let own_strings = b
             .get(sbase..sbase + str_len)
             .context("BTF string section out of bounds")?;
+        // One pass to size the tables exactly (no doubling as they grow).
+        let (mut ntypes, mut nmembers, mut p) = (0usize, 0usize, 0usize);
+        while p < tsec.len() {
+            let info = u32_at(tsec, p + 4)?;
+            let kind = (info >> 24) & 0x1f;
+            let Ok((len, members)) = body_len(kind, (info & 0xffff) as usize) else {
+                bail!("unknown BTF kind {kind} at type {}", ntypes + 1);
+            };
+            p += 12 + len;
+            if p > tsec.len() {
+                bail!("BTF truncated");
+            }
+            ntypes += 1;
+            nmembers += members;
+        }
         // Split BTF: one id space and one string space with the base.
-        let (mut types, mut strings) = match base {
-            Some(base) => (base.types.clone(), base.strings.clone()),
-            None => (vec![Type::Other], vec![]),
+        let mut btf = match base {
+            Some(base) => Btf {
+                types: base.types.clone(),
+                members: base.members.clone(),
+                strings: base.strings.clone(),
+                structs: base.structs.clone(),
+                funcs: base.funcs.clone(),
+            },
+            None => Btf {
+                types: vec![Type::Other],
+                members: vec![],
+                strings: vec![],
+                structs: NameIndex::default(),
+                funcs: NameIndex::default(),
+            },
         };
-        strings.extend_from_slice(own_strings);
+        let first_own = btf.types.len();
+        btf.types.reserve_exact(ntypes);
+        btf.members.reserve_exact(nmembers);
+        btf.strings.reserve_exact(own_strings.len());
+        btf.strings.extend_from_slice(own_strings);
 
         let mut p = 0usize;
         while p < tsec.len() {
@@ -135,10 +204,10 @@ impl Btf {
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
+            let (len, _) = body_len(kind, vlen)?;
             let t = match kind {
                 KIND_STRUCT | KIND_UNION => {
-                    // vlen is the blob's word: no more than its bytes hold.
-                    let mut members = Vec::with_capacity(vlen.min((tsec.len() - p) / 12));
+                    let first = btf.members.len() as u32;
                     for i in 0..vlen {
                         let m = p + 12 * i;
                         let off = u32_at(tsec, m + 8)?;
@@ -147,38 +216,22 @@ impl Btf {
                         } else {
                             (off, false)
                         };
-                        members.push(Member {
+                        btf.members.push(Member {
                             name: u32_at(tsec, m)?,
                             ty: u32_at(tsec, m + 4)?,
                             bit_offset,
                             bitfield,
                         });
                     }
-                    p += 12 * vlen;
-                    Type::Struct { name, members }
-                }
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => {
-                    p += 4;
-                    Type::Other
-                }
-                KIND_ARRAY => {
-                    p += 12;
-                    Type::Other
-                }
-                KIND_ENUM => {
-                    p += 8 * vlen;
-                    Type::Other
-                }
-                KIND_ENUM64 | KIND_DATASEC => {
-                    p += 12 * vlen;
-                    Type::Other
-                }
-                KIND_FUNC_PROTO => {
-                    p += 8 * vlen;
-                    Type::FuncProto {
-                        params: vlen as u32,
+                    Type::Struct {
+                        name,
+                        first,
+                        count: vlen as u32,
                     }
                 }
+                KIND_FUNC_PROTO => Type::FuncProto {
+                    params: vlen as u32,
+                },
                 KIND_FUNC => Type::Func {
                     name,
                     proto: size_or_type,
@@ -186,31 +239,62 @@ impl Btf {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     Type::Alias(size_or_type)
                 }
-                KIND_PTR | KIND_FWD | KIND_FLOAT => Type::Other,
-                k => bail!("unknown BTF kind {k} at type {}", types.len()),
+                _ => Type::Other,
             };
-            types.push(t);
+            p += len;
+            btf.types.push(t);
         }
-        let mut btf = Btf {
-            types,
-            strings,
-            structs: HashMap::new(),
-            funcs: HashMap::new(),
-        };
-        for (id, t) in btf.types.iter().enumerate() {
-            match t {
-                Type::Struct { name, members } if *name != 0 && !members.is_empty() => {
-                    let n = btf.str_at(*name).to_string();
-                    btf.structs.entry(n).or_insert(id as u32);
+        for id in first_own..btf.types.len() {
+            match btf.types[id] {
+                Type::Struct { name, count, .. } if name != 0 && count > 0 => {
+                    btf.index(false, name, id as u32)
                 }
-                Type::Func { name, .. } => {
-                    let n = btf.str_at(*name).to_string();
-                    btf.funcs.entry(n).or_insert(id as u32);
-                }
+                Type::Func { name, .. } => btf.index(true, name, id as u32),
                 _ => {}
             }
         }
         Ok(btf)
+    }
+
+    /// The name of a struct or function type.
+    fn name_of(&self, id: u32) -> Option<&str> {
+        match self.types.get(id as usize)? {
+            Type::Struct { name, .. } | Type::Func { name, .. } => Some(self.str_at(*name)),
+            _ => None,
+        }
+    }
+
+    /// Adds type `id`, named at string offset `name`, to the struct or the
+    /// function index, unless a type of that name is there already.
+    fn index(&mut self, func: bool, name: u32, id: u32) {
+        let n = self.str_at(name);
+        let h = name_hash(n.as_bytes());
+        let ix = if func { &self.funcs } else { &self.structs };
+        let clash = match ix.by_hash.get(&h) {
+            None => false,
+            Some(&other) if self.name_of(other) == Some(n) => return,
+            Some(_) => true,
+        };
+        if clash && ix.clashes.iter().any(|&c| self.name_of(c) == Some(n)) {
+            return;
+        }
+        let ix = if func { &mut self.funcs } else { &mut self.structs };
+        if clash {
+            ix.clashes.push(id);
+        } else {
+            ix.by_hash.insert(h, id);
+        }
+    }
+
+    /// The id of the struct (or function) named `name`.
+    fn lookup(&self, func: bool, name: &str) -> Option<u32> {
+        let ix = if func { &self.funcs } else { &self.structs };
+        let named = |id: &u32| self.name_of(*id) == Some(name);
+        ix.by_hash
+            .get(&name_hash(name.as_bytes()))
+            .filter(|&&id| named(&id))
+            .or_else(|| ix.clashes.iter().find(|&&id| named(&id)))
+            .copied()
     }
 
     fn str_at(&self, off: u32) -> &str {
@@ -249,9 +333,12 @@ impl Btf {
         if depth > MAX_NESTING || *looks > MAX_LOOKS {
             return None;
         }
-        let Type::Struct { members, .. } = self.types.get(self.resolve(id) as usize)? else {
+        let Type::Struct { first, count, .. } = *self.types.get(self.resolve(id) as usize)? else {
             return None;
         };
+        let members = self
+            .members
+            .get(first as usize..first as usize + count as usize)?;
         *looks += members.len();
         for m in members {
             if m.name != 0 && self.str_at(m.name) == name {
@@ -271,9 +358,8 @@ impl Btf {
     /// Byte offset of `path` (dotted, e.g. `"__sk_common.skc_num"`) inside
     /// `struct name`.
     pub fn offset_of(&self, strukt: &str, path: &str) -> Result<u32> {
-        let mut id = *self
-            .structs
-            .get(strukt)
+        let mut id = self
+            .lookup(false, strukt)
             .with_context(|| format!("struct {strukt} not in the kernel's BTF"))?;
         let mut bits = 0u64;
         for part in path.split('.') {
@@ -295,12 +381,12 @@ impl Btf {
     /// The type id of kernel function `name` (what an fexit program's
     /// `attach_btf_id` names), if BTF knows it.
     pub fn func_id(&self, name: &str) -> Option<u32> {
-        self.funcs.get(name).copied()
+        self.lookup(true, name)
     }
 
     /// Number of parameters of kernel function `name`, if BTF knows it.
     pub fn func_params(&self, name: &str) -> Option<u32> {
-        let id = *self.funcs.get(name)?;
+        let id = self.lookup(true, name)?;
         let Type::Func { proto, .. } = &self.types[id as usize] else {
             return None;
         };
