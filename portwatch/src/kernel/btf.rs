@@ -101,8 +101,8 @@ fn body_len(kind: u32, vlen: usize) -> Result<(usize, usize)> {
         KIND_ARRAY => (12, 0),
         KIND_ENUM | KIND_FUNC_PROTO => (8 * vlen, 0),
         KIND_ENUM64 | KIND_DATASEC => (12 * vlen, 0),
-        KIND_FUNC | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-        | KIND_TYPE_TAG | KIND_PTR | KIND_FWD | KIND_FLOAT => (0, 0),
+        KIND_FUNC | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+        | KIND_PTR | KIND_FWD | KIND_FLOAT => (0, 0),
         k => bail!("unknown BTF kind {k}"),
     })
 }
@@ -278,7 +278,11 @@ impl Btf {
         if clash && ix.clashes.iter().any(|&c| self.name_of(c) == Some(n)) {
             return;
         }
-        let ix = if func { &mut self.funcs } else { &mut self.structs };
+        let ix = if func {
+            &mut self.funcs
+        } else {
+            &mut self.structs
+        };
         if clash {
             ix.clashes.push(id);
         } else {

@@ -15,16 +15,40 @@ pub const SYSCTL_SCHEMA: u32 = 1;
 
 /// `time_ns` (ns since the epoch, UTC) as RFC 3339 with microseconds.
 pub fn rfc3339_micros(time_ns: u64) -> String {
-    let secs = time_ns / 1_000_000_000;
-    let micros = (time_ns % 1_000_000_000) / 1_000;
-    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
-    let sod = secs % 86_400;
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    Rfc3339Micros::new(time_ns).as_str().to_string()
+}
+
+/// `rfc3339_micros` without an allocation, for the per-event path:
+/// `2026-11-23T08:12:33.123456Z`, years 0000-9999.
+pub struct Rfc3339Micros([u8; 27]);
+
+impl Rfc3339Micros {
+    pub fn new(time_ns: u64) -> Rfc3339Micros {
+        let secs = time_ns / 1_000_000_000;
+        let micros = (time_ns % 1_000_000_000) / 1_000;
+        let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
+        let sod = secs % 86_400;
+        let mut b = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, width: usize, mut v: u64| {
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, y.clamp(0, 9999) as u64);
+        put(5, 2, mo as u64);
+        put(8, 2, d as u64);
+        put(11, 2, sod / 3600);
+        put(14, 2, (sod / 60) % 60);
+        put(17, 2, sod % 60);
+        put(20, 6, micros);
+        Rfc3339Micros(b)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
 }
 
 /// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian

@@ -14,7 +14,7 @@ use crate::{
     kernel::probe::Probe,
     pipeline::{
         event::{Cause, Detail, Errno, Event, Family, Kind, Proto},
-        schema::{rfc3339_micros, EVENT_SCHEMA, SYSCTL_SCHEMA},
+        schema::{rfc3339_micros, Rfc3339Micros, EVENT_SCHEMA, SYSCTL_SCHEMA},
         sysctl::{Name, SysctlWrite, Verdict},
     },
 };
@@ -22,7 +22,7 @@ use crate::{
 #[derive(Serialize)]
 struct JsonEvent<'a> {
     schema: u32,
-    time: String,
+    time: &'a str,
     kind: Kind,
     errno: Errno,
     ret: i32,
@@ -133,9 +133,18 @@ impl<W: Write> JsonSink<W> {
 }
 
 pub fn json_line(ev: &Event) -> String {
+    let mut out = Vec::with_capacity(512);
+    write_event(&mut out, ev).expect("event serializes");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// One event's JSON object, written straight into `out` (no line of its
+/// own in between: this runs once per event).
+fn write_event(out: &mut impl Write, ev: &Event) -> io::Result<()> {
+    let time = Rfc3339Micros::new(ev.time_ns);
     let j = JsonEvent {
         schema: EVENT_SCHEMA,
-        time: rfc3339_micros(ev.time_ns),
+        time: time.as_str(),
         kind: ev.kind,
         errno: ev.errno,
         ret: ev.ret,
@@ -163,12 +172,13 @@ pub fn json_line(ev: &Event) -> String {
         detail: ev.detail.as_ref(),
         detail_complete: ev.detail_complete,
     };
-    serde_json::to_string(&j).expect("event serializes")
+    serde_json::to_writer(out, &j).map_err(io::Error::from)
 }
 
 impl<W: Write> Sink<Event> for JsonSink<W> {
     fn put(&mut self, ev: &Event) -> io::Result<()> {
-        writeln!(self.out, "{}", json_line(ev))
+        write_event(&mut self.out, ev)?;
+        self.out.write_all(b"\n")
     }
     fn lost(&mut self, count: u64) -> io::Result<()> {
         let j = JsonLost {
@@ -253,6 +263,18 @@ mod tests {
         assert_eq!(v["detail"]["usable"], 4);
         assert!(v["detail"]["in_use"].is_null());
         assert_eq!(v["detail_complete"], false);
+    }
+
+    #[test]
+    fn sink_writes_the_same_line_straight_to_its_writer() {
+        let mut buf = vec![];
+        let mut sink = JsonSink::new(&mut buf);
+        let mut ev = sample_event();
+        sink.put(&ev).unwrap();
+        ev.comm = "we\"ird\n".into();
+        sink.put(&ev).unwrap();
+        let want = format!("{}\n{}\n", json_line(&sample_event()), json_line(&ev));
+        assert_eq!(String::from_utf8(buf).unwrap(), want);
     }
 
     #[test]
