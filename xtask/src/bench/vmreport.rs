@@ -526,10 +526,16 @@ pub(crate) fn json(rep: &VmReport, m: &Meta) -> Value {
 /// `doc` with the generated section replaced by `body` (appended at the
 /// end when the markers are missing).
 pub(crate) fn replace_section(doc: &str, body: &str) -> String {
-    let section = format!("{DOC_BEGIN}\n{}\n{DOC_END}\n", body.trim_end());
-    if let (Some(b), Some(e)) = (doc.find(DOC_BEGIN), doc.find(DOC_END)) {
+    replace_between(doc, DOC_BEGIN, DOC_END, body)
+}
+
+/// `doc` with the text between the lines `begin` and `end` replaced by
+/// `body` (appended at the end when the markers are missing).
+pub(crate) fn replace_between(doc: &str, begin: &str, end: &str, body: &str) -> String {
+    let section = format!("{begin}\n{}\n{end}\n", body.trim_end());
+    if let (Some(b), Some(e)) = (doc.find(begin), doc.find(end)) {
         if b < e {
-            let mut tail = &doc[e + DOC_END.len()..];
+            let mut tail = &doc[e + end.len()..];
             tail = tail.strip_prefix('\n').unwrap_or(tail);
             return format!("{}{section}{tail}", &doc[..b]);
         }
