@@ -27,7 +27,7 @@ use crate::{
         ipvs,
         ports::{self, PortSet},
     },
-    kernel::{attach, source::Source},
+    kernel::{source::Source, steal},
     pipeline::{
         control::{self, AttachReport, Control},
         decode::{self, Clock},
@@ -126,18 +126,18 @@ pub async fn pipeline(
     if let Some(p) = &args.ports {
         statics = statics.union(p);
     }
-    let attach::StealAttached {
+    let steal::StealAttached {
         mut ebpf,
         ipvs,
         ipvs_missing,
         notes,
-    } = attach::attach_nodeport()?;
+    } = steal::attach_nodeport()?;
     for n in &notes {
         eprintln!("portwatch: {n}");
     }
     let mut watched = BTreeSet::new();
     for i in interfaces(&args.interface)? {
-        match attach::attach_tc(&mut ebpf, &i) {
+        match steal::attach_tc(&mut ebpf, &i) {
             Ok(()) => {
                 watched.insert(i);
             }
@@ -242,7 +242,7 @@ pub async fn pipeline(
                     }
                     if args.interface.is_empty() {
                         for i in interfaces(&[])? {
-                            if !watched.contains(&i) && attach::attach_tc(&mut ebpf, &i).is_ok() {
+                            if !watched.contains(&i) && steal::attach_tc(&mut ebpf, &i).is_ok() {
                                 eprintln!("portwatch: SYN-ACK watch: tc ingress on {i} (new)");
                                 watched.insert(i);
                             }

@@ -36,7 +36,7 @@ use crate::{
     cmd::cli,
     host::{holders, ipvs, netns, ports, sockdiag},
     k8s::{cri, pods},
-    kernel::{attach, btf, offsets, system, tpformat},
+    kernel::{btf, offsets, steal, system, tpformat},
     pipeline::{correlate, decode, sink},
 };
 
@@ -491,7 +491,7 @@ fn btf_module_seed() -> Vec<u8> {
 fn btf_queries(bt: &btf::Btf, blob: &[u8]) -> u64 {
     let (o, notes) = offsets::from_btf(bt);
     let mut so = StealOffsets::default();
-    let ipvs = attach::ipvs_offsets(bt, &mut so).is_ok();
+    let ipvs = steal::ipvs_offsets(bt, &mut so).is_ok();
     let names: Vec<&str> = blob
         .split(|&c| c == 0)
         .filter_map(|s| std::str::from_utf8(s).ok())
@@ -582,8 +582,8 @@ fn tracefs_format() {
             let mut o = StealOffsets::default();
             let fields = match &r {
                 Ok(f) => {
-                    let ss = attach::set_state_offsets(f, &mut o).is_ok();
-                    let rt = attach::retransmit_offsets(f, &mut o).is_ok();
+                    let ss = steal::set_state_offsets(f, &mut o).is_ok();
+                    let rt = steal::retransmit_offsets(f, &mut o).is_ok();
                     // How many fields are there, and how many of another size.
                     let (mut there, mut resized) = (0, 0);
                     for (n, size) in TP_FIELDS {

@@ -1,35 +1,26 @@
-//! Stage 1: load the kernel programs and attach each hook with the best
-//! backend the running kernel offers (fexit -> kprobe -> tracepoint), or the
-//! one `--backend` forces.
-//!
-//! The kernel side is two objects: `failures` for `trace`, `steal` for
-//! `nodeport-steal`. Each command loads only its own; `serve`, which runs
-//! both pipelines, loads each once.
+//! Stage 1 of `trace`: the `failures` object loaded (`load`) and each hook
+//! attached with the best backend the running kernel offers (fexit ->
+//! kprobe -> tracepoint), or the one `--backend` forces; and the
+//! sysctl-write watch. nodeport-steal's programs: `steal`.
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     programs::{
-        kprobe::KProbeLinkId,
-        tc::{self, TcAttachType},
-        trace_point::TracePointLinkId,
-        CgroupAttachMode, CgroupSysctl, FExit, KProbe, SchedClassifier, TracePoint,
+        kprobe::KProbeLinkId, trace_point::TracePointLinkId, CgroupAttachMode, CgroupSysctl, FExit,
+        KProbe, TracePoint,
     },
-    Btf as AyaBtf, Ebpf, EbpfLoader,
-};
-use aya_obj::btf::{BtfType, Func, FuncLinkage};
-
-use portwatch_common::{
-    globals, maps, progs, StealOffsets, TpSockFields, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE,
+    Ebpf,
 };
 
-use crate::kernel::{btf::Btf, offsets, probe::Probe, system, tpformat::Format};
+use portwatch_common::{globals, maps, progs};
 
-/// `trace`'s kernel programs (the `failures` bin of portwatch-ebpf),
-/// embedded at build time.
-static FAILURES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/failures"));
-
-/// `nodeport-steal`'s kernel programs (the `steal` bin of portwatch-ebpf).
-static STEAL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steal"));
+use crate::kernel::{
+    btf::Btf,
+    load::{errno_of, fexit_btf, load_object, FAILURES_OBJECT},
+    offsets,
+    probe::Probe,
+    system,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
@@ -82,74 +73,6 @@ struct Loaded {
     ebpf: Ebpf,
     btf: Btf,
     notes: Vec<String>,
-}
-
-/// Memlock, then `object` loaded with what `set` puts into the loader
-/// (globals, map sizes).
-///
-/// Without the kernel's BTF: rustc emits no CO-RE relocations (the unit
-/// tests check that both objects have none), so aya would parse the 5 MB of
-/// vmlinux BTF for nothing (see `new_loader`). Field offsets come from portwatch's own reader
-/// through the objects' globals instead.
-fn load_object<'a>(object: &[u8], set: impl FnOnce(&mut EbpfLoader<'a>)) -> Result<Ebpf> {
-    system::raise_memlock();
-    let mut loader = new_loader();
-    set(&mut loader);
-    let mut ebpf = loader
-        .load(object)
-        .map_err(|e| explain_load_error(anyhow!(e)))?;
-    if let Ok(logger) = aya_log::EbpfLogger::init(&mut ebpf) {
-        crate::kernel::source::spawn_ebpf_logger(logger);
-    }
-    Ok(ebpf)
-}
-
-/// An `EbpfLoader` without the kernel BTF, built without reading it.
-///
-/// aya 0.14's `EbpfLoader::new` always reads and parses vmlinux BTF (5.5 MB
-/// read, about 15 MiB of heap at once, tens of ms), which portwatch would
-/// then throw away. So the loader is built in a short-lived thread with a
-/// private mount namespace in which `/sys/kernel/btf` is an empty tmpfs:
-/// aya finds no BTF there and skips the work. Nothing else sees that
-/// namespace, and it goes away with the thread. Where the thread cannot
-/// have one (no CAP_SYS_ADMIN, a seccomp profile that refuses mount), the
-/// loader is built as usual and the BTF dropped.
-fn new_loader<'a>() -> EbpfLoader<'a> {
-    let built = std::thread::scope(|s| {
-        s.spawn(|| hide_kernel_btf().then(EbpfLoader::new))
-            .join()
-            .ok()
-            .flatten()
-    });
-    let mut loader = built.unwrap_or_else(EbpfLoader::new);
-    loader.btf(None);
-    loader
-}
-
-/// Gives the calling thread its own mount namespace (private, so nothing
-/// propagates back to the host's) with an empty tmpfs on `/sys/kernel/btf`.
-/// False if any step is refused; the thread is then best left to end.
-fn hide_kernel_btf() -> bool {
-    // SAFETY: plain syscalls on this thread's own fs and mount namespace,
-    // with NUL-terminated string literals and null pointers where the
-    // kernel allows them (source, type and data of a propagation change).
-    unsafe {
-        libc::unshare(libc::CLONE_FS | libc::CLONE_NEWNS) == 0
-            && libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) == 0
-            && libc::mount(
-                c"none".as_ptr(),
-                c"/sys/kernel/btf".as_ptr(),
-                c"tmpfs".as_ptr(),
-                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                std::ptr::null(),
-            ) == 0
-    }
 }
 
 /// The `failures` object, with the kernel BTF the caller parsed (once: it
@@ -227,138 +150,6 @@ fn attach_sysctl(ebpf: &mut Ebpf, root: &std::path::Path) -> Result<String> {
     ))
 }
 
-/// nodeport-steal, attached: the SYN-ACK watch (tc ingress), the socket
-/// followers (tracepoints) and, where the kernel has IPVS, its scheduling
-/// path (kprobe on `ip_vs_conn_new`).
-pub struct StealAttached {
-    pub ebpf: Ebpf,
-    /// e.g. "kprobe on ip_vs_conn_new"; None: packet path only.
-    pub ipvs: Option<String>,
-    /// Why the IPVS probe is missing, when it is.
-    pub ipvs_missing: Option<String>,
-    pub notes: Vec<String>,
-}
-
-/// Offsets for the nodeport-steal programs: tracepoint layouts from tracefs,
-/// `struct ip_vs_conn_param` from the ip_vs module's BTF when it is loaded.
-fn steal_offsets(btf: &Btf, notes: &mut Vec<String>) -> Result<(StealOffsets, Option<String>)> {
-    let mut o = StealOffsets::default();
-    let ss = Format::read("sock", "inet_sock_set_state")?;
-    set_state_offsets(&ss, &mut o)?;
-    o.valid |= SOFF_STATE;
-    match Format::read("tcp", "tcp_retransmit_skb").and_then(|rt| retransmit_offsets(&rt, &mut o)) {
-        Ok(()) => o.valid |= SOFF_RETRANS,
-        Err(e) => notes.push(format!("SYN retransmissions will not be counted: {e:#}")),
-    }
-    let ipvs_missing = match btf
-        .module_from_sys_fs("ip_vs")
-        .context("IPVS is not loaded on this kernel")
-        .and_then(|m| ipvs_offsets(&m, &mut o))
-    {
-        Ok(()) => {
-            o.valid |= SOFF_IPVS;
-            None
-        }
-        Err(e) => Some(format!("{e:#}")),
-    };
-    Ok((o, ipvs_missing))
-}
-
-/// The socket and its 4-tuple, named alike in both tracepoint records.
-fn tp_sock_fields(f: &Format) -> Result<TpSockFields> {
-    Ok(TpSockFields {
-        skaddr: f.offset("skaddr", 8)?,
-        sport: f.offset("sport", 2)?,
-        dport: f.offset("dport", 2)?,
-        family: f.offset("family", 2)?,
-        saddr: f.offset("saddr", 4)?,
-        daddr: f.offset("daddr", 4)?,
-    })
-}
-
-/// `sock:inet_sock_set_state`'s fields, from its format.
-pub(crate) fn set_state_offsets(ss: &Format, o: &mut StealOffsets) -> Result<()> {
-    o.ss = tp_sock_fields(ss)?;
-    o.ss_oldstate = ss.offset("oldstate", 4)?;
-    o.ss_newstate = ss.offset("newstate", 4)?;
-    o.ss_protocol = ss.offset("protocol", 2)?;
-    Ok(())
-}
-
-/// `tcp:tcp_retransmit_skb`'s fields, from its format.
-pub(crate) fn retransmit_offsets(rt: &Format, o: &mut StealOffsets) -> Result<()> {
-    o.rt = tp_sock_fields(rt)?;
-    o.rt_state = rt.offset("state", 4)?;
-    Ok(())
-}
-
-/// `struct ip_vs_conn_param` and `ip_vs_conn_new`, from the ip_vs module's
-/// BTF.
-pub(crate) fn ipvs_offsets(m: &Btf, o: &mut StealOffsets) -> Result<()> {
-    match m.func_params("ip_vs_conn_new") {
-        Some(7) => {}
-        Some(n) => bail!("ip_vs_conn_new takes {n} arguments on this kernel, expected 7"),
-        None => bail!("ip_vs_conn_new is not in the ip_vs module's BTF"),
-    }
-    o.cp_caddr = m.offset_of("ip_vs_conn_param", "caddr")?;
-    o.cp_vaddr = m.offset_of("ip_vs_conn_param", "vaddr")?;
-    o.cp_cport = m.offset_of("ip_vs_conn_param", "cport")?;
-    o.cp_vport = m.offset_of("ip_vs_conn_param", "vport")?;
-    o.cp_protocol = m.offset_of("ip_vs_conn_param", "protocol")?;
-    Ok(())
-}
-
-pub fn attach_nodeport() -> Result<StealAttached> {
-    system::check_privileges()?;
-    let mut notes = vec![];
-    if let Some(n) = system::ensure_tracefs()? {
-        notes.push(n);
-    }
-    let btf = Btf::from_sys_fs()?;
-    let (offs, mut ipvs_missing) = steal_offsets(&btf, &mut notes)?;
-    let mut ebpf = load_object(STEAL_OBJECT, |l| {
-        l.override_global(globals::STEAL_OFFSETS, &offs, true);
-    })?;
-
-    for (prog, cat, name) in [
-        (progs::TP_SOCK_STATE, "sock", "inet_sock_set_state"),
-        (progs::TP_RETRANS, "tcp", "tcp_retransmit_skb"),
-    ] {
-        if prog == progs::TP_RETRANS && offs.valid & SOFF_RETRANS == 0 {
-            continue;
-        }
-        load_attach_tracepoint(&mut ebpf, prog, cat, name)?;
-    }
-    tc_synack_mut(&mut ebpf)?
-        .load()
-        .map_err(|e| anyhow!(e))
-        .context("loading the tc SYN-ACK program")?;
-
-    let mut ipvs = None;
-    if ipvs_missing.is_none() {
-        let res = (|| -> Result<()> {
-            let p = kprobe_mut(&mut ebpf, progs::KP_IPVS_CONN_NEW)?;
-            p.load()
-                .map_err(|e| anyhow!(e))
-                .with_context(|| format!("loading {}", progs::KP_IPVS_CONN_NEW))?;
-            p.attach("ip_vs_conn_new", 0)
-                .map_err(|e| anyhow!(e))
-                .context("attaching a kprobe to ip_vs_conn_new")?;
-            Ok(())
-        })();
-        match res {
-            Ok(()) => ipvs = Some("kprobe on ip_vs_conn_new".to_string()),
-            Err(e) => ipvs_missing = Some(short_reason(Probe::Kprobe, &e)),
-        }
-    }
-    Ok(StealAttached {
-        ebpf,
-        ipvs,
-        ipvs_missing,
-        notes,
-    })
-}
-
 /// Hands the sysctl guard to the kernel side (`serve --guard-port-range`).
 pub fn set_sysctl_guard(ebpf: &mut Ebpf, guard: &portwatch_common::SysctlGuard) -> Result<()> {
     let map = ebpf
@@ -369,47 +160,6 @@ pub fn set_sysctl_guard(ebpf: &mut Ebpf, guard: &portwatch_common::SysctlGuard) 
     arr.set(0, guard, 0)
         .map_err(|e| anyhow!(e))
         .context("setting the sysctl guard")
-}
-
-fn tc_synack_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-    Ok(ebpf
-        .program_mut(progs::TC_SYNACK)
-        .with_context(|| format!("program {} missing from the object", progs::TC_SYNACK))?
-        .try_into()?)
-}
-
-/// Puts the SYN-ACK watch on `iface`'s ingress (adding the clsact qdisc
-/// it needs when the interface has none yet).
-pub fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
-    // Fails with EEXIST when a clsact qdisc is already there, which is
-    // fine, and is not needed at all where the kernel attaches through TCX
-    // links (6.6+). Its error only matters if the attach fails too.
-    let qdisc = tc::qdisc_add_clsact(iface).err();
-    tc_synack_mut(ebpf)?
-        .attach(iface, TcAttachType::Ingress)
-        .map_err(|e| match qdisc {
-            Some(q) => anyhow!(
-                "{e} (adding a clsact qdisc failed first: {q}; is the sch_ingress module available?)"
-            ),
-            None => anyhow!(e),
-        })
-        .with_context(|| format!("attaching to the ingress of {iface}"))?;
-    Ok(())
-}
-
-/// The errno the kernel answered with, wherever it sits in the error's
-/// chain (aya keeps the syscall's `io::Error` as the source).
-fn errno_of(e: &anyhow::Error) -> Option<i32> {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<std::io::Error>()?.raw_os_error())
-}
-
-fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
-    if errno_of(&e) == Some(libc::EPERM) {
-        anyhow!("the kernel refused to load portwatch's eBPF programs (permission denied): {e:#}")
-    } else {
-        e.context("loading portwatch's eBPF programs")
-    }
 }
 
 /// Where a kernel with kprobes lists its kprobe PMU (aya reads its type
@@ -469,7 +219,7 @@ fn attach_hook(
 }
 
 /// Why a backend is unavailable, in words an operator can act on.
-fn short_reason(probe: Probe, e: &anyhow::Error) -> String {
+pub(crate) fn short_reason(probe: Probe, e: &anyhow::Error) -> String {
     match (probe, errno_of(e)) {
         (Probe::Fexit, Some(libc::EPERM)) => {
             "the kernel refuses to load fexit programs (EPERM)".into()
@@ -527,26 +277,6 @@ fn targets(btf: &Btf, hook: Hook) -> Result<Targets> {
     Ok(Targets { fns })
 }
 
-/// What aya needs to load an fexit program on `func`: a BTF in which
-/// `func`'s name is a function at the type id the kernel's vmlinux BTF
-/// gives it (aya only looks the id up by name and hands it to the kernel,
-/// which checks it against its own BTF). Built from the id portwatch's own
-/// reader found, instead of a second, full parse of vmlinux BTF by aya.
-fn fexit_btf(btf: &Btf, func: &str) -> Result<AyaBtf> {
-    let id = btf
-        .func_id(func)
-        .with_context(|| format!("no BTF for {func}"))?;
-    let mut b = AyaBtf::new();
-    let name = b.add_string(func);
-    // Ids 1..id are placeholders (aya's own Btf starts with id 0, void).
-    for _ in 1..id {
-        b.add_type(BtfType::Unknown);
-    }
-    let got = b.add_type(BtfType::Func(Func::new(name, 0, FuncLinkage::Global)));
-    debug_assert_eq!(got, id);
-    Ok(b)
-}
-
 fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
     let t = targets(btf, hook)?;
     let mut names = vec![];
@@ -587,7 +317,7 @@ fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
     Ok(names.join(", "))
 }
 
-fn kprobe_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut KProbe> {
+pub(crate) fn kprobe_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut KProbe> {
     Ok(ebpf
         .program_mut(name)
         .with_context(|| format!("program {name} missing from the object"))?
@@ -664,7 +394,7 @@ fn tracepoint_mut<'a>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut TracePoi
 }
 
 /// Loads `prog` unless it already is, and attaches it to `category:name`.
-fn load_attach_tracepoint(
+pub(crate) fn load_attach_tracepoint(
     ebpf: &mut Ebpf,
     prog: &str,
     category: &str,
@@ -763,7 +493,10 @@ mod tests {
 
     use portwatch_common::{globals, lost, maps, progs, Offsets, StealOffsets};
 
-    use super::{errno_of, explain_load_error, short_reason, Probe, FAILURES_OBJECT, STEAL_OBJECT};
+    use super::{short_reason, Probe};
+    use crate::kernel::load::{
+        errno_of, explain_load_error, fexit_btf, FAILURES_OBJECT, STEAL_OBJECT,
+    };
     use anyhow::anyhow;
 
     fn set<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<&'a str> {
@@ -839,14 +572,14 @@ mod tests {
         b.func("inet6_hash_connect", &[p, p]);
         let btf = Btf::parse(&b.build()).unwrap();
         assert_eq!(btf.func_id("inet_hash_connect"), Some(want));
-        let small = super::fexit_btf(&btf, "inet_hash_connect").unwrap();
+        let small = fexit_btf(&btf, "inet_hash_connect").unwrap();
         assert_eq!(
             small
                 .id_by_type_name_kind("inet_hash_connect", BtfKind::Func)
                 .unwrap(),
             want
         );
-        assert!(super::fexit_btf(&btf, "no_such_function").is_err());
+        assert!(fexit_btf(&btf, "no_such_function").is_err());
     }
 
     #[test]

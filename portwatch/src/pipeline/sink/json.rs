@@ -132,6 +132,8 @@ impl<W: Write> JsonSink<W> {
     }
 }
 
+/// One event as its JSON line (what `put` writes, without the newline).
+#[cfg(test)]
 pub fn json_line(ev: &Event) -> String {
     let mut out = Vec::with_capacity(512);
     write_event(&mut out, ev).expect("event serializes");

@@ -1,0 +1,183 @@
+//! nodeport-steal's programs attached: the SYN-ACK watch on each
+//! interface's ingress (tc), the socket followers (tracepoints) and, where
+//! the kernel has IPVS, its scheduling path (kprobe on `ip_vs_conn_new`).
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    programs::{
+        tc::{self, TcAttachType},
+        SchedClassifier,
+    },
+    Ebpf,
+};
+
+use portwatch_common::{
+    globals, progs, StealOffsets, TpSockFields, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE,
+};
+
+use crate::kernel::{
+    attach::{kprobe_mut, load_attach_tracepoint, short_reason},
+    btf::Btf,
+    load::{load_object, STEAL_OBJECT},
+    probe::Probe,
+    system,
+    tpformat::Format,
+};
+
+/// nodeport-steal, attached: the SYN-ACK watch (tc ingress), the socket
+/// followers (tracepoints) and, where the kernel has IPVS, its scheduling
+/// path (kprobe on `ip_vs_conn_new`).
+pub struct StealAttached {
+    pub ebpf: Ebpf,
+    /// e.g. "kprobe on ip_vs_conn_new"; None: packet path only.
+    pub ipvs: Option<String>,
+    /// Why the IPVS probe is missing, when it is.
+    pub ipvs_missing: Option<String>,
+    pub notes: Vec<String>,
+}
+
+/// Offsets for the nodeport-steal programs: tracepoint layouts from tracefs,
+/// `struct ip_vs_conn_param` from the ip_vs module's BTF when it is loaded.
+fn steal_offsets(btf: &Btf, notes: &mut Vec<String>) -> Result<(StealOffsets, Option<String>)> {
+    let mut o = StealOffsets::default();
+    let ss = Format::read("sock", "inet_sock_set_state")?;
+    set_state_offsets(&ss, &mut o)?;
+    o.valid |= SOFF_STATE;
+    match Format::read("tcp", "tcp_retransmit_skb").and_then(|rt| retransmit_offsets(&rt, &mut o)) {
+        Ok(()) => o.valid |= SOFF_RETRANS,
+        Err(e) => notes.push(format!("SYN retransmissions will not be counted: {e:#}")),
+    }
+    let ipvs_missing = match btf
+        .module_from_sys_fs("ip_vs")
+        .context("IPVS is not loaded on this kernel")
+        .and_then(|m| ipvs_offsets(&m, &mut o))
+    {
+        Ok(()) => {
+            o.valid |= SOFF_IPVS;
+            None
+        }
+        Err(e) => Some(format!("{e:#}")),
+    };
+    Ok((o, ipvs_missing))
+}
+
+/// The socket and its 4-tuple, named alike in both tracepoint records.
+fn tp_sock_fields(f: &Format) -> Result<TpSockFields> {
+    Ok(TpSockFields {
+        skaddr: f.offset("skaddr", 8)?,
+        sport: f.offset("sport", 2)?,
+        dport: f.offset("dport", 2)?,
+        family: f.offset("family", 2)?,
+        saddr: f.offset("saddr", 4)?,
+        daddr: f.offset("daddr", 4)?,
+    })
+}
+
+/// `sock:inet_sock_set_state`'s fields, from its format.
+pub(crate) fn set_state_offsets(ss: &Format, o: &mut StealOffsets) -> Result<()> {
+    o.ss = tp_sock_fields(ss)?;
+    o.ss_oldstate = ss.offset("oldstate", 4)?;
+    o.ss_newstate = ss.offset("newstate", 4)?;
+    o.ss_protocol = ss.offset("protocol", 2)?;
+    Ok(())
+}
+
+/// `tcp:tcp_retransmit_skb`'s fields, from its format.
+pub(crate) fn retransmit_offsets(rt: &Format, o: &mut StealOffsets) -> Result<()> {
+    o.rt = tp_sock_fields(rt)?;
+    o.rt_state = rt.offset("state", 4)?;
+    Ok(())
+}
+
+/// `struct ip_vs_conn_param` and `ip_vs_conn_new`, from the ip_vs module's
+/// BTF.
+pub(crate) fn ipvs_offsets(m: &Btf, o: &mut StealOffsets) -> Result<()> {
+    match m.func_params("ip_vs_conn_new") {
+        Some(7) => {}
+        Some(n) => bail!("ip_vs_conn_new takes {n} arguments on this kernel, expected 7"),
+        None => bail!("ip_vs_conn_new is not in the ip_vs module's BTF"),
+    }
+    o.cp_caddr = m.offset_of("ip_vs_conn_param", "caddr")?;
+    o.cp_vaddr = m.offset_of("ip_vs_conn_param", "vaddr")?;
+    o.cp_cport = m.offset_of("ip_vs_conn_param", "cport")?;
+    o.cp_vport = m.offset_of("ip_vs_conn_param", "vport")?;
+    o.cp_protocol = m.offset_of("ip_vs_conn_param", "protocol")?;
+    Ok(())
+}
+
+pub fn attach_nodeport() -> Result<StealAttached> {
+    system::check_privileges()?;
+    let mut notes = vec![];
+    if let Some(n) = system::ensure_tracefs()? {
+        notes.push(n);
+    }
+    let btf = Btf::from_sys_fs()?;
+    let (offs, mut ipvs_missing) = steal_offsets(&btf, &mut notes)?;
+    let mut ebpf = load_object(STEAL_OBJECT, |l| {
+        l.override_global(globals::STEAL_OFFSETS, &offs, true);
+    })?;
+
+    for (prog, cat, name) in [
+        (progs::TP_SOCK_STATE, "sock", "inet_sock_set_state"),
+        (progs::TP_RETRANS, "tcp", "tcp_retransmit_skb"),
+    ] {
+        if prog == progs::TP_RETRANS && offs.valid & SOFF_RETRANS == 0 {
+            continue;
+        }
+        load_attach_tracepoint(&mut ebpf, prog, cat, name)?;
+    }
+    tc_synack_mut(&mut ebpf)?
+        .load()
+        .map_err(|e| anyhow!(e))
+        .context("loading the tc SYN-ACK program")?;
+
+    let mut ipvs = None;
+    if ipvs_missing.is_none() {
+        let res = (|| -> Result<()> {
+            let p = kprobe_mut(&mut ebpf, progs::KP_IPVS_CONN_NEW)?;
+            p.load()
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("loading {}", progs::KP_IPVS_CONN_NEW))?;
+            p.attach("ip_vs_conn_new", 0)
+                .map_err(|e| anyhow!(e))
+                .context("attaching a kprobe to ip_vs_conn_new")?;
+            Ok(())
+        })();
+        match res {
+            Ok(()) => ipvs = Some("kprobe on ip_vs_conn_new".to_string()),
+            Err(e) => ipvs_missing = Some(short_reason(Probe::Kprobe, &e)),
+        }
+    }
+    Ok(StealAttached {
+        ebpf,
+        ipvs,
+        ipvs_missing,
+        notes,
+    })
+}
+
+fn tc_synack_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    Ok(ebpf
+        .program_mut(progs::TC_SYNACK)
+        .with_context(|| format!("program {} missing from the object", progs::TC_SYNACK))?
+        .try_into()?)
+}
+
+/// Puts the SYN-ACK watch on `iface`'s ingress (adding the clsact qdisc
+/// it needs when the interface has none yet).
+pub fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
+    // Fails with EEXIST when a clsact qdisc is already there, which is
+    // fine, and is not needed at all where the kernel attaches through TCX
+    // links (6.6+). Its error only matters if the attach fails too.
+    let qdisc = tc::qdisc_add_clsact(iface).err();
+    tc_synack_mut(ebpf)?
+        .attach(iface, TcAttachType::Ingress)
+        .map_err(|e| match qdisc {
+            Some(q) => anyhow!(
+                "{e} (adding a clsact qdisc failed first: {q}; is the sch_ingress module available?)"
+            ),
+            None => anyhow!(e),
+        })
+        .with_context(|| format!("attaching to the ingress of {iface}"))?;
+    Ok(())
+}
