@@ -137,6 +137,23 @@ impl Kind {
     }
 }
 
+/// The release binary and the `pwbench` workload, built.
+fn build_portwatch_and_pwbench() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let pw = crate::build(true)?;
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "portwatch",
+        "--example",
+        "pwbench",
+    ]))?;
+    Ok((
+        pw,
+        crate::workspace_root().join("target/release/examples/pwbench"),
+    ))
+}
+
 pub fn bench(opts: Opts) -> Result<()> {
     if opts.vm {
         return bench_vm(opts);
@@ -148,16 +165,7 @@ pub fn bench(opts: Opts) -> Result<()> {
     let sz = Sizes::new(opts.quick);
     crate::setup(crate::Need::Tests)?;
     crate::apt_install(&crate::missing_packages(BENCH_PKGS))?;
-    let pw = crate::build(true)?;
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "portwatch",
-        "--example",
-        "pwbench",
-    ]))?;
-    let pwbench = crate::workspace_root().join("target/release/examples/pwbench");
+    let (pw, pwbench) = build_portwatch_and_pwbench()?;
     crate::ensure_tracefs("bpftrace needs it")?;
 
     let dir = crate::workspace_root().join("target/bench");

@@ -70,16 +70,7 @@ pub fn bench_vm(opts: Opts) -> Result<()> {
     let mut pkgs = vm::VM_PKGS.to_vec();
     pkgs.extend(BENCH_VM_PKGS);
     crate::apt_install(&crate::missing_packages(&pkgs))?;
-    let pw = crate::build(true)?;
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "portwatch",
-        "--example",
-        "pwbench",
-    ]))?;
-    let pwbench = crate::workspace_root().join("target/release/examples/pwbench");
+    let (pw, pwbench) = super::build_portwatch_and_pwbench()?;
 
     let k = vm::select(KERNEL)?[0];
     let kdir = vm::unpack_kernel(k)?;
