@@ -334,28 +334,14 @@ impl Report {
             cpu(1),
             cpu(2),
         ]));
-        let st = |i: usize| {
-            let v = &self.startup_ms[i];
-            match median(v) {
-                None => dash(),
-                Some(m) => format!(
-                    "{m:.0} ms ({:.0}–{:.0}, n={})",
-                    v.iter().copied().fold(f64::INFINITY, f64::min),
-                    v.iter().copied().fold(0.0, f64::max),
-                    v.len()
-                ),
-            }
-        };
+        let st = |i: usize| ms_range_cell(&self.startup_ms[i], 0);
         o.push(md_row(&[
             "start-up, exec -> attached: median (min–max)".into(),
             dash(),
             st(1),
             st(2),
         ]));
-        let mib = |kb: Option<u64>| {
-            kb.map(|kb| format!("{:.1} MiB", kb as f64 / 1024.0))
-                .unwrap_or_else(dash)
-        };
+        let mib = mib_cell;
         o.push(md_row(&[
             "peak RSS (VmHWM): idle / end of storm".into(),
             dash(),

@@ -13,7 +13,11 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 use xtask::testkit::{free_port, Netns};
 
-use super::{machine::*, stats::median, TRACER_CPU};
+use super::{
+    machine::*,
+    stats::{median, mib_cell, ms_range_cell},
+    TRACER_CPU,
+};
 
 /// Namespaces made before serve's memory is read, and how long it is
 /// given to scan them (two scans at `--scan-interval 1s`).
@@ -110,24 +114,15 @@ pub(crate) fn serve_markdown(runs: &[ServeRun]) -> String {
         "| measure | serve |".to_string(),
         "|---|---:|".to_string(),
     ];
-    let start = match median(&ms) {
-        Some(m) => format!(
-            "{m:.0} ms ({:.0}–{:.0}, n={})",
-            ms.iter().copied().fold(f64::INFINITY, f64::min),
-            ms.iter().copied().fold(0.0, f64::max),
-            ms.len()
-        ),
-        None => "–".into(),
-    };
     o.push(format!(
-        "| start-up, exec -> `/readyz` 200: median (min–max) | {start} |"
+        "| start-up, exec -> `/readyz` 200: median (min–max) | {} |",
+        ms_range_cell(&ms, 0)
     ));
-    let cell = |kb: Option<u64>| kb.map_or("–".to_string(), |kb| format!("{:.1} MiB", mib(kb)));
     o.push(format!(
         "| peak RSS (VmHWM) after scanning {SERVE_NETNS} new netns, largest | {} |",
-        cell(hwm)
+        mib_cell(hwm)
     ));
-    o.push(format!("| RSS (VmRSS) then, largest | {} |", cell(rss)));
+    o.push(format!("| RSS (VmRSS) then, largest | {} |", mib_cell(rss)));
     o.push(String::new());
     o.push("| target | limit | measured | result |".into());
     o.push("|---|---|---:|---|".into());

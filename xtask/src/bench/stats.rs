@@ -1,5 +1,24 @@
 //! Statistics, targets and formatting: pure, unit-tested.
 
+/// `v` (milliseconds) as "median ms (min–max, n=N)" with `decimals`
+/// places, "–" when empty.
+pub fn ms_range_cell(v: &[f64], decimals: usize) -> String {
+    match median(v) {
+        None => "–".into(),
+        Some(m) => format!(
+            "{m:.decimals$} ms ({:.decimals$}–{:.decimals$}, n={})",
+            v.iter().copied().fold(f64::INFINITY, f64::min),
+            v.iter().copied().fold(0.0, f64::max),
+            v.len()
+        ),
+    }
+}
+
+/// A size in kB as "N.N MiB", "–" when unknown.
+pub fn mib_cell(kb: Option<u64>) -> String {
+    kb.map_or("–".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0))
+}
+
 pub fn median(xs: &[f64]) -> Option<f64> {
     let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {

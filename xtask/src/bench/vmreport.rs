@@ -313,15 +313,7 @@ fn ratio_cell(r: Option<f64>) -> String {
 
 /// "12.3 ms (11.9–12.8, n=3)".
 fn ms_cell(v: &[f64]) -> String {
-    match median(v) {
-        None => "–".into(),
-        Some(m) => format!(
-            "{m:.1} ms ({:.1}–{:.1}, n={})",
-            v.iter().copied().fold(f64::INFINITY, f64::min),
-            v.iter().copied().fold(0.0, f64::max),
-            v.len()
-        ),
-    }
+    ms_range_cell(v, 1)
 }
 
 /// The tables and notes, as Markdown (stdout and docs/benchmarks.md).
@@ -403,8 +395,7 @@ pub(crate) fn markdown(rep: &VmReport, m: &Meta) -> String {
         o.push(md_row(&[
             label.to_string(),
             ms_cell(&rep.startup_ms(t)),
-            rep.peak_kb(t)
-                .map_or("–".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0)),
+            mib_cell(rep.peak_kb(t)),
             ready.to_string(),
         ]));
     }
