@@ -279,6 +279,8 @@ fn targets(btf: &Btf, hook: Hook) -> Result<Targets> {
 
 fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
     let t = targets(btf, hook)?;
+    let funcs: Vec<&str> = t.fns.iter().map(|(f, _, _)| *f).collect();
+    let small = fexit_btf(btf, &funcs)?;
     let mut names = vec![];
     let mut loaded: Vec<&str> = vec![];
     let mut res = Ok(());
@@ -288,7 +290,7 @@ fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
                 .program_mut(prog)
                 .with_context(|| format!("program {prog} missing from the object"))?
                 .try_into()?;
-            p.load(func, &fexit_btf(btf, func)?)
+            p.load(func, &small)
                 .map_err(|e| anyhow!(e))
                 .with_context(|| format!("loading fexit program for {func}"))?;
             loaded.push(prog);
@@ -561,7 +563,7 @@ mod tests {
     /// aya finds the function in the small BTF at the id the kernel's BTF
     /// gives it, here read by portwatch's own reader from a built blob.
     #[test]
-    fn fexit_btf_names_the_function_at_its_kernel_id() {
+    fn fexit_btf_names_each_function_at_its_kernel_id() {
         use crate::kernel::btf::{tests::Builder, Btf};
         use aya_obj::btf::BtfKind;
         let mut b = Builder::new();
@@ -569,17 +571,22 @@ mod tests {
         let p = b.ptr(int);
         b.func("tcp_v4_connect", &[p, p, int]);
         let want = b.func("inet_hash_connect", &[p, p]);
-        b.func("inet6_hash_connect", &[p, p]);
+        let want6 = b.func("inet6_hash_connect", &[p, p]);
         let btf = Btf::parse(&b.build()).unwrap();
         assert_eq!(btf.func_id("inet_hash_connect"), Some(want));
-        let small = fexit_btf(&btf, "inet_hash_connect").unwrap();
+        let small = fexit_btf(&btf, &["inet_hash_connect"]).unwrap();
         assert_eq!(
             small
                 .id_by_type_name_kind("inet_hash_connect", BtfKind::Func)
                 .unwrap(),
             want
         );
-        assert!(fexit_btf(&btf, "no_such_function").is_err());
+        // One BTF for a hook's functions, in any order.
+        let both = fexit_btf(&btf, &["inet6_hash_connect", "inet_hash_connect"]).unwrap();
+        for (f, id) in [("inet_hash_connect", want), ("inet6_hash_connect", want6)] {
+            assert_eq!(both.id_by_type_name_kind(f, BtfKind::Func).unwrap(), id);
+        }
+        assert!(fexit_btf(&btf, &["no_such_function"]).is_err());
     }
 
     #[test]

@@ -104,22 +104,35 @@ pub(crate) fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
     }
 }
 
-/// What aya needs to load an fexit program on `func`: a BTF in which
-/// `func`'s name is a function at the type id the kernel's vmlinux BTF
-/// gives it (aya only looks the id up by name and hands it to the kernel,
-/// which checks it against its own BTF). Built from the id portwatch's own
-/// reader found, instead of a second, full parse of vmlinux BTF by aya.
-pub(crate) fn fexit_btf(btf: &Btf, func: &str) -> Result<AyaBtf> {
-    let id = btf
-        .func_id(func)
-        .with_context(|| format!("no BTF for {func}"))?;
+/// What aya needs to load fexit programs on `funcs`: a BTF in which each
+/// name is a function at the type id the kernel's vmlinux BTF gives it
+/// (aya only looks the id up by name and hands it to the kernel, which
+/// checks it against its own BTF). Built from the ids portwatch's own
+/// reader found, instead of a second, full parse of vmlinux BTF by aya;
+/// one for all of a hook's functions.
+pub(crate) fn fexit_btf(btf: &Btf, funcs: &[&str]) -> Result<AyaBtf> {
+    let mut ids = funcs
+        .iter()
+        .map(|f| {
+            Ok((
+                btf.func_id(f).with_context(|| format!("no BTF for {f}"))?,
+                *f,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ids.sort_unstable();
     let mut b = AyaBtf::new();
-    let name = b.add_string(func);
-    // Ids 1..id are placeholders (aya's own Btf starts with id 0, void).
-    for _ in 1..id {
-        b.add_type(BtfType::Unknown);
+    // aya's own Btf starts with id 0 (void); the ids in between are
+    // placeholders.
+    let mut next = 1;
+    for (id, func) in ids {
+        while next < id {
+            next = b.add_type(BtfType::Unknown) + 1;
+        }
+        let name = b.add_string(func);
+        let got = b.add_type(BtfType::Func(Func::new(name, 0, FuncLinkage::Global)));
+        debug_assert_eq!(got, id);
+        next = got + 1;
     }
-    let got = b.add_type(BtfType::Func(Func::new(name, 0, FuncLinkage::Global)));
-    debug_assert_eq!(got, id);
     Ok(b)
 }
