@@ -16,7 +16,7 @@ use portwatch_common::{globals, maps, progs};
 
 use crate::kernel::{
     btf::Btf,
-    load::{errno_of, fexit_btf, load_object, FAILURES_OBJECT},
+    load::{errno_of, fexit_btf, load_object, program, FAILURES_OBJECT},
     offsets,
     probe::Probe,
     system,
@@ -134,10 +134,7 @@ pub fn attach(opts: &Options) -> Result<Attached> {
 /// with the loader, as every other program's.
 fn attach_sysctl(ebpf: &mut Ebpf, root: &std::path::Path) -> Result<String> {
     let dir = std::fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;
-    let p: &mut CgroupSysctl = ebpf
-        .program_mut(progs::SYSCTL)
-        .with_context(|| format!("program {} missing from the object", progs::SYSCTL))?
-        .try_into()?;
+    let p: &mut CgroupSysctl = program(ebpf, progs::SYSCTL)?;
     p.load()
         .map_err(|e| anyhow!(e))
         .with_context(|| format!("loading {}", progs::SYSCTL))?;
@@ -286,10 +283,7 @@ fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
     let mut res = Ok(());
     for (func, prog, _) in &t.fns {
         res = (|| -> Result<()> {
-            let p: &mut FExit = ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing from the object"))?
-                .try_into()?;
+            let p: &mut FExit = program(ebpf, prog)?;
             p.load(func, &small)
                 .map_err(|e| anyhow!(e))
                 .with_context(|| format!("loading fexit program for {func}"))?;
@@ -320,10 +314,7 @@ fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
 }
 
 pub(crate) fn kprobe_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut KProbe> {
-    Ok(ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the object"))?
-        .try_into()?)
+    program(ebpf, name)
 }
 
 fn is_loaded(ebpf: &mut Ebpf, name: &str) -> bool {
@@ -387,12 +378,8 @@ fn attach_kprobe(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
     Ok(names.join(", "))
 }
 
-/// Loads tracepoint program `prog` and attaches it to `category:name`.
 fn tracepoint_mut<'a>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut TracePoint> {
-    Ok(ebpf
-        .program_mut(prog)
-        .with_context(|| format!("program {prog} missing from the object"))?
-        .try_into()?)
+    program(ebpf, prog)
 }
 
 /// Loads `prog` unless it already is, and attaches it to `category:name`.

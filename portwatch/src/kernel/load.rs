@@ -4,7 +4,10 @@
 //! is loaded with, and kernel errors told apart by errno.
 
 use anyhow::{anyhow, Context as _, Result};
-use aya::{Btf as AyaBtf, Ebpf, EbpfLoader};
+use aya::{
+    programs::{Program, ProgramError},
+    Btf as AyaBtf, Ebpf, EbpfLoader,
+};
 use aya_obj::btf::{BtfType, Func, FuncLinkage};
 
 use crate::kernel::{btf::Btf, system};
@@ -102,6 +105,18 @@ pub(crate) fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
     } else {
         e.context("loading portwatch's eBPF programs")
     }
+}
+
+/// Program `name` of a loaded object, as the kind `T` it must be
+/// (`KProbe`, `TracePoint`, ...).
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?)
 }
 
 /// What aya needs to load fexit programs on `funcs`: a BTF in which each

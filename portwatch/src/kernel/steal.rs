@@ -18,7 +18,7 @@ use portwatch_common::{
 use crate::kernel::{
     attach::{kprobe_mut, load_attach_tracepoint, short_reason},
     btf::Btf,
-    load::{load_object, STEAL_OBJECT},
+    load::{load_object, program, STEAL_OBJECT},
     probe::Probe,
     system,
     tpformat::Format,
@@ -157,10 +157,7 @@ pub fn attach_nodeport() -> Result<StealAttached> {
 }
 
 fn tc_synack_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-    Ok(ebpf
-        .program_mut(progs::TC_SYNACK)
-        .with_context(|| format!("program {} missing from the object", progs::TC_SYNACK))?
-        .try_into()?)
+    program(ebpf, progs::TC_SYNACK)
 }
 
 /// Puts the SYN-ACK watch on `iface`'s ingress (adding the clsact qdisc
