@@ -557,3 +557,133 @@ fn serve_guard_refuses_only_the_node_overlap() {
     let (st, _) = t.stop();
     assert!(st.success());
 }
+
+/// A fresh directory of this test process's own.
+fn tempfile_dir(name: &str) -> String {
+    let d = std::env::temp_dir().join(format!("portwatch-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d.display().to_string()
+}
+
+/// `check` names who made a finding's setting: `serve` keeps the last
+/// writes per netns in its state directory, and `check` (run in the netns
+/// standing in for the node) puts the last write of the range on the
+/// nodeport_overlap finding, writer, pod and values, in JSON and in the
+/// table. A later write serve does not see makes that write stale
+/// (`current` false); a netns with no write gets null.
+#[test]
+fn check_names_the_last_writer_serve_saw() {
+    let node = Netns::new("sxlast", (32768, 60999));
+    let other = Netns::new("sxlast2", (1024, 65535));
+    let state = tempfile_dir("sxlast");
+    let file = format!("{state}/sysctl-writes.jsonl");
+    let mut cgs = Cgroups::new();
+    let p = std::process::id();
+    let uid = format!("{p:08x}-1a57-4c7a-9d2e-0123456789ab");
+    let cid = format!("{p:08x}{}", "1a57e1d0".repeat(7));
+    let path = cgs.make(&format!("kubepods/besteffort/pod{uid}/{cid}"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut t = Tracer::start_env(&["serve", "--listen", &listen, "--state-dir", &state], &[]);
+
+    let mut child = node
+        .cmd("sh")
+        .args([
+            "-c",
+            "read go && exec sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    cgs.enter(&path, pid);
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut all = vec![];
+    assert_eq!(
+        writes_in(&mut t, &node, 1, Duration::from_secs(10), &mut all).len(),
+        1
+    );
+    // serve saves at most once a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&file).is_ok_and(|s| s.contains(&uid)) {
+        assert!(Instant::now() < deadline, "{file} never named the write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let check = |ns: &Netns, json: bool| {
+        let path = format!("/run/netns/{}", ns.name);
+        let mut args = vec!["check", "--netns", &path, "--writes-file", &file];
+        if json {
+            args.push("--json");
+        }
+        ns.cmd(portwatch_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let findings = |ns: &Netns| -> Vec<Value> {
+        let out = check(ns, true);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let v = findings(&node);
+    let f = v.iter().find(|f| f["check"] == "nodeport_overlap").unwrap();
+    let w = &f["last_write"];
+    assert_eq!(w["name"], "net.ipv4.ip_local_port_range", "{f}");
+    assert_eq!(w["old"], "32768 60999", "{f}");
+    assert_eq!(w["new"], "1024 65535", "{f}");
+    assert_eq!(w["pid"], pid, "{f}");
+    assert_eq!(w["comm"], "sysctl", "{f}");
+    assert_eq!(w["pod"]["uid"], uid.as_str(), "{f}");
+    assert_eq!(w["pod"]["container_id"], cid.as_str(), "{f}");
+    assert_eq!(w["netns"], node.inode, "{f}");
+    assert_eq!(
+        w["verdict"], "ok",
+        "a pod-netns write as serve judged it: {f}"
+    );
+    assert_eq!(w["current"], true, "{f}");
+    assert_eq!(v.last().unwrap()["last_writes"], file.as_str());
+    let table = String::from_utf8(check(&node, false).stdout).unwrap();
+    assert!(
+        table.contains(&format!(
+            "    last write: {} sysctl (pid {pid}, pod {uid}) net.ipv4.ip_local_port_range: \"32768 60999\" -> \"1024 65535\"\n",
+            w["time"].as_str().unwrap()
+        )),
+        "{table}"
+    );
+    // A netns nobody wrote in: its findings name no writer.
+    let v = findings(&other);
+    let f = v.iter().find(|f| f["check"] == "nodeport_overlap").unwrap();
+    assert_eq!(f["last_write"], Value::Null, "{f}");
+
+    // Changed behind serve's back: the write is still the last one seen,
+    // and no longer what the netns holds.
+    let (st, _) = t.stop();
+    assert!(st.success());
+    sh_in(
+        &node,
+        "echo '1024 65533' > /proc/sys/net/ipv4/ip_local_port_range",
+    );
+    let v = findings(&node);
+    let f = v.iter().find(|f| f["check"] == "nodeport_overlap").unwrap();
+    assert_eq!(f["last_write"]["new"], "1024 65535", "{f}");
+    assert_eq!(f["last_write"]["current"], false, "{f}");
+    let table = String::from_utf8(check(&node, false).stdout).unwrap();
+    assert!(
+        table.contains("(changed since by a write portwatch did not see)"),
+        "{table}"
+    );
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -15,7 +15,8 @@ use crate::{
         ports::PortSet,
     },
     pipeline::{
-        findings::{findings_for, Finding, Severity},
+        findings::{findings_for, sysctls_of, Finding, Severity},
+        lastwrite,
         schema::FINDING_SCHEMA,
         sink::findings::{write_json, write_table, Summary},
     },
@@ -33,6 +34,24 @@ pub fn run(args: &CheckArgs) -> Result<u8> {
         guarded = guarded.union(p);
     }
     let holders = Holders::new();
+    let writes = match lastwrite::load(&args.writes_file) {
+        Ok(Some(l)) => {
+            if l.skipped > 0 {
+                eprintln!(
+                    "portwatch: {}: {} line(s) that are not sysctl_write records skipped",
+                    args.writes_file.display(),
+                    l.skipped
+                );
+            }
+            Some(l.writes)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            // The audit stands without it: say so and go on.
+            eprintln!("portwatch: no last writers: {e:#}");
+            None
+        }
+    };
     let mut all: Vec<Finding> = vec![];
     let mut checked = 0;
     let mut skipped = 0;
@@ -44,7 +63,17 @@ pub fn run(args: &CheckArgs) -> Result<u8> {
                 if let Err(e) = &st.socks {
                     unreadable.push(e.clone());
                 }
-                all.extend(findings_for(t, &st, &guarded, &holders));
+                let mut found = findings_for(t, &st, &guarded, &holders);
+                for f in &mut found {
+                    let last = writes
+                        .as_deref()
+                        .and_then(|w| lastwrite::last_of(w, t.ino, sysctls_of(f.check)));
+                    f.last_write = last.map(|w| lastwrite::LastWrite {
+                        current: w.holds(st.range, &st.reserved, st.tw_reuse),
+                        ..w.clone()
+                    });
+                }
+                all.extend(found);
             }
             // Named ones must be readable; found ones may vanish meanwhile.
             Err(e) if !args.netns.is_empty() || t.is_node => return Err(e),
@@ -77,6 +106,9 @@ pub fn run(args: &CheckArgs) -> Result<u8> {
         info: count(Severity::Info),
         guarded: guarded.to_string(),
         ipvs: ipvs.is_some(),
+        last_writes: writes
+            .is_some()
+            .then(|| args.writes_file.display().to_string()),
         exit,
     };
     let mut out = io::BufWriter::new(io::stdout().lock());

@@ -122,6 +122,11 @@ pub struct ServeArgs {
     /// never refused. A refused write can fail a pod's start: see the README.
     #[arg(long)]
     pub guard_port_range: bool,
+    /// Where serve keeps the last writes of the port sysctls per network
+    /// namespace (sysctl-writes.jsonl), for `check` to name who made a
+    /// finding's setting. A host directory (hostPath) outlives the pod.
+    #[arg(long, value_name = "DIR", default_value = crate::pipeline::lastwrite::DEFAULT_STATE_DIR)]
+    pub state_dir: std::path::PathBuf,
     /// Probe kind for the trace hooks: auto, fexit, kprobe, tracepoint.
     #[arg(long, value_name = "BACKEND", default_value = "auto", value_parser = parse_backend)]
     pub backend: BackendChoice,
@@ -252,6 +257,10 @@ pub struct CheckArgs {
     /// The ports NodePorts use, guarded from the ephemeral range.
     #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = crate::host::ports::parse_lo_hi)]
     pub nodeport_range: (u16, u16),
+    /// The last sysctl writes `serve` kept on this node: each finding names
+    /// the last write of its sysctl from there. No file: no writer named.
+    #[arg(long, value_name = "FILE", default_value_os_t = crate::pipeline::lastwrite::default_file())]
+    pub writes_file: std::path::PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -31,13 +31,14 @@ pub(crate) const TARGETS: &[&str] = &[
     "failure_record",
     "steal_records",
     "cli_values",
+    "sysctl_writes_file",
 ];
 use crate::{
     cmd::cli,
     host::{holders, ipvs, netns, ports, sockdiag},
     k8s::{cri, pods},
     kernel::{btf, offsets, steal, system, tpformat},
-    pipeline::{correlate, decode, sink},
+    pipeline::{correlate, decode, lastwrite, sink},
 };
 
 fn text(b: &[u8]) -> Cow<'_, str> {
@@ -926,5 +927,48 @@ fn cli_values() {
                     .map_err(drop),
             };
             sig((k % 7, ok))
+        });
+}
+
+// ------------------------------------------------------------ state files
+
+/// serve's file of last sysctl writes, as `check` reads it (another
+/// process's file: anything may be in it).
+#[test]
+fn sysctl_writes_file() {
+    let line = br#"{"schema":1,"time":"2026-11-23T08:12:33.123456Z","kind":"sysctl_write","name":"net.ipv4.ip_local_port_range","old":"32768 60999","new":"1024 65535","old_truncated":false,"new_truncated":false,"pid":4242,"tid":4242,"comm":"sysctl","uid":0,"cgroup_id":1234,"cgroup":null,"pod":null,"netns":4026531840,"node_netns":true,"verdict":"creates_nodeport_overlap","exposed":"30000-32767","removed":null,"usable":[28232,64512],"refused":false}"#;
+    Target::new("sysctl_writes_file")
+        .seeds([[&line[..], b"\n", &line[..]].concat()])
+        .dict([
+            "\n",
+            "\"refused\":true",
+            "\"netns\":",
+            "\"pod\":{\"uid\":\"u\"}",
+            "null",
+            "\"new\":",
+            "net.ipv4.tcp_tw_reuse",
+            "net.ipv4.ip_local_reserved_ports",
+            "\\u0000",
+        ])
+        .max_len(8192)
+        .run(|b| {
+            let s = text(b);
+            let l = lastwrite::parse(&s);
+            let lines = s.lines().filter(|l| !l.trim().is_empty()).count();
+            assert_eq!(l.writes.len() + l.skipped, lines);
+            let none = ports::PortSet::default();
+            for w in &l.writes {
+                let _ = w.who();
+                let _ = w.holds((1024, 65535), &none, None);
+                let last = lastwrite::last_of(&l.writes, w.netns, &[]);
+                assert!(last.is_none());
+            }
+            let names = ["net.ipv4.ip_local_port_range"];
+            let ranged = l
+                .writes
+                .iter()
+                .filter(|w| names.contains(&w.name.as_str()))
+                .count();
+            sig((l.writes.len().min(3), l.skipped.min(3), ranged.min(2)))
         });
 }

@@ -19,7 +19,10 @@ use crate::{
         ports::{self, PortSet},
         sockdiag::{self, Sock, STATE_LISTEN, STATE_TIME_WAIT},
     },
-    pipeline::{cause::holder_counts, event::HolderCount, schema::FINDING_SCHEMA},
+    pipeline::{
+        cause::holder_counts, event::HolderCount, lastwrite::LastWrite, schema::FINDING_SCHEMA,
+        sysctl::Name,
+    },
 };
 
 /// The kernel's default range: clear of the default NodePort range.
@@ -61,6 +64,20 @@ pub struct Finding {
     pub fix: Option<String>,
     /// The finding in plain words.
     pub message: String,
+    /// The last write `serve` saw of the sysctl this finding is about, in
+    /// this netns (null: none seen, or no `serve` on the node).
+    pub last_write: Option<LastWrite>,
+}
+
+/// The sysctls whose values make a check's finding: whose last writer
+/// `check` names.
+pub fn sysctls_of(check: &str) -> &'static [Name] {
+    match check {
+        "nodeport_overlap" | "port_pressure" => &[Name::PortRange, Name::ReservedPorts],
+        "range_parity" => &[Name::PortRange],
+        "time_wait_heavy" => &[Name::TwReuse],
+        _ => &[],
+    }
 }
 
 fn endpoint(a: IpAddr, p: u16) -> String {
@@ -104,6 +121,7 @@ pub fn findings_for(
         evidence,
         fix,
         message,
+        last_write: None,
     };
 
     if t.is_node {

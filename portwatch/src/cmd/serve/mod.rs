@@ -13,8 +13,9 @@ mod tls;
 use std::{
     cell::RefCell,
     io::{self, BufWriter},
+    path::PathBuf,
     rc::Rc,
-    sync::{atomic::Ordering, Arc},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::Duration,
 };
 
@@ -33,6 +34,7 @@ use crate::{
         control::{self, AttachReport, Control},
         correlate::Report,
         event::Event,
+        lastwrite::{self, Journal},
         sink::{steal as np_out, JsonSink, Sink, TraceSink},
         sysctl::SysctlWrite,
         trace,
@@ -46,10 +48,12 @@ use metrics::Metrics;
 /// fit in 2 s).
 const STOP_GRACE: Duration = Duration::from_millis(1500);
 
-/// Trace events: counted, then out as JSON lines.
+/// Trace events: counted, then out as JSON lines; sysctl writes also
+/// kept in the journal of last writes.
 struct TraceTee<S> {
     inner: S,
     shared: Arc<Shared>,
+    journal: Arc<Mutex<Journal>>,
 }
 
 impl<S: Sink<Event>> Sink<Event> for TraceTee<S> {
@@ -69,6 +73,10 @@ impl<S: Sink<Event>> Sink<Event> for TraceTee<S> {
 impl<S: TraceSink> TraceSink for TraceTee<S> {
     fn sysctl(&mut self, w: &SysctlWrite) -> io::Result<()> {
         self.shared.metrics.sysctl_write(w);
+        self.journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(w);
         self.inner.sysctl(w)
     }
 }
@@ -192,6 +200,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     } else {
         Cri::off()
     };
+    let journal = Arc::new(Mutex::new(Journal::default()));
+    let writes_file = state_file(&args.state_dir);
     let mut trace_opts = options(&cli::trace_args_for_serve(&args));
     trace_opts.cri = Some(cri.handle());
     trace_opts.guard_port_range = args.guard_port_range;
@@ -200,6 +210,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         let sink = Box::new(TraceTee {
             inner: JsonSink::new(stdout),
             shared: shared.clone(),
+            journal: journal.clone(),
         });
         let ctl = Control::new(stop_rx.clone()).on_attached(on_attached());
         match trace::pipeline(&trace_opts, sink, ctl).await {
@@ -228,14 +239,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
     };
 
+    let keeping = keep_writes(journal.clone(), writes_file, stop_rx.clone());
+
     let scanning = async {
-        match scanner(&args, shared.clone(), cri, stop_rx.clone()).await {
+        match scanner(&args, shared.clone(), cri, journal.clone(), stop_rx.clone()).await {
             Ok(()) => Ok(()),
             Err(e) => fail(e.context("netns scanner")),
         }
     };
 
-    let all = async { tokio::join!(server, tracing, stealing, scanning) };
+    let all = async { tokio::join!(server, tracing, stealing, scanning, keeping) };
     let mut stop = stop_rx.clone();
     let give_up = async {
         let _ = stop.wait_for(|s| *s).await;
@@ -244,7 +257,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     tokio::pin!(all);
     tokio::select! {
-        (srv, tr, st, sc) = &mut all => {
+        (srv, tr, st, sc, ()) = &mut all => {
             tr?;
             st?;
             sc?;
@@ -258,6 +271,56 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
 }
 
+/// The file of last writes in `dir`, made if need be; None (and why, once)
+/// when it cannot be: serve runs on without it.
+fn state_file(dir: &std::path::Path) -> Option<PathBuf> {
+    match std::fs::create_dir_all(dir) {
+        Ok(()) => Some(dir.join(lastwrite::FILE_NAME)),
+        Err(e) => {
+            eprintln!(
+                "portwatch: serve: last sysctl writes not kept for check: --state-dir {}: {e}",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// Saves the journal of last writes when it changed, at most once a
+/// second, and once more on the way out.
+async fn keep_writes(
+    journal: Arc<Mutex<Journal>>,
+    file: Option<PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(file) = file else { return };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        let text = journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_dirty();
+        if let Some(text) = text {
+            let f = file.clone();
+            let r = tokio::task::spawn_blocking(move || lastwrite::save(&f, &text)).await;
+            if let Ok(Err(e)) = r {
+                if !std::mem::replace(&mut warned, true) {
+                    eprintln!("portwatch: serve: saving {}: {e}", file.display());
+                }
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}
+
 /// Every `--scan-interval`: the netns scan; every `--check-interval`: the
 /// check too. Each pass runs on a blocking thread; pod names come from the
 /// runtime (cached; a pod first seen is labelled by uid until its names
@@ -266,6 +329,7 @@ async fn scanner(
     args: &ServeArgs,
     shared: Arc<Shared>,
     mut cri: Cri,
+    journal: Arc<Mutex<Journal>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let opts = Arc::new(scan::Options {
@@ -304,6 +368,14 @@ async fn scanner(
             });
         }
         shared.metrics.set_usage(&usage);
+        // The kernel reuses a gone netns's inode: its writes go with it.
+        let live: std::collections::HashSet<u32> = pass.netns.iter().map(|n| n.ino).collect();
+        if pass.errors == 0 {
+            journal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain_netns(|ns| live.contains(&ns));
+        }
         if pass.checked {
             let f = metrics::count_findings(
                 usage

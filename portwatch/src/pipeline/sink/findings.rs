@@ -23,6 +23,8 @@ pub struct Summary {
     pub info: usize,
     pub guarded: String,
     pub ipvs: bool,
+    /// The file of last sysctl writes that was read (null: none there).
+    pub last_writes: Option<String>,
     pub exit: u8,
 }
 
@@ -51,6 +53,24 @@ pub fn write_table(out: &mut impl Write, all: &[Finding], s: &Summary) -> io::Re
             f.place
         )?;
         writeln!(out, "  \u{2514} {}", f.message)?;
+        if let Some(w) = &f.last_write {
+            writeln!(
+                out,
+                "    last write: {} {} (pid {}, {}) {}: {} -> {}{}",
+                w.time,
+                w.comm,
+                w.pid,
+                w.who(),
+                w.name,
+                w.old.as_deref().map_or("?".into(), |o| format!("{o:?}")),
+                format_args!("{:?}", w.new),
+                if w.current == Some(false) {
+                    " (changed since by a write portwatch did not see)"
+                } else {
+                    ""
+                }
+            )?;
+        }
         if let Some(fix) = &f.fix {
             writeln!(out, "    fix: {fix}")?;
         }
