@@ -195,11 +195,16 @@ pub struct PortSpan {
     pub hi: u16,
 }
 
-/// What `serve --guard-port-range` hands the kernel side: in netns `netns`
-/// (the node's), a write of `ip_local_port_range` whose new range takes in
-/// a port of `spans` that the old range did not is refused (EPERM).
-/// `spans` are the guarded ports not in `ip_local_reserved_ports`, kept
-/// current by userspace.
+/// What `serve --guard-port-range` hands the kernel side, for netns
+/// `netns` (the node's); both span lists are kept current by userspace.
+/// - A write of `ip_local_port_range` whose new range takes in a port of
+///   `spans` (the guarded ports not in `ip_local_reserved_ports`) that the
+///   old range did not is refused (EPERM).
+/// - A write of `ip_local_reserved_ports` is refused unless each span of
+///   `keep` (guarded ports in the range that the reservation covers now)
+///   lies within one item of the new list (`LO-HI` or `PORT`): a list
+///   that covers a span only in pieces is refused too (it refuses more,
+///   never less), as is a list longer than the kernel side reads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SysctlGuard {
@@ -208,9 +213,20 @@ pub struct SysctlGuard {
     pub netns: u32,
     /// How many of `spans` are in use.
     pub count: u32,
-    pub _pad: u32,
+    /// How many of `keep` are in use.
+    pub keep_count: u32,
     pub spans: [PortSpan; GUARD_SPANS],
+    pub keep: [PortSpan; GUARD_KEEP],
 }
+
+/// Spans of `SysctlGuard::keep`: few, since each item of a new list is
+/// checked against each (the verifier walks every pair).
+pub const GUARD_KEEP: usize = 4;
+
+/// Bytes of a new `ip_local_reserved_ports` the guard reads, and the items
+/// it parses from them.
+pub const GUARD_LIST_TEXT: usize = 128;
+pub const GUARD_LIST_ITEMS: usize = 16;
 
 /// `Offsets::valid` bits: which groups of offsets userspace found in the
 /// running kernel's BTF. A group that is not valid is never dereferenced.
@@ -396,6 +412,8 @@ pub mod maps {
     /// `failures`: the [`SysctlGuard`](crate::SysctlGuard), one entry,
     /// filled by `serve --guard-port-range`.
     pub const SYSCTL_GUARD: &str = "SYSCTL_GUARD";
+    /// `failures`: the guard's per-CPU buffer for a new reserved-ports list.
+    pub const GUARD_LIST: &str = "GUARD_LIST";
     /// `steal`: the [`StealEvent`](crate::StealEvent) ring buffer.
     pub const STEALS: &str = "STEALS";
     /// `steal`: the guarded local ports, kept current by userspace.
@@ -406,7 +424,7 @@ pub mod maps {
     pub const OWNERS: &str = "OWNERS";
 
     /// Every map of the `failures` object.
-    pub const FAILURES: &[&str] = &[EVENTS, LOST, PENDING, SYSCTL_GUARD];
+    pub const FAILURES: &[&str] = &[EVENTS, LOST, PENDING, SYSCTL_GUARD, GUARD_LIST];
     /// Every map of the `steal` object.
     pub const STEAL: &[&str] = &[STEALS, LOST, GUARDED, SYNACKS, OWNERS];
 }

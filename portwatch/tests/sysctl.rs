@@ -438,7 +438,8 @@ fn a_burst_of_writes_is_counted_whole() {
 /// `sysctl -w` widening the node's range over the NodePorts gets EPERM and
 /// the range stays; a narrowing write there goes through; the same wide
 /// write in another netns goes through (a pod's own netns is never
-/// refused). serve prints each write as a JSON line (`refused` true for the
+/// refused). Under a wide range shielded by the reservation, writes of the
+/// reservation that drop the NodePorts get EPERM too. serve prints each write as a JSON line (`refused` true for the
 /// one refused) and counts them in `portwatch_sysctl_writes_total`.
 #[test]
 fn serve_guard_refuses_only_the_node_overlap() {
@@ -519,21 +520,47 @@ fn serve_guard_refuses_only_the_node_overlap() {
     );
     sh_in(&node, &format!("{wide} >/dev/null"));
     assert_eq!(read_in(&node, "net.ipv4.ip_local_port_range"), "1024 65535");
-    // Emptying the reservation under the wide range is reported, not
-    // refused (the guard covers range writes); once it is seen, narrowing
-    // a range that already exposes the NodePorts exposes nothing new and
-    // goes through.
-    sh_in(&node, "echo > /proc/sys/net/ipv4/ip_local_reserved_ports");
+    // Under the wide range the reservation is what shields the NodePorts:
+    // emptying it is refused, and so is a list that holds them only in
+    // pieces (the guard wants each shielded span in one item: it refuses
+    // more, never less); one that keeps them in one item goes through.
+    // Narrowing a range goes through.
+    let clear = node
+        .cmd("sh")
+        .args(["-c", "echo > /proc/sys/net/ipv4/ip_local_reserved_ports"])
+        .output()
+        .unwrap();
+    assert!(
+        !clear.status.success(),
+        "emptying the reservation must fail"
+    );
     assert_eq!(
-        writes_in(&mut t, &node, 5, Duration::from_secs(10), &mut all).len(),
-        5
+        read_in(&node, "net.ipv4.ip_local_reserved_ports"),
+        "30000-32767"
+    );
+    let pieces = node
+        .cmd("sh")
+        .args([
+            "-c",
+            "echo 30000-31000,31001-32767 > /proc/sys/net/ipv4/ip_local_reserved_ports",
+        ])
+        .output()
+        .unwrap();
+    assert!(!pieces.status.success(), "pieces are refused");
+    sh_in(
+        &node,
+        "echo 8080,30000-32767 > /proc/sys/net/ipv4/ip_local_reserved_ports",
+    );
+    assert_eq!(
+        read_in(&node, "net.ipv4.ip_local_reserved_ports"),
+        "8080,30000-32767"
     );
     sh_in(
         &node,
         "echo '1024 65533' > /proc/sys/net/ipv4/ip_local_port_range",
     );
     assert_eq!(read_in(&node, "net.ipv4.ip_local_port_range"), "1024 65533");
-    let n = writes_in(&mut t, &node, 6, Duration::from_secs(10), &mut all);
+    let n = writes_in(&mut t, &node, 8, Duration::from_secs(10), &mut all);
     let seen: Vec<(&str, &str, bool)> = n[2..]
         .iter()
         .map(|v| {
@@ -549,7 +576,9 @@ fn serve_guard_refuses_only_the_node_overlap() {
         vec![
             ("30000-32767", "ok", false),
             ("1024 65535", "ok", false),
-            ("", "creates_nodeport_overlap", false),
+            ("", "creates_nodeport_overlap", true),
+            ("30000-31000,31001-32767", "ok", true),
+            ("8080,30000-32767", "ok", false),
             ("1024 65533", "narrows_range", false),
         ],
         "{n:?}"

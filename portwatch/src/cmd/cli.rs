@@ -118,8 +118,10 @@ pub struct ServeArgs {
     pub nodeport_range: (u16, u16),
     /// Refuse (EPERM) writes of the node's net.ipv4.ip_local_port_range
     /// that would take in NodePorts (--nodeport-range) not kept in
-    /// ip_local_reserved_ports. Writes in pods' own network namespaces are
-    /// never refused. A refused write can fail a pod's start: see the README.
+    /// ip_local_reserved_ports, and writes of the node's
+    /// ip_local_reserved_ports that would stop keeping the NodePorts such a
+    /// range takes in. Writes in pods' own network namespaces are never
+    /// refused. A refused write can fail a pod's start: see the README.
     #[arg(long)]
     pub guard_port_range: bool,
     /// Where serve keeps the last writes of the port sysctls per network

@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use portwatch_common::{PortSpan, SysctlGuard, GUARD_SPANS};
+use portwatch_common::{PortSpan, SysctlGuard};
 use serde::Serialize;
 
 use crate::{
@@ -299,28 +299,46 @@ impl NodeNetns {
     }
 }
 
-/// What the kernel side refuses under `serve --guard-port-range`: in the
-/// node's netns `node`, a new `ip_local_port_range` taking in guarded ports
-/// that `reserved` does not cover and the old range did not hold. At most
-/// `GUARD_SPANS` spans: past that the last one stretches over the rest
-/// (the reserved holes in there are then guarded too: it refuses more,
+/// What the kernel side refuses under `serve --guard-port-range`, in the
+/// node's netns `node` (range `range`, reserved ports `reserved`):
+/// - a new `ip_local_port_range` taking in guarded ports that `reserved`
+///   does not cover and the old range did not hold (`spans`);
+/// - a new `ip_local_reserved_ports` that no longer covers, each in one
+///   item, the guarded ports of the range it covers now (`keep`).
+///
+/// At most `GUARD_SPANS` and `GUARD_KEEP` spans: past that the last one stretches over
+/// the rest (the holes in there are then guarded too: it refuses more,
 /// never less).
-pub fn guard_of(node: u32, guarded: &PortSet, reserved: &PortSet) -> SysctlGuard {
-    let spans = guarded.minus(reserved);
-    let spans = spans.spans();
+pub fn guard_of(
+    node: u32,
+    guarded: &PortSet,
+    range: (u16, u16),
+    reserved: &PortSet,
+) -> SysctlGuard {
     let mut g = SysctlGuard {
         enabled: 1,
         netns: node,
-        count: spans.len().min(GUARD_SPANS) as u32,
         ..SysctlGuard::default()
     };
-    for (i, &(lo, hi)) in spans.iter().take(GUARD_SPANS).enumerate() {
-        g.spans[i] = PortSpan { lo, hi };
-    }
-    if spans.len() > GUARD_SPANS {
-        g.spans[GUARD_SPANS - 1].hi = spans[spans.len() - 1].1;
-    }
+    g.count = fill_spans(&mut g.spans, guarded.minus(reserved).spans());
+    let kept = guarded
+        .intersect(&PortSet::range(range.0, range.1))
+        .intersect(reserved);
+    g.keep_count = fill_spans(&mut g.keep, kept.spans());
     g
+}
+
+/// `spans` into `out`, the last one stretched over any that do not fit;
+/// how many are in use.
+fn fill_spans(out: &mut [PortSpan], spans: &[(u16, u16)]) -> u32 {
+    let max = out.len();
+    for (i, &(lo, hi)) in spans.iter().take(max).enumerate() {
+        out[i] = PortSpan { lo, hi };
+    }
+    if spans.len() > max {
+        out[max - 1].hi = spans[spans.len() - 1].1;
+    }
+    spans.len().min(max) as u32
 }
 
 struct Waiting {
@@ -356,8 +374,9 @@ impl Stage {
     /// node's netns or its reserved ports cannot be read).
     pub fn guard(&mut self) -> Option<SysctlGuard> {
         self.node_written = false;
-        let reserved = self.node.read()?.reserved.ok()?;
-        Some(guard_of(self.node.ino?, &self.guarded, &reserved))
+        let now = self.node.read()?;
+        let (range, reserved) = (now.range.ok()?, now.reserved.ok()?);
+        Some(guard_of(self.node.ino?, &self.guarded, range, &reserved))
     }
 
     /// Whether a write in the node's netns came by since `guard` was last
@@ -429,6 +448,7 @@ impl Stage {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use portwatch_common::{GUARD_KEEP, GUARD_SPANS};
 
     fn ps(s: &str) -> PortSet {
         PortSet::parse(s).unwrap()
@@ -624,7 +644,12 @@ pub(crate) mod tests {
 
     #[test]
     fn the_guard_keeps_the_unreserved_nodeports() {
-        let g = guard_of(7, &PortSet::range(30000, 32767), &ps("8080,31000-31010"));
+        let g = guard_of(
+            7,
+            &PortSet::range(30000, 32767),
+            (32768, 60999),
+            &ps("8080,31000-31010"),
+        );
         assert_eq!((g.enabled, g.netns, g.count), (1, 7, 2));
         assert_eq!(
             g.spans[0],
@@ -643,7 +668,13 @@ pub(crate) mod tests {
         assert_eq!(g.spans[2], PortSpan::default());
         // All reserved: nothing to refuse.
         assert_eq!(
-            guard_of(7, &PortSet::range(30000, 32767), &ps("30000-32767")).count,
+            guard_of(
+                7,
+                &PortSet::range(30000, 32767),
+                (32768, 60999),
+                &ps("30000-32767")
+            )
+            .count,
             0
         );
         // More spans than the kernel side holds: the last stretches over
@@ -652,6 +683,7 @@ pub(crate) mod tests {
         let g = guard_of(
             7,
             &PortSet::range(30000, 32767),
+            (32768, 60999),
             &PortSet::from_ranges(holes),
         );
         assert_eq!(g.count as usize, GUARD_SPANS);
@@ -667,6 +699,40 @@ pub(crate) mod tests {
             PortSpan {
                 lo: 30031,
                 hi: 32767
+            }
+        );
+    }
+
+    #[test]
+    fn the_guard_keeps_the_reservation_that_shields_the_range() {
+        let k = |g: &SysctlGuard| -> Vec<(u16, u16)> {
+            g.keep[..g.keep_count as usize]
+                .iter()
+                .map(|s| (s.lo, s.hi))
+                .collect()
+        };
+        let nodeports = PortSet::range(30000, 32767);
+        // The default range takes in no NodePort: no reservation to keep.
+        assert_eq!(
+            k(&guard_of(7, &nodeports, (32768, 60999), &ps("30000-32767"))),
+            vec![]
+        );
+        // A wide range over reserved NodePorts: they must stay reserved.
+        let g = guard_of(7, &nodeports, (1024, 65535), &ps("8080,30000-32767"));
+        assert_eq!(k(&g), vec![(30000, 32767)]);
+        assert_eq!(g.count, 0);
+        // Only the part of the range reserved now; 8080 is no NodePort.
+        let g = guard_of(7, &nodeports, (31000, 65535), &ps("8080,30500-31500,32000"));
+        assert_eq!(k(&g), vec![(31000, 31500), (32000, 32000)]);
+        // Past GUARD_KEEP pieces the last stretches over the rest.
+        let pieces = PortSet::from_ranges((0..40).map(|i| 30000 + 2 * i).map(|p| (p, p)));
+        let g = guard_of(7, &nodeports, (1024, 65535), &pieces);
+        assert_eq!(g.keep_count as usize, GUARD_KEEP);
+        assert_eq!(
+            g.keep[GUARD_KEEP - 1],
+            PortSpan {
+                lo: 30006,
+                hi: 30078
             }
         );
     }

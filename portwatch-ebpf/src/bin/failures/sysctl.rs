@@ -19,13 +19,14 @@ use aya_ebpf::{
         bpf_sysctl_get_name, bpf_sysctl_get_new_value,
     },
     macros::{cgroup_sysctl, map},
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::SysctlContext,
 };
 use portwatch_common::{
-    lost, sysctl_name_words, SysctlEvent, SysctlGuard, COMM_LEN, GUARD_SPANS, KIND_SYSCTL,
-    SF_NETNS, SF_NEW_TRUNC, SF_OLD, SF_OLD_TRUNC, SF_REFUSED, SYSCTL_NAMES, SYSCTL_NAME_LEN,
-    SYSCTL_NAME_WORDS, SYSCTL_PORT_RANGE, SYSCTL_VALUE_LEN,
+    lost, sysctl_name_words, SysctlEvent, SysctlGuard, COMM_LEN, GUARD_KEEP, GUARD_LIST_ITEMS,
+    GUARD_LIST_TEXT, GUARD_SPANS, KIND_SYSCTL, SF_NETNS, SF_NEW_TRUNC, SF_OLD, SF_OLD_TRUNC,
+    SF_REFUSED, SYSCTL_NAMES, SYSCTL_NAME_LEN, SYSCTL_NAME_WORDS, SYSCTL_PORT_RANGE,
+    SYSCTL_RESERVED_PORTS, SYSCTL_VALUE_LEN,
 };
 use portwatch_ebpf::shared;
 
@@ -35,6 +36,23 @@ use crate::{offsets, EVENTS, LOST};
 /// fills it.
 #[map]
 static SYSCTL_GUARD: Array<SysctlGuard> = Array::with_max_entries(1, 0);
+
+/// A new `ip_local_reserved_ports` as the guard reads it.
+#[repr(C)]
+struct ListScratch {
+    /// The value in the first half, zeroes after (the parse reads a full
+    /// half from any offset in the first).
+    text: [u8; 2 * GUARD_LIST_TEXT],
+    /// Bit j: an item holds `keep[j]` whole. Kept in memory, not in a
+    /// register, so that the verifier does not tell apart the paths by
+    /// which bits are set (in a register: 2^spans states per item).
+    covered: u32,
+    _pad: u32,
+}
+
+/// Per CPU: too big for the stack beside the rest.
+#[map]
+static GUARD_LIST: PerCpuArray<ListScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// The program's answer: refuse the write (the writer gets EPERM).
 const REFUSE: i32 = 0;
@@ -101,7 +119,8 @@ pub fn pw_sysctl(ctx: SysctlContext) -> i32 {
         return ALLOW;
     };
     let netns = shared::task_netns(&offsets());
-    let refuse = which == SYSCTL_PORT_RANGE && exposes_guarded(&ctx, netns);
+    let refuse = (which == SYSCTL_PORT_RANGE && exposes_guarded(&ctx, netns))
+        || (which == SYSCTL_RESERVED_PORTS && drops_kept(&ctx, netns));
     report(&ctx, which, netns, refuse);
     if refuse {
         REFUSE
@@ -197,6 +216,125 @@ fn exposes_guarded(ctx: &SysctlContext, netns: Option<u32>) -> bool {
         i += 1;
     }
     false
+}
+
+/// Whether this write of `ip_local_reserved_ports`, in netns `netns`,
+/// leaves a span of the guard's `keep` without one item of the new list
+/// that holds it whole (the guard on, in the node's netns).
+///
+/// The list is `ITEM[,ITEM]...`, an item `PORT` or `LO-HI`. Each item is
+/// read with `bpf_strtoul` and marks the spans it holds; no item is kept.
+/// A list longer than the guard reads is judged by the part it read (a
+/// cut item only gets shorter: it refuses more, never less).
+#[inline(always)]
+fn drops_kept(ctx: &SysctlContext, netns: Option<u32>) -> bool {
+    let Some(g) = SYSCTL_GUARD.get(0) else {
+        return false;
+    };
+    if g.enabled == 0 || netns != Some(g.netns) || g.keep_count == 0 {
+        return false;
+    }
+    let Some(scratch) = GUARD_LIST.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: `scratch` is this CPU's map value, valid for the program's
+    // run; only the address of a field is taken here.
+    let (buf, covered) = unsafe {
+        (
+            core::ptr::addr_of_mut!((*scratch).text) as *mut u8,
+            core::ptr::addr_of_mut!((*scratch).covered),
+        )
+    };
+    // SAFETY: `covered` points into the map value (see above).
+    unsafe { core::ptr::write_volatile(covered, 0) };
+    // SAFETY: the helper writes at most GUARD_LIST_TEXT bytes into the map
+    // value, which is twice that long.
+    let n =
+        unsafe { bpf_sysctl_get_new_value(ctx.sysctl, buf as *mut c_char, GUARD_LIST_TEXT as u64) };
+    if n < 0 && n != -E2BIG {
+        return false;
+    }
+    let len = if n < 0 {
+        GUARD_LIST_TEXT - 1
+    } else {
+        n as usize
+    };
+    let keep_count = g.keep_count as usize;
+    let all: u32 = (1u32 << keep_count.min(GUARD_KEEP)) - 1;
+    let mut off: usize = 0;
+    let mut i = 0;
+    while i < GUARD_LIST_ITEMS {
+        if off >= len || off >= GUARD_LIST_TEXT {
+            break;
+        }
+        let mut lo: c_ulong = 0;
+        // SAFETY: `off` < GUARD_LIST_TEXT, so the GUARD_LIST_TEXT bytes
+        // read from there stay in the value; writes `lo`.
+        let used = unsafe {
+            bpf_strtoul(
+                buf.add(off) as *const c_char,
+                GUARD_LIST_TEXT as u64,
+                10,
+                &mut lo,
+            )
+        };
+        if used <= 0 || used as usize >= GUARD_LIST_TEXT {
+            break;
+        }
+        off += used as usize;
+        let mut hi = lo;
+        if off >= GUARD_LIST_TEXT {
+            break;
+        }
+        // SAFETY: `off` < GUARD_LIST_TEXT, inside the value.
+        let mut c = unsafe { *buf.add(off) };
+        if c == b'-' {
+            off += 1;
+            if off >= GUARD_LIST_TEXT {
+                break;
+            }
+            // SAFETY: as for `lo`; writes `hi`.
+            let used = unsafe {
+                bpf_strtoul(
+                    buf.add(off) as *const c_char,
+                    GUARD_LIST_TEXT as u64,
+                    10,
+                    &mut hi,
+                )
+            };
+            if used <= 0 || used as usize >= GUARD_LIST_TEXT {
+                break;
+            }
+            off += used as usize;
+            if off >= GUARD_LIST_TEXT {
+                break;
+            }
+            // SAFETY: `off` < GUARD_LIST_TEXT, inside the value.
+            c = unsafe { *buf.add(off) };
+        }
+        let mut j = 0;
+        while j < GUARD_KEEP {
+            if j < keep_count {
+                let k = g.keep[j];
+                if lo <= k.lo as u64 && hi >= k.hi as u64 {
+                    // SAFETY: `covered` points into the map value.
+                    unsafe {
+                        let c = core::ptr::read_volatile(covered);
+                        core::ptr::write_volatile(covered, c | 1 << j);
+                    }
+                }
+            }
+            j += 1;
+        }
+        if c != b',' {
+            break;
+        }
+        off += 1;
+        i += 1;
+    }
+    // SAFETY: `covered` points into the map value.
+    let covered = unsafe { core::ptr::read_volatile(covered) };
+    covered & all != all
 }
 
 /// The flags a value helper's return earns: `ok` when read whole,
