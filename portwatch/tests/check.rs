@@ -67,16 +67,7 @@ fn check_from_host(ns: &Netns) -> Run {
 
 /// `portwatch check --netns <ns>` run inside `ns`: `ns` is the node.
 fn check_as_node(ns: &Netns, json: bool) -> std::process::Output {
-    let path = format!("/run/netns/{}", ns.name);
-    let mut args = vec!["check", "--netns", &path];
-    if json {
-        args.push("--json");
-    }
-    ns.cmd(portwatch_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    common::check_as_node(ns, json, &[])
 }
 
 fn of<'a>(r: &'a Run, check: &str) -> Vec<&'a Value> {

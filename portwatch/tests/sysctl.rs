@@ -641,18 +641,7 @@ fn check_names_the_last_writer_serve_saw() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let check = |ns: &Netns, json: bool| {
-        let path = format!("/run/netns/{}", ns.name);
-        let mut args = vec!["check", "--netns", &path, "--writes-file", &file];
-        if json {
-            args.push("--json");
-        }
-        ns.cmd(portwatch_bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
+    let check = |ns: &Netns, json: bool| check_as_node(ns, json, &["--writes-file", &file]);
     let findings = |ns: &Netns| -> Vec<Value> {
         let out = check(ns, true);
         assert_eq!(

@@ -23,6 +23,22 @@ pub fn portwatch_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_portwatch"))
 }
 
+/// `portwatch check --netns /run/netns/NAME ARGS` run inside `ns`, so that
+/// `ns` is the node's netns to it (`--json` when `json`).
+pub fn check_as_node(ns: &Netns, json: bool, args: &[&str]) -> std::process::Output {
+    let path = format!("/run/netns/{}", ns.name);
+    let mut all = vec!["check", "--netns", &path];
+    all.extend_from_slice(args);
+    if json {
+        all.push("--json");
+    }
+    ns.cmd(portwatch_bin())
+        .args(all)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// `cargo test` builds examples next to the binaries' directory.
 pub fn pwclient_bin() -> PathBuf {
     let p = portwatch_bin().parent().unwrap().join("examples/pwclient");
