@@ -482,6 +482,9 @@ pub mod progs {
     // failures, cgroup/sysctl.
     /// Writes of the sysctls in `SYSCTL_NAMES`, on the cgroup2 root.
     pub const SYSCTL: &str = "pw_sysctl";
+    /// The same with the reserved-ports guard, for `serve
+    /// --guard-port-range` (one of the two is loaded).
+    pub const SYSCTL_GUARD: &str = "pw_sysctl_guard";
 
     /// Every program of the `failures` object.
     pub const FAILURES: &[&str] = &[
@@ -498,6 +501,7 @@ pub mod progs {
         TP_BIND_ENTER,
         TP_EXIT,
         SYSCTL,
+        SYSCTL_GUARD,
     ];
     /// Every program of the `steal` object.
     pub const STEAL: &[&str] = &[TC_SYNACK, KP_IPVS_CONN_NEW, TP_SOCK_STATE, TP_RETRANS];

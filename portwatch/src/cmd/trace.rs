@@ -37,6 +37,7 @@ pub fn options(args: &TraceArgs) -> trace::Options {
             backend: args.backend.0,
             ringbuf_bytes: args.ringbuf_size * 1024,
             cgroup2: crate::k8s::pods::cgroup2_root(),
+            guard_port_range: false,
         },
         cri_endpoint: args.cri_endpoint.clone(),
         detail: cause::Options {
@@ -47,7 +48,6 @@ pub fn options(args: &TraceArgs) -> trace::Options {
         netns_sweep: args.netns_sweep,
         cri: None,
         nodeport_range: args.nodeport_range,
-        guard_port_range: false,
     }
 }
 

@@ -56,6 +56,9 @@ pub struct Options {
     /// The root of the cgroup2 hierarchy, where the sysctl-write watch
     /// attaches (None: no cgroup2 mount, no watch).
     pub cgroup2: Option<std::path::PathBuf>,
+    /// `serve --guard-port-range`: the watch that may refuse writes of the
+    /// node's port range and reserved ports (filled by `set_sysctl_guard`).
+    pub guard_port_range: bool,
 }
 
 pub struct Attached {
@@ -114,7 +117,9 @@ pub fn attach(opts: &Options) -> Result<Attached> {
         )?);
     }
     let sysctl = match &opts.cgroup2 {
-        Some(root) => attach_sysctl(&mut ebpf, root).map_err(|e| format!("{e:#}")),
+        Some(root) => {
+            attach_sysctl(&mut ebpf, root, opts.guard_port_range).map_err(|e| format!("{e:#}"))
+        }
         None => Err("no cgroup2 mount in /proc/self/mountinfo".into()),
     };
     Ok(Attached {
@@ -132,12 +137,20 @@ pub fn attach(opts: &Options) -> Result<Attached> {
 /// programs, and the kernel takes no flags with it (BPF_F_ALLOW_MULTI
 /// there is EINVAL), hence `Single`, which passes none. The link goes away
 /// with the loader, as every other program's.
-fn attach_sysctl(ebpf: &mut Ebpf, root: &std::path::Path) -> Result<String> {
+/// With `guard`, the program that also guards the reserved ports (its
+/// list parse costs verification time only `serve --guard-port-range`
+/// pays).
+fn attach_sysctl(ebpf: &mut Ebpf, root: &std::path::Path, guard: bool) -> Result<String> {
     let dir = std::fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;
-    let p: &mut CgroupSysctl = program(ebpf, progs::SYSCTL)?;
+    let name = if guard {
+        progs::SYSCTL_GUARD
+    } else {
+        progs::SYSCTL
+    };
+    let p: &mut CgroupSysctl = program(ebpf, name)?;
     p.load()
         .map_err(|e| anyhow!(e))
-        .with_context(|| format!("loading {}", progs::SYSCTL))?;
+        .with_context(|| format!("loading {name}"))?;
     p.attach(&dir, CgroupAttachMode::Single)
         .map_err(|e| anyhow!(e))
         .with_context(|| format!("attaching to the cgroup2 root {}", root.display()))?;

@@ -56,9 +56,6 @@ pub struct Options {
     /// The NodePort range: the ports a sysctl write must not expose in the
     /// node's netns.
     pub nodeport_range: (u16, u16),
-    /// Refuse writes of the node's `ip_local_port_range` that expose
-    /// NodePorts (`serve --guard-port-range`).
-    pub guard_port_range: bool,
 }
 
 /// attach -> ring buffer -> decode -> enrich -> filter -> cause -> `sink`,
@@ -115,7 +112,7 @@ pub async fn pipeline(
         crate::host::ports::PortSet::range(opts.nodeport_range.0, opts.nodeport_range.1),
         opts.detail.budget,
     );
-    if opts.guard_port_range {
+    if opts.attach.guard_port_range {
         if let Err(why) = &sysctl_watch {
             anyhow::bail!("--guard-port-range needs the sysctl watch, which did not attach: {why}");
         }
@@ -124,14 +121,15 @@ pub async fn pipeline(
             .context("--guard-port-range: the node's ip_local_reserved_ports could not be read")?;
         attach::set_sysctl_guard(&mut ebpf, &g)?;
         eprintln!(
-            "portwatch: guarding the node's netns: a write of net.ipv4.ip_local_port_range there that takes in guarded ports {}-{} not in ip_local_reserved_ports is refused (EPERM)",
-            opts.nodeport_range.0, opts.nodeport_range.1
+            "portwatch: guarding the node's netns: a write of net.ipv4.ip_local_port_range there that takes in guarded ports {lo}-{hi} not in ip_local_reserved_ports is refused (EPERM), and so is a write of ip_local_reserved_ports that stops keeping the guarded ports the range takes in",
+            lo = opts.nodeport_range.0,
+            hi = opts.nodeport_range.1
         );
     }
     // Keeps the kernel side's guard in step with the node's reserved ports
     // (after a write in the node's netns, and every tick).
     let refresh_guard = |sysctls: &mut sysctl::Stage, ebpf: &mut aya::Ebpf| {
-        if !opts.guard_port_range {
+        if !opts.attach.guard_port_range {
             return;
         }
         match sysctls.guard() {

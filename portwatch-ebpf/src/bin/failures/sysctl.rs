@@ -47,7 +47,8 @@ struct ListScratch {
     /// register, so that the verifier does not tell apart the paths by
     /// which bits are set (in a register: 2^spans states per item).
     covered: u32,
-    _pad: u32,
+    /// Where the next item starts.
+    next: u32,
 }
 
 /// Per CPU: too big for the stack beside the rest.
@@ -93,8 +94,23 @@ fn which_of(name: &[u64; SYSCTL_NAME_WORDS]) -> Option<u8> {
     None
 }
 
+/// The watch, for `trace` and a `serve` without the guard: reports every
+/// write; the range guard only (SYSCTL_GUARD stays off unless filled).
 #[cgroup_sysctl]
 pub fn pw_sysctl(ctx: SysctlContext) -> i32 {
+    watch::<false>(&ctx)
+}
+
+/// The watch for `serve --guard-port-range`: also checks writes of the
+/// reserved ports. Its own program, loaded only with the guard, because
+/// the list parse costs tens of ms of verification at start-up.
+#[cgroup_sysctl]
+pub fn pw_sysctl_guard(ctx: SysctlContext) -> i32 {
+    watch::<true>(&ctx)
+}
+
+#[inline(always)]
+fn watch<const RESERVED: bool>(ctx: &SysctlContext) -> i32 {
     // SAFETY: the kernel hands the program a valid `struct bpf_sysctl`;
     // `write` is a field the verifier lets it read.
     if unsafe { (*ctx.sysctl).write } == 0 {
@@ -119,9 +135,9 @@ pub fn pw_sysctl(ctx: SysctlContext) -> i32 {
         return ALLOW;
     };
     let netns = shared::task_netns(&offsets());
-    let refuse = (which == SYSCTL_PORT_RANGE && exposes_guarded(&ctx, netns))
-        || (which == SYSCTL_RESERVED_PORTS && drops_kept(&ctx, netns));
-    report(&ctx, which, netns, refuse);
+    let refuse = (which == SYSCTL_PORT_RANGE && exposes_guarded(ctx, netns))
+        || (RESERVED && which == SYSCTL_RESERVED_PORTS && drops_kept(ctx, netns));
+    report(ctx, which, netns, refuse);
     if refuse {
         REFUSE
     } else {
@@ -226,7 +242,14 @@ fn exposes_guarded(ctx: &SysctlContext, netns: Option<u32>) -> bool {
 /// read with `bpf_strtoul` and marks the spans it holds; no item is kept.
 /// A list longer than the guard reads is judged by the part it read (a
 /// cut item only gets shorter: it refuses more, never less).
-#[inline(always)]
+///
+/// Written for the verifier: where the next item starts and which spans
+/// are held live in the map value, not in registers, so every pass of
+/// the loop starts from the same state whatever the item looked like
+/// (with them in registers, `PORT` and `LO-HI` items split the paths at
+/// each pass: 2^16 of them, over a second of verification). Not inlined:
+/// one call site, in `pw_sysctl_guard` only.
+#[inline(never)]
 fn drops_kept(ctx: &SysctlContext, netns: Option<u32>) -> bool {
     let Some(g) = SYSCTL_GUARD.get(0) else {
         return false;
@@ -238,17 +261,21 @@ fn drops_kept(ctx: &SysctlContext, netns: Option<u32>) -> bool {
         return false;
     };
     // SAFETY: `scratch` is this CPU's map value, valid for the program's
-    // run; only the address of a field is taken here.
-    let (buf, covered) = unsafe {
+    // run; only the addresses of its fields are taken here.
+    let (buf, covered, next) = unsafe {
         (
             core::ptr::addr_of_mut!((*scratch).text) as *mut u8,
             core::ptr::addr_of_mut!((*scratch).covered),
+            core::ptr::addr_of_mut!((*scratch).next),
         )
     };
-    // SAFETY: `covered` points into the map value (see above).
-    unsafe { core::ptr::write_volatile(covered, 0) };
+    // SAFETY: `covered` and `next` point into the map value (see above).
+    unsafe {
+        core::ptr::write_volatile(covered, 0);
+        core::ptr::write_volatile(next, 0);
+    }
     // SAFETY: the helper writes at most GUARD_LIST_TEXT bytes into the map
-    // value, which is twice that long.
+    // value's text, which is twice that long.
     let n =
         unsafe { bpf_sysctl_get_new_value(ctx.sysctl, buf as *mut c_char, GUARD_LIST_TEXT as u64) };
     if n < 0 && n != -E2BIG {
@@ -260,81 +287,92 @@ fn drops_kept(ctx: &SysctlContext, netns: Option<u32>) -> bool {
         n as usize
     };
     let keep_count = g.keep_count as usize;
-    let all: u32 = (1u32 << keep_count.min(GUARD_KEEP)) - 1;
-    let mut off: usize = 0;
     let mut i = 0;
     while i < GUARD_LIST_ITEMS {
-        if off >= len || off >= GUARD_LIST_TEXT {
+        // SAFETY: `next` points into the map value.
+        let off = unsafe { core::ptr::read_volatile(next) } as usize & (GUARD_LIST_TEXT - 1);
+        if off >= len {
             break;
         }
-        let mut lo: c_ulong = 0;
-        // SAFETY: `off` < GUARD_LIST_TEXT, so the GUARD_LIST_TEXT bytes
-        // read from there stay in the value; writes `lo`.
-        let used = unsafe {
-            bpf_strtoul(
-                buf.add(off) as *const c_char,
-                GUARD_LIST_TEXT as u64,
-                10,
-                &mut lo,
-            )
+        let Some((lo, hi, end)) = item_at(buf, off) else {
+            break;
         };
-        if used <= 0 || used as usize >= GUARD_LIST_TEXT {
-            break;
-        }
-        off += used as usize;
-        let mut hi = lo;
-        if off >= GUARD_LIST_TEXT {
-            break;
-        }
-        // SAFETY: `off` < GUARD_LIST_TEXT, inside the value.
-        let mut c = unsafe { *buf.add(off) };
-        if c == b'-' {
-            off += 1;
-            if off >= GUARD_LIST_TEXT {
-                break;
-            }
-            // SAFETY: as for `lo`; writes `hi`.
-            let used = unsafe {
-                bpf_strtoul(
-                    buf.add(off) as *const c_char,
-                    GUARD_LIST_TEXT as u64,
-                    10,
-                    &mut hi,
-                )
-            };
-            if used <= 0 || used as usize >= GUARD_LIST_TEXT {
-                break;
-            }
-            off += used as usize;
-            if off >= GUARD_LIST_TEXT {
-                break;
-            }
-            // SAFETY: `off` < GUARD_LIST_TEXT, inside the value.
-            c = unsafe { *buf.add(off) };
-        }
+        // Which spans the item holds, without a branch: a branch per
+        // compare of two unknown numbers splits the verifier's paths
+        // (2^12 per item for 4 spans). Ports are below 2^32 (the kernel
+        // refuses larger ones itself), so a difference's sign bit is the
+        // compare. Spans past keep_count are masked off below.
+        let (lo, hi) = ((lo & 0xffff_ffff) as i64, (hi & 0xffff_ffff) as i64);
+        let mut bits: u32 = 0;
         let mut j = 0;
         while j < GUARD_KEEP {
-            if j < keep_count {
-                let k = g.keep[j];
-                if lo <= k.lo as u64 && hi >= k.hi as u64 {
-                    // SAFETY: `covered` points into the map value.
-                    unsafe {
-                        let c = core::ptr::read_volatile(covered);
-                        core::ptr::write_volatile(covered, c | 1 << j);
-                    }
-                }
-            }
+            let k = g.keep[j];
+            let lo_ok = (((k.lo as i64 - lo) as u64 >> 63) ^ 1) as u32;
+            let hi_ok = (((hi - k.hi as i64) as u64 >> 63) ^ 1) as u32;
+            bits |= (lo_ok & hi_ok) << j;
             j += 1;
         }
-        if c != b',' {
+        // SAFETY: `covered` points into the map value.
+        unsafe {
+            let c = core::ptr::read_volatile(covered);
+            core::ptr::write_volatile(covered, c | bits);
+        }
+        // SAFETY: `end` < GUARD_LIST_TEXT (item_at), inside the text.
+        if unsafe { *buf.add(end) } != b',' {
             break;
         }
-        off += 1;
+        // SAFETY: `next` points into the map value.
+        unsafe { core::ptr::write_volatile(next, end as u32 + 1) };
         i += 1;
     }
+    let all: u32 = (1u32 << keep_count.min(GUARD_KEEP)) - 1;
     // SAFETY: `covered` points into the map value.
     let covered = unsafe { core::ptr::read_volatile(covered) };
     covered & all != all
+}
+
+/// The item `PORT` or `LO-HI` at `off` (< GUARD_LIST_TEXT) of the list
+/// text at `buf`: (lo, hi, offset of the byte after it, < GUARD_LIST_TEXT).
+#[inline(always)]
+fn item_at(buf: *mut u8, off: usize) -> Option<(u64, u64, usize)> {
+    let (lo, mut end) = number_at(buf, off)?;
+    // SAFETY: `end` < GUARD_LIST_TEXT (number_at), inside the text.
+    if unsafe { *buf.add(end) } != b'-' {
+        return Some((lo, lo, end));
+    }
+    end += 1;
+    if end >= GUARD_LIST_TEXT {
+        return None;
+    }
+    let (hi, end) = number_at(buf, end)?;
+    Some((lo, hi, end))
+}
+
+/// The number at `off` (< GUARD_LIST_TEXT) and where it ends.
+#[inline(always)]
+fn number_at(buf: *mut u8, off: usize) -> Option<(u64, usize)> {
+    if off >= GUARD_LIST_TEXT {
+        return None;
+    }
+    let mut v: c_ulong = 0;
+    // SAFETY: `off` < GUARD_LIST_TEXT, so the GUARD_LIST_TEXT bytes read
+    // from there stay in the text (twice that long); writes `v`.
+    let used = unsafe {
+        bpf_strtoul(
+            buf.add(off) as *const c_char,
+            GUARD_LIST_TEXT as u64,
+            10,
+            &mut v,
+        )
+    };
+    if used <= 0 || used as usize >= GUARD_LIST_TEXT {
+        return None;
+    }
+    let end = off + used as usize;
+    if end >= GUARD_LIST_TEXT {
+        return None;
+    }
+    Some((v, end))
 }
 
 /// The flags a value helper's return earns: `ok` when read whole,

@@ -204,7 +204,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let writes_file = state_file(&args.state_dir);
     let mut trace_opts = options(&cli::trace_args_for_serve(&args));
     trace_opts.cri = Some(cri.handle());
-    trace_opts.guard_port_range = args.guard_port_range;
+    trace_opts.attach.guard_port_range = args.guard_port_range;
     let tracing = async {
         let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
         let sink = Box::new(TraceTee {
