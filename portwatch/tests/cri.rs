@@ -7,7 +7,11 @@
 //! in test netns, and checks that `portwatch trace --cri-endpoint` names the
 //! pod, its namespace and the container, and that the name filters select
 //! on them. Against a socket nobody serves, the same events carry the pod
-//! uid and container id with null names, and start-up says so once.
+//! uid and container id with null names, and start-up says so once. The
+//! same pod is named by trace and serve run with a private cgroup namespace
+//! (unshared in a container-like cgroup under kubepods) and by trace in a
+//! podman container with `--cgroupns=private` and the node's cgroup tree
+//! mounted read-only, as a DaemonSet on cgroup v2 runs.
 //!
 //! containerd (the harness in common/containerd.rs) runs in a private mount
 //! namespace with a tmpfs over /run, so nothing of the machine's own
@@ -78,6 +82,113 @@ impl Drop for AgentCgroup {
             }
         }
     }
+}
+
+/// This build's portwatch as a podman image of its own (the binary and the
+/// libraries ldd lists, `podman import`ed under a tag of this test's, so the
+/// image `cargo xtask image` tags is not touched); removed on drop with the
+/// container.
+struct Podman {
+    tag: String,
+    name: String,
+}
+
+impl Podman {
+    fn image(dir: &std::path::Path) -> Podman {
+        let root = dir.join("podman-root");
+        let bin = portwatch_bin();
+        let mut files = vec![(bin.clone(), PathBuf::from("/usr/bin/portwatch"))];
+        let ldd = Command::new("ldd").arg(&bin).output().unwrap();
+        for lib in String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            files.push((PathBuf::from(lib), PathBuf::from(lib)));
+        }
+        for d in ["proc", "sys", "dev", "tmp", "etc"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for (from, to) in &files {
+            let at = root.join(to.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::fs::copy(from, &at).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+        }
+        let tar = dir.join("podman-root.tar");
+        tar_dir(&root, &tar);
+        let p = Podman {
+            tag: format!("localhost/portwatch-cri-test:{}", std::process::id()),
+            name: format!("portwatch-cri-test-{}", std::process::id()),
+        };
+        podman(&["import", tar.to_str().unwrap(), &p.tag]);
+        p
+    }
+
+    /// `portwatch args` in a container as the DaemonSet's (host network
+    /// and PID namespace, its three capabilities, read-only root, the node's
+    /// cgroup tree and tracefs read-only) but with a private cgroup
+    /// namespace, and `extra` podman arguments; runc, and ulimits this
+    /// machine's root may set (FACTS: podman's defaults are refused).
+    fn run(&self, extra: &[&str], args: &[&str]) -> Tracer {
+        let mut c = Command::new("podman");
+        c.args(["run", "--rm", "--name", &self.name, "--runtime", "runc"])
+            .args([
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+            ])
+            .args(["--network", "host", "--pid", "host", "--cgroupns=private"])
+            .args([
+                "--cap-drop",
+                "ALL",
+                "--cap-add",
+                "SYS_ADMIN",
+                "--cap-add",
+                "SYS_PTRACE",
+            ])
+            .args(["--cap-add", "NET_ADMIN", "--read-only"])
+            .args(["-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro"])
+            .args(["-v", "/sys/kernel/tracing:/sys/kernel/tracing:ro"])
+            .args(extra)
+            .args([&self.tag, "/usr/bin/portwatch"])
+            .args(args);
+        Tracer::start_command(c)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "--force", "--time", "2", &self.name])
+            .output();
+        let _ = Command::new("podman")
+            .args(["rmi", "--force", &self.tag])
+            .output();
+    }
+}
+
+fn podman(args: &[&str]) {
+    let out = Command::new("podman")
+        .args(args)
+        .output()
+        .expect("podman (cargo xtask test installs it)");
+    assert!(
+        out.status.success(),
+        "podman {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tar_dir(dir: &std::path::Path, out: &std::path::Path) {
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(out)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar {}", dir.display());
 }
 
 #[test]
@@ -201,7 +312,25 @@ fn names_from_containerd_over_cri() {
             budget,
         ],
     );
-    for t in [&private, &serve_private] {
+    // And in a real container: podman --cgroupns=private, the node's
+    // cgroup tree mounted read-only as the DaemonSet mounts it, the
+    // runtime's socket directory mounted.
+    let t0 = Instant::now();
+    let pm = Podman::image(&cd.dir);
+    let cd_dir = format!("{0}:{0}", cd.dir.display());
+    let mut in_podman = pm.run(
+        &["-v", &cd_dir],
+        &[
+            "trace",
+            "--json",
+            "--cri-endpoint",
+            &sock,
+            "--detail-budget",
+            budget,
+        ],
+    );
+    eprintln!("podman image and container up in {:?}", t0.elapsed());
+    for t in [&private, &serve_private, &in_podman] {
         let errs = t.stderr.lock().unwrap();
         assert!(
             errs.iter()
@@ -298,6 +427,29 @@ fn names_from_containerd_over_cri() {
     assert_eq!(evs.len(), 1, "{all:?}");
     assert_eq!(evs[0]["cgroup"], pod_cgroup.as_str(), "{}", evs[0]);
     assert_eq!(evs[0]["pod"], pod_json(&uid, true, None), "{}", evs[0]);
+    // Under podman: the container's own cgroup is podman's
+    // (/libpod_parent/libpod-<id>), so the pod's reads
+    // /../../kubepods/... from inside.
+    let mut all = vec![];
+    let evs = in_podman.events_in(ns_c.inode, 2, &mut all);
+    assert_eq!(evs.len(), 2, "{all:?}");
+    for ev in &evs {
+        assert_eq!(ev["pid"], c1.pid, "{ev}");
+        assert_eq!(ev["cgroup"], container_cgroup.as_str(), "{ev}");
+        assert_eq!(ev["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
+        let h = &ev["detail"]["holders"][0];
+        assert_eq!(h["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
+    }
+    eprintln!("event from podman --cgroupns=private: {}", evs[0]);
+    let evs = in_podman.events_in(ns_p.inode, 1, &mut all);
+    assert_eq!(evs.len(), 1, "{all:?}");
+    assert_eq!(evs[0]["pod"], pod_json(&uid, true, None), "{}", evs[0]);
+    let (st, errs) = in_podman.stop();
+    assert!(st.success(), "portwatch under podman: {st}: {errs:?}");
+    for l in errs.iter().filter(|l| l.contains("pods:")) {
+        eprintln!("start-up under podman: {l}");
+    }
+    drop(pm);
 
     // The name filters: the container's two events, not the pod's own
     // (no container there), and nothing for another namespace.

@@ -303,6 +303,12 @@ impl Tracer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A command that runs portwatch (under podman, say) and whose stderr
+    /// is portwatch's.
+    pub fn start_command(cmd: Command) -> Tracer {
+        Self::start_cmd(cmd, true)
+    }
+
     fn start_cmd(mut cmd: Command, read_stdout: bool) -> Tracer {
         require_root();
         let mut child = cmd
