@@ -7,7 +7,11 @@
 //! in test netns, and checks that `portwatch trace --cri-endpoint` names the
 //! pod, its namespace and the container, and that the name filters select
 //! on them. Against a socket nobody serves, the same events carry the pod
-//! uid and container id with null names, and start-up says so once.
+//! uid and container id with null names, and start-up says so once. The
+//! same pod is named by trace and serve run with a private cgroup namespace
+//! (unshared in a container-like cgroup under kubepods) and by trace in a
+//! podman container with `--cgroupns=private` and the node's cgroup tree
+//! mounted read-only, as a DaemonSet on cgroup v2 runs.
 //!
 //! containerd (the harness in common/containerd.rs) runs in a private mount
 //! namespace with a tmpfs over /run, so nothing of the machine's own
@@ -17,6 +21,7 @@
 mod common;
 
 use std::{
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -39,6 +44,153 @@ fn pod_json(uid: &str, named: bool, cid: Option<&str>) -> Value {
     })
 }
 
+/// The agent's own cgroup, made by hand where a DaemonSet's container
+/// would be (`/kubepods/burstable/pod<uid>/<id>`, beside the test's pod),
+/// removed on drop, after the agent has exited and before containerd's
+/// harness removes the `kubepods` levels.
+struct AgentCgroup(Vec<PathBuf>);
+
+impl AgentCgroup {
+    fn make() -> AgentCgroup {
+        let uid = format!(
+            "{:08x}-a9e0-4abc-8def-{:012x}",
+            std::process::id(),
+            0xa9e17_u64
+        );
+        let cid = format!("{:08x}{}", std::process::id(), "a9e17000".repeat(7));
+        // kubepods/burstable are containerd's (its harness removes them).
+        let qos = cgroup2_root().join("kubepods/burstable");
+        assert!(qos.is_dir(), "{} after RunPodSandbox", qos.display());
+        let pod = qos.join(format!("pod{uid}"));
+        let made = vec![pod.clone(), pod.join(cid)];
+        for d in &made {
+            std::fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        }
+        AgentCgroup(made)
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        self.0.last().unwrap()
+    }
+}
+
+impl Drop for AgentCgroup {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            if let Err(e) = std::fs::remove_dir(d) {
+                eprintln!("rmdir {}: {e}", d.display());
+            }
+        }
+    }
+}
+
+/// This build's portwatch as a podman image of its own (the binary and the
+/// libraries ldd lists, `podman import`ed under a tag of this test's, so the
+/// image `cargo xtask image` tags is not touched); removed on drop with the
+/// container.
+struct Podman {
+    tag: String,
+    name: String,
+}
+
+impl Podman {
+    fn image(dir: &std::path::Path) -> Podman {
+        let root = dir.join("podman-root");
+        let bin = portwatch_bin();
+        let mut files = vec![(bin.clone(), PathBuf::from("/usr/bin/portwatch"))];
+        let ldd = Command::new("ldd").arg(&bin).output().unwrap();
+        for lib in String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            files.push((PathBuf::from(lib), PathBuf::from(lib)));
+        }
+        for d in ["proc", "sys", "dev", "tmp", "etc"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for (from, to) in &files {
+            let at = root.join(to.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::fs::copy(from, &at).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+        }
+        let tar = dir.join("podman-root.tar");
+        tar_dir(&root, &tar);
+        let p = Podman {
+            tag: format!("localhost/portwatch-cri-test:{}", std::process::id()),
+            name: format!("portwatch-cri-test-{}", std::process::id()),
+        };
+        podman(&["import", tar.to_str().unwrap(), &p.tag]);
+        p
+    }
+
+    /// `portwatch args` in a container as the DaemonSet's (host network
+    /// and PID namespace, its three capabilities, read-only root, the node's
+    /// cgroup tree and tracefs read-only) but with a private cgroup
+    /// namespace, and `extra` podman arguments; runc, and ulimits this
+    /// machine's root may set (FACTS: podman's defaults are refused).
+    fn run(&self, extra: &[&str], args: &[&str]) -> Tracer {
+        let mut c = Command::new("podman");
+        c.args(["run", "--rm", "--name", &self.name, "--runtime", "runc"])
+            .args([
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+            ])
+            .args(["--network", "host", "--pid", "host", "--cgroupns=private"])
+            .args([
+                "--cap-drop",
+                "ALL",
+                "--cap-add",
+                "SYS_ADMIN",
+                "--cap-add",
+                "SYS_PTRACE",
+            ])
+            .args(["--cap-add", "NET_ADMIN", "--read-only"])
+            .args(["-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro"])
+            .args(["-v", "/sys/kernel/tracing:/sys/kernel/tracing:ro"])
+            .args(extra)
+            .args([&self.tag, "/usr/bin/portwatch"])
+            .args(args);
+        Tracer::start_command(c)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "--force", "--time", "2", &self.name])
+            .output();
+        let _ = Command::new("podman")
+            .args(["rmi", "--force", &self.tag])
+            .output();
+    }
+}
+
+fn podman(args: &[&str]) {
+    let out = Command::new("podman")
+        .args(args)
+        .output()
+        .expect("podman (cargo xtask test installs it)");
+    assert!(
+        out.status.success(),
+        "podman {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tar_dir(dir: &std::path::Path, out: &std::path::Path) {
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(out)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar {}", dir.display());
+}
+
 #[test]
 fn names_from_containerd_over_cri() {
     require_root();
@@ -57,6 +209,8 @@ fn names_from_containerd_over_cri() {
     let (_sandbox, cid) = cd.run_pod(&uid, (POD_NAMESPACE, POD_NAME, CONTAINER_NAME));
     let pod_cgroup = format!("/kubepods/burstable/pod{uid}");
     let container_cgroup = format!("{pod_cgroup}/{cid}");
+    // After run_pod: containerd's harness made the kubepods levels.
+    let agent_cg = AgentCgroup::make();
 
     // The look-ups' timings go to stderr at debug level.
     std::env::set_var("RUST_LOG", "warn,portwatch::k8s::cri=debug");
@@ -129,6 +283,62 @@ fn names_from_containerd_over_cri() {
         "--detail-budget",
         budget,
     ]);
+    // trace and serve as a DaemonSet on cgroup v2 runs them: in a
+    // container's cgroup of their own under kubepods, with a private cgroup
+    // namespace there. The pod's cgroup then reads /../../pod<uid>/<id>
+    // from inside.
+    let mut private = Tracer::start_in_cgroupns(
+        agent_cg.dir(),
+        &[
+            "trace",
+            "--json",
+            "--cri-endpoint",
+            &sock,
+            "--detail-budget",
+            budget,
+        ],
+    );
+    let port_private = free_port();
+    let listen_private = format!("127.0.0.1:{port_private}");
+    let serve_private = Tracer::start_in_cgroupns(
+        agent_cg.dir(),
+        &[
+            "serve",
+            "--listen",
+            &listen_private,
+            "--cri-endpoint",
+            &uri,
+            "--detail-budget",
+            budget,
+        ],
+    );
+    // And in a real container: podman --cgroupns=private, the node's
+    // cgroup tree mounted read-only as the DaemonSet mounts it, the
+    // runtime's socket directory mounted.
+    let t0 = Instant::now();
+    let pm = Podman::image(&cd.dir);
+    let cd_dir = format!("{0}:{0}", cd.dir.display());
+    let mut in_podman = pm.run(
+        &["-v", &cd_dir],
+        &[
+            "trace",
+            "--json",
+            "--cri-endpoint",
+            &sock,
+            "--detail-budget",
+            budget,
+        ],
+    );
+    eprintln!("podman image and container up in {:?}", t0.elapsed());
+    for t in [&private, &serve_private, &in_podman] {
+        let errs = t.stderr.lock().unwrap();
+        assert!(
+            errs.iter()
+                .any(|l| l.contains("cgroup namespace is private")
+                    && l.contains("names from the CRI runtime, containerd")),
+            "start-up says the namespace is private and names the runtime: {errs:?}"
+        );
+    }
     for t in [&named, &named_uri, &named_env] {
         let errs = t.stderr.lock().unwrap();
         assert!(
@@ -192,6 +402,55 @@ fn names_from_containerd_over_cri() {
         assert_eq!(evs[0]["pod"], pod_json(&uid, true, None), "{}", evs[0]);
     }
 
+    // From the private cgroup namespace: the same cgroup paths (the host's)
+    // and names.
+    let inside = private.read_in_cgroupns(&format!("/proc/{}/cgroup", c1.pid));
+    assert!(
+        inside
+            .lines()
+            .any(|l| l == format!("0::/../../pod{uid}/{cid}")),
+        "the container's cgroup as the agent's namespace shows it: {inside:?}"
+    );
+    let mut all = vec![];
+    let evs = private.events_in(ns_c.inode, 2, &mut all);
+    assert_eq!(evs.len(), 2, "{all:?}");
+    for ev in &evs {
+        assert_eq!(ev["pid"], c1.pid, "{ev}");
+        assert_eq!(ev["cgroup"], container_cgroup.as_str(), "{ev}");
+        assert_eq!(ev["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
+        let h = &ev["detail"]["holders"][0];
+        assert_eq!(h["pid"], c1.pid, "{ev}");
+        assert_eq!(h["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
+    }
+    eprintln!("event from a private cgroup namespace: {}", evs[0]);
+    let evs = private.events_in(ns_p.inode, 1, &mut all);
+    assert_eq!(evs.len(), 1, "{all:?}");
+    assert_eq!(evs[0]["cgroup"], pod_cgroup.as_str(), "{}", evs[0]);
+    assert_eq!(evs[0]["pod"], pod_json(&uid, true, None), "{}", evs[0]);
+    // Under podman: the container's own cgroup is podman's
+    // (/libpod_parent/libpod-<id>), so the pod's reads
+    // /../../kubepods/... from inside.
+    let mut all = vec![];
+    let evs = in_podman.events_in(ns_c.inode, 2, &mut all);
+    assert_eq!(evs.len(), 2, "{all:?}");
+    for ev in &evs {
+        assert_eq!(ev["pid"], c1.pid, "{ev}");
+        assert_eq!(ev["cgroup"], container_cgroup.as_str(), "{ev}");
+        assert_eq!(ev["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
+        let h = &ev["detail"]["holders"][0];
+        assert_eq!(h["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
+    }
+    eprintln!("event from podman --cgroupns=private: {}", evs[0]);
+    let evs = in_podman.events_in(ns_p.inode, 1, &mut all);
+    assert_eq!(evs.len(), 1, "{all:?}");
+    assert_eq!(evs[0]["pod"], pod_json(&uid, true, None), "{}", evs[0]);
+    let (st, errs) = in_podman.stop();
+    assert!(st.success(), "portwatch under podman: {st}: {errs:?}");
+    for l in errs.iter().filter(|l| l.contains("pods:")) {
+        eprintln!("start-up under podman: {l}");
+    }
+    drop(pm);
+
     // The name filters: the container's two events, not the pod's own
     // (no container there), and nothing for another namespace.
     let mut all = vec![];
@@ -243,21 +502,24 @@ fn names_from_containerd_over_cri() {
     let want = format!(
         r#"portwatch_failures_total{{kind="connect",errno="EADDRNOTAVAIL",cause="ports_exhausted",namespace="{POD_NAMESPACE}",pod="{POD_NAME}"}} 3"#
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = Command::new("curl")
-            .args(["-s", "-m", "5", &format!("http://{listen}/metrics")])
-            .output()
-            .unwrap();
-        let body = String::from_utf8_lossy(&out.stdout).into_owned();
-        if body.lines().any(|l| l == want) {
-            break;
+    // The same from the serve in a private cgroup namespace.
+    for listen in [&listen, &listen_private] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("curl")
+                .args(["-s", "-m", "5", &format!("http://{listen}/metrics")])
+                .output()
+                .unwrap();
+            let body = String::from_utf8_lossy(&out.stdout).into_owned();
+            if body.lines().any(|l| l == want) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve's /metrics ({listen}) never had {want}:\n{body}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            Instant::now() < deadline,
-            "serve's /metrics never had {want}:\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
     // One runtime client in serve: its trace pipeline and its netns scan
     // share the look-up thread and the connection.
@@ -271,6 +533,8 @@ fn names_from_containerd_over_cri() {
     assert_eq!(cri_threads, 1, "CRI look-up threads in serve");
     let (st, _) = serve.stop();
     assert!(st.success(), "serve: {st}");
+    let (st, _) = serve_private.stop();
+    assert!(st.success(), "serve in a private cgroupns: {st}");
 
     c1.finish();
     c2.finish();
@@ -291,10 +555,13 @@ fn names_from_containerd_over_cri() {
     let of = |key: &str| lookups.iter().filter(|l| l.contains(key)).count();
     assert_eq!(of(&format!("Container(\"{cid}\") in")), 1, "{lookups:?}");
     assert_eq!(of(&format!("Pod(\"{uid}\") in")), 1, "{lookups:?}");
-    for t in [named_uri, named_env, by_names, other_ns, unnamed, table] {
+    for t in [
+        named_uri, named_env, by_names, other_ns, unnamed, table, private,
+    ] {
         let (st, _) = t.stop();
         assert!(st.success(), "{st}");
     }
+    drop(agent_cg);
     drop(cd);
     // Nothing left behind in any hierarchy.
     for m in cgroup_mounts() {

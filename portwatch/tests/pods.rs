@@ -187,6 +187,121 @@ fn pod_uid_container_id_and_cgroup_for_every_layout() {
     assert!(st.success(), "{st}");
 }
 
+/// portwatch in a private cgroup namespace, as a DaemonSet on cgroup v2
+/// gets one from containerd: moved into a cgroup of its own
+/// (`<parent>/agent/portwatch`) and unshared there (`unshare -C`), no
+/// container. Pods'
+/// /proc/PID/cgroup then read `/../../kubepods/...` (a pod under the same
+/// parent: the namespace root's names are needed) or `/../../../<other
+/// parent>/...` (the escape reaches the hierarchy's root); the mount's root
+/// field is `/../../..`. Every event still names the pod, with the cgroup
+/// path the host sees, and the holder of the ports too.
+#[test]
+fn pods_resolved_from_a_private_cgroup_namespace() {
+    let mut cgs = Cgroups::new();
+    let mut other = Cgroups::new();
+    let agent = cgs.make("agent/portwatch");
+    // The holder look-up must finish, also under TCG in the VM guests (as
+    // in cause.rs).
+    let mut t = Tracer::start_in_cgroupns(
+        &cgs.root.join(agent.trim_start_matches('/')),
+        &["trace", "--json", "--detail-budget", "5s"],
+    );
+    {
+        let errs = t.stderr.lock().unwrap();
+        assert!(
+            errs.iter().any(|l| l
+                .contains("pods: pod uid and container id come from cgroup paths under")
+                && l.contains("cgroup namespace is private")
+                && l.contains("root is /../../.. from here")),
+            "start-up says the namespace is private and where the mount sits: {errs:?}"
+        );
+    }
+    let mut all = vec![];
+    let mut cases: Vec<(String, String, Option<String>, &str)> = vec![];
+    // Under the agent's own parent: /../../kubepods/... from inside.
+    let (uid, cid) = ids(200);
+    cases.push((
+        cgs.make(&format!("kubepods/burstable/pod{uid}/{cid}")),
+        uid,
+        Some(cid),
+        "/../../kubepods/burstable/pod",
+    ));
+    let (uid, _) = ids(201);
+    cases.push((
+        cgs.make(&format!("kubepods/burstable/pod{uid}")),
+        uid,
+        None,
+        "/../../kubepods/burstable/pod",
+    ));
+    // Under another parent: the escape reaches the hierarchy's root.
+    let (uid, cid) = ids(202);
+    cases.push((
+        other.make(&format!("kubepods/besteffort/pod{uid}/{cid}")),
+        uid,
+        Some(cid),
+        "/../../../portwatch-test-",
+    ));
+    let (uid, cid) = ids(203);
+    cases.push((
+        other.make(&format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid}.scope",
+            uid.replace('-', "_")
+        )),
+        uid,
+        Some(cid),
+        "/../../../portwatch-test-",
+    ));
+
+    let mut netns = vec![];
+    for (path, uid, cid, seen_as) in &cases {
+        netns.push(Netns::new("cgns", RANGE));
+        let ns = netns.last().unwrap();
+        let (c, id) = failing_client(ns, &cgs, Some(path));
+        // What the agent's namespace makes of the client's cgroup.
+        let inside = t.read_in_cgroupns(&format!("/proc/{}/cgroup", c.pid));
+        assert!(
+            inside
+                .lines()
+                .any(|l| l.starts_with(&format!("0::{seen_as}"))),
+            "{path} as the agent's namespace shows it: {inside:?}"
+        );
+        let ev = one_event(&mut t, ns, c.pid, &mut all);
+        assert_eq!(ev["cgroup_id"], id.unwrap(), "{path}: {ev}");
+        assert_eq!(ev["cgroup"], path.as_str(), "{path}: {ev}");
+        assert_eq!(
+            ev["pod"],
+            json!({"namespace": null, "name": null, "uid": uid,
+                   "container": null, "container_id": cid}),
+            "{path}: {ev}"
+        );
+        // The holder of the ports (the client itself), found through its
+        // /proc/PID/cgroup alone.
+        let h = &ev["detail"]["holders"][0];
+        assert_eq!(h["pid"], c.pid, "{ev}");
+        assert_eq!(h["pod"], ev["pod"], "{ev}");
+        c.finish();
+    }
+
+    // A host process: no pod, its cgroup the host's path of it.
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap()
+        .to_string();
+    let ns = Netns::new("cgnsh", RANGE);
+    let (c, _) = failing_client(&ns, &cgs, None);
+    let ev = one_event(&mut t, &ns, c.pid, &mut all);
+    assert!(ev["pod"].is_null(), "{ev}");
+    assert_eq!(ev["cgroup"], own.as_str(), "{ev}");
+    c.finish();
+
+    let (st, _) = t.stop();
+    assert!(st.success(), "{st}");
+    drop(other);
+}
+
 /// --pod (uid prefix), --container (id prefix), --host and --namespace, on
 /// the same two failures: one from a pod, one from the host.
 #[test]

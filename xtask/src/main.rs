@@ -51,6 +51,9 @@ const TEST_PKGS: &[&str] = &[
     // and imports its image with ctr (in the containerd package).
     "containerd",
     "runc",
+    // The cri test also runs portwatch under podman with a private cgroup
+    // namespace.
+    "podman",
 ];
 /// What `cargo xtask image` needs on top of the build: podman builds the
 /// image (no registry, no daemon).

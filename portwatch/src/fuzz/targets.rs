@@ -18,6 +18,7 @@ pub(crate) const TARGETS: &[&str] = &[
     "kube_path",
     "proc_cgroup",
     "mountinfo",
+    "cgroupns_path",
     "port_set",
     "port_range",
     "proc_links",
@@ -250,6 +251,84 @@ fn mountinfo() {
                 }
             }
             sig((root.is_some(), found.min(4)))
+        });
+}
+
+/// A private cgroup namespace: the first line is a path as /proc/PID/cgroup
+/// shows it (`/../../kubepods/...`), the rest a mountinfo. The mount chosen
+/// is the highest that shows the namespace's root, and the path translated
+/// onto it is a plain path below it, the namespace root's names first.
+#[test]
+fn cgroupns_path() {
+    Target::new("cgroupns_path")
+        .seeds([
+            format!(
+                "/../../kubepods/burstable/pod{UID}/{CID}\n\
+                41 31 0:38 /../../.. /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+            )
+            .into_bytes(),
+            b"/../sub\n700 690 0:26 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n\
+              712 700 0:26 /../.. /sys/fs/cgroup ro master:4 - cgroup2 cgroup2 rw,nsdelegate\n\
+              713 690 0:26 /../my\\040dir /x ro - cgroup2 cgroup2 rw\n"
+                .to_vec(),
+            b"/kubepods/a/./b/../c\n30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n".to_vec(),
+        ])
+        .dict([
+            "/..", "/.", "//", " - ", "cgroup2", "\\040", "\n", "/", " / ", "kubepods",
+        ])
+        .max_len(4096)
+        .run(|b| {
+            let s = text(b);
+            let (path, mi) = s.split_once('\n').unwrap_or((&s, ""));
+            let all = pods::cgroup2_mounts(mi);
+            let chosen = pods::choose_cgroup2(mi);
+            if let Some(m) = &chosen {
+                assert!(all.contains(m), "the chosen mount is one of them");
+                assert!(m.root.comps.is_empty(), "{m:?}");
+                assert!(all
+                    .iter()
+                    .filter(|o| o.root.comps.is_empty())
+                    .all(|o| o.root.ups <= m.root.ups));
+            } else {
+                assert!(all.iter().all(|o| !o.root.comps.is_empty()));
+            }
+            let np = pods::NsPath::parse(path);
+            let Some(m) = chosen else {
+                return sig((all.len().min(4), np.map(|p| p.ups.min(4))));
+            };
+            let ups = m.root.ups;
+            let names: Vec<String> = (0..ups).map(|i| format!("n{i}")).collect();
+            let v = pods::Cgroup2View::with_ns_root(m, names.clone());
+            let out = v.translate(path);
+            if let Some(o) = &out {
+                assert!(o.starts_with('/'), "{o:?}");
+                let back = pods::NsPath::parse(o).unwrap();
+                assert_eq!(back.ups, 0, "{o:?}");
+                if o != "/" {
+                    assert!(
+                        o[1..]
+                            .split('/')
+                            .all(|c| !c.is_empty() && c != "." && c != ".."),
+                        "{o:?}"
+                    );
+                }
+                let p = np.clone().expect("translated, so it parsed");
+                assert!(p.ups <= ups);
+                let mut want = names[..ups - p.ups].to_vec();
+                want.extend(p.comps);
+                assert_eq!(back.comps, want);
+            } else if let Some(p) = &np {
+                assert!(
+                    p.ups > ups,
+                    "{p:?} is below the mount (ups {ups}) yet not translated"
+                );
+            }
+            sig((
+                all.len().min(4),
+                ups.min(4),
+                np.map(|p| p.ups.min(4)),
+                out.is_some(),
+            ))
         });
 }
 

@@ -11,6 +11,7 @@ use std::{
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -177,27 +178,236 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The cgroup2 mount point in a mountinfo text: the mount of the hierarchy's
-/// root (root field `/`), first one wins.
-pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        let fstype = post.split_whitespace().next()?;
-        let f: Vec<&str> = pre.split_whitespace().collect();
-        if fstype == "cgroup2" && f.get(3) == Some(&"/") {
-            Some(PathBuf::from(unescape(f.get(4)?)))
-        } else {
-            None
+/// A cgroup path as this process's cgroup namespace shows it (the `0::`
+/// line of /proc/PID/cgroup, the root field of a cgroup2 mount in
+/// mountinfo): `ups` levels above the namespace's root (the leading `..`s),
+/// then down `comps`. In the host's namespace `ups` is always 0 and the path
+/// is the hierarchy's own; in a private one (a container's) the kernel
+/// writes a cgroup outside the namespace as `/../../kubepods/...`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NsPath {
+    pub ups: usize,
+    pub comps: Vec<String>,
+}
+
+impl NsPath {
+    /// Normalised: empty and `.` components dropped, `..` cancels the
+    /// component before it or, with none left, climbs above the root.
+    /// None unless absolute.
+    pub fn parse(s: &str) -> Option<NsPath> {
+        let mut p = NsPath::default();
+        for c in s.strip_prefix('/')?.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => {
+                    if p.comps.pop().is_none() {
+                        p.ups += 1;
+                    }
+                }
+                c => p.comps.push(c.to_string()),
+            }
         }
+        Some(p)
+    }
+
+    /// The namespace's root itself, or one of its ancestors.
+    fn is_above_root(&self) -> bool {
+        self.comps.is_empty()
+    }
+}
+
+/// A cgroup2 mount: where it is, and which cgroup is its root (as this
+/// process's cgroup namespace writes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup2Mount {
+    pub point: PathBuf,
+    pub root: NsPath,
+}
+
+/// Every cgroup2 mount in a mountinfo text, in order (escapes undone).
+pub fn cgroup2_mounts(mountinfo: &str) -> Vec<Cgroup2Mount> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            if post.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            let f: Vec<&str> = pre.split_whitespace().collect();
+            Some(Cgroup2Mount {
+                root: NsPath::parse(&unescape(f.get(3)?))?,
+                point: PathBuf::from(unescape(f.get(4)?)),
+            })
+        })
+        .collect()
+}
+
+/// The cgroup2 mount that shows the most of the hierarchy: of the mounts
+/// whose root is this namespace's root or above it, the highest (most
+/// `..`s in its root field); the first of equals wins. In the host's
+/// namespace that is the first mount of the hierarchy's root (root `/`), as
+/// always; in a private namespace, the host's tree bind-mounted in (root
+/// `/../..`) rather than the namespace's own (root `/`). A mount of a
+/// sub-cgroup (root `/kubepods`) shows only part of the tree: never chosen.
+pub fn choose_cgroup2(mountinfo: &str) -> Option<Cgroup2Mount> {
+    let mut best: Option<Cgroup2Mount> = None;
+    for m in cgroup2_mounts(mountinfo) {
+        if m.root.is_above_root() && best.as_ref().is_none_or(|b| m.root.ups > b.root.ups) {
+            best = Some(m);
+        }
+    }
+    best
+}
+
+/// The chosen cgroup2 mount's mount point (see `choose_cgroup2`).
+#[cfg(test)]
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    choose_cgroup2(mountinfo).map(|m| m.point)
+}
+
+/// Where this process sees the cgroup2 hierarchy's root, or in a private
+/// cgroup namespace the highest part of it mounted (None: no cgroup2
+/// mount).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    view().map(|v| v.point().to_path_buf())
+}
+
+/// How many directories the search for the namespace's root may visit.
+const SEARCH_MAX: usize = 1 << 16;
+
+/// The cgroup2 mount this process uses, and how the paths its cgroup
+/// namespace shows map onto it. Every path portwatch reports is relative to
+/// the mount's root: the hierarchy's own path when the mount is the
+/// hierarchy's root (the host's namespace, or the host's tree mounted into
+/// a container), whatever namespace /proc shows it in.
+#[derive(Debug)]
+pub struct Cgroup2View {
+    mount: Cgroup2Mount,
+    /// The namespace root's path below the mount's root (`mount.root.ups`
+    /// names), once found; when last looked for.
+    ns_root: Mutex<(Option<Vec<String>>, Option<Instant>)>,
+}
+
+impl Cgroup2View {
+    pub fn new(mount: Cgroup2Mount) -> Cgroup2View {
+        let known = (mount.root.ups == 0).then(Vec::new);
+        Cgroup2View {
+            mount,
+            ns_root: Mutex::new((known, None)),
+        }
+    }
+
+    /// With the namespace root's names known already (tests, fuzzing).
+    #[cfg(test)]
+    pub(crate) fn with_ns_root(mount: Cgroup2Mount, names: Vec<String>) -> Cgroup2View {
+        assert_eq!(names.len(), mount.root.ups);
+        Cgroup2View {
+            mount,
+            ns_root: Mutex::new((Some(names), None)),
+        }
+    }
+
+    pub fn point(&self) -> &Path {
+        &self.mount.point
+    }
+
+    pub fn mount(&self) -> &Cgroup2Mount {
+        &self.mount
+    }
+
+    /// The path below the mount's root ("/" for the root, "/a/b" below it)
+    /// of a cgroup path as this namespace shows it (`0::` of
+    /// /proc/PID/cgroup); None when the mount does not show that cgroup.
+    /// The host's namespace, mount root `/`: the path itself.
+    pub fn translate(&self, ns_path: &str) -> Option<String> {
+        let p = NsPath::parse(ns_path)?;
+        let m = &self.mount.root;
+        let comps: Vec<String> = if p.ups == m.ups {
+            p.comps.strip_prefix(m.comps.as_slice())?.to_vec()
+        } else if p.ups < m.ups && m.comps.is_empty() {
+            // Below an ancestor of the namespace's root the mount shows:
+            // its names come first.
+            let names = self.ns_root()?;
+            let mut c = names.get(..m.ups - p.ups)?.to_vec();
+            c.extend(p.comps);
+            c
+        } else {
+            return None;
+        };
+        Some(format!("/{}", comps.join("/")))
+    }
+
+    /// The namespace root's path below the mount's root: found once, by
+    /// finding this process's own cgroup among the directories that deep
+    /// (retried at most once a second while not found).
+    fn ns_root(&self) -> Option<Vec<String>> {
+        let mut g = self.ns_root.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0.is_none() && g.1.is_none_or(|t| t.elapsed() >= WALK_EVERY) {
+            g.1 = Some(Instant::now());
+            let pid = std::process::id();
+            g.0 = proc_cgroup(pid)
+                .and_then(|own| NsPath::parse(&own))
+                .filter(|own| own.ups == 0)
+                .and_then(|own| {
+                    find_ns_root(&self.mount.point, self.mount.root.ups, &own.comps, pid)
+                });
+        }
+        g.0.clone()
+    }
+}
+
+/// The directory `depth` levels below `point` under which this process's
+/// cgroup (`own`, from its namespace's root) holds `pid`: the names down to
+/// it. A breadth-first look at most `SEARCH_MAX` directories deep.
+pub fn find_ns_root(point: &Path, depth: usize, own: &[String], pid: u32) -> Option<Vec<String>> {
+    let mut level: Vec<(PathBuf, Vec<String>)> = vec![(point.to_path_buf(), vec![])];
+    let mut seen = 0usize;
+    for _ in 0..depth {
+        let mut next = vec![];
+        for (dir, names) in &level {
+            let Ok(rd) = fs::read_dir(dir) else { continue };
+            for e in rd.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                seen += 1;
+                if seen > SEARCH_MAX {
+                    return None;
+                }
+                let mut n = names.clone();
+                n.push(e.file_name().to_string_lossy().into_owned());
+                next.push((e.path(), n));
+            }
+        }
+        level = next;
+    }
+    let want = pid.to_string();
+    level.into_iter().find_map(|(dir, names)| {
+        let procs =
+            fs::read_to_string(own.iter().fold(dir, |d, c| d.join(c)).join("cgroup.procs")).ok()?;
+        procs.lines().any(|l| l == want).then_some(names)
     })
 }
 
-/// Where this process sees the cgroup2 hierarchy's root (None: no cgroup2
-/// mount).
-pub fn cgroup2_root() -> Option<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|m| cgroup2_mount(&m))
+/// This process's cgroup2 view, from /proc/self/mountinfo once (None: no
+/// cgroup2 mount).
+pub fn view() -> Option<Arc<Cgroup2View>> {
+    static VIEW: OnceLock<Option<Arc<Cgroup2View>>> = OnceLock::new();
+    VIEW.get_or_init(|| {
+        fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|m| choose_cgroup2(&m))
+            .map(|m| Arc::new(Cgroup2View::new(m)))
+    })
+    .clone()
+}
+
+/// Whether this process's cgroup namespace is not PID 1's (with the node's
+/// PID namespace, the host's): None when that cannot be read.
+pub fn private_cgroupns() -> Option<bool> {
+    let own = fs::read_link("/proc/self/ns/cgroup").ok()?;
+    let init = fs::read_link("/proc/1/ns/cgroup").ok()?;
+    Some(own != init)
 }
 
 /// At most this many id -> path entries are kept.
@@ -209,7 +419,7 @@ const WALK_EVERY: Duration = Duration::from_secs(1);
 /// (checked against the id) and then, at most once a second, a walk of the
 /// hierarchy.
 pub struct CgroupResolver {
-    root: Option<PathBuf>,
+    view: Option<Arc<Cgroup2View>>,
     cache: HashMap<u64, String>,
     last_walk: Option<Instant>,
     pub walks: u64,
@@ -218,12 +428,12 @@ pub struct CgroupResolver {
 impl CgroupResolver {
     /// The cgroup2 mount from /proc/self/mountinfo (None: no cgroup2 here).
     pub fn new() -> CgroupResolver {
-        CgroupResolver::with_root(cgroup2_root())
+        CgroupResolver::with_view(view())
     }
 
-    pub fn with_root(root: Option<PathBuf>) -> CgroupResolver {
+    pub fn with_view(view: Option<Arc<Cgroup2View>>) -> CgroupResolver {
         CgroupResolver {
-            root,
+            view,
             cache: HashMap::new(),
             last_walk: None,
             walks: 0,
@@ -231,7 +441,32 @@ impl CgroupResolver {
     }
 
     pub fn root(&self) -> Option<&Path> {
-        self.root.as_deref()
+        self.view.as_deref().map(Cgroup2View::point)
+    }
+
+    pub fn view(&self) -> Option<&Cgroup2View> {
+        self.view.as_deref()
+    }
+
+    /// Where paths come from, for start-up's note: the mount, and in a
+    /// private cgroup namespace how it sits (or why pods outside it cannot
+    /// be seen).
+    pub fn describe(&self) -> Option<String> {
+        let v = self.view()?;
+        let m = v.mount();
+        let at = m.point.display();
+        Some(if m.root.ups > 0 {
+            format!(
+                "{at} (this process's cgroup namespace is private; that mount's root is {} from here, so paths are translated to it and reported from its root)",
+                std::iter::repeat_n("/..", m.root.ups).collect::<String>()
+            )
+        } else if private_cgroupns() == Some(true) {
+            format!(
+                "{at}, WARNING: this process's cgroup namespace is private and that mount shows only its own subtree: pods outside it stay unresolved (mount the node's cgroup2 tree, e.g. hostPath /sys/fs/cgroup, read-only)"
+            )
+        } else {
+            at.to_string()
+        })
     }
 
     fn insert(&mut self, id: u64, path: String) {
@@ -241,15 +476,18 @@ impl CgroupResolver {
         self.cache.insert(id, path);
     }
 
-    /// The path of cgroup `id` ("/" for the root, "/a/b" below it), or None.
-    /// `pids` are tried first through /proc/PID/cgroup.
+    /// The path of cgroup `id` below the mount's root ("/" for the root,
+    /// "/a/b" below it), or None. `pids` are tried first through
+    /// /proc/PID/cgroup (translated from this namespace's view to the
+    /// mount's); the walk of the mounted tree finds the rest.
     pub fn resolve(&mut self, id: u64, pids: &[u32]) -> Option<String> {
         if let Some(p) = self.cache.get(&id) {
             return Some(p.clone());
         }
-        let root = self.root.clone()?;
+        let view = self.view.clone()?;
+        let root = view.point().to_path_buf();
         for pid in pids {
-            if let Some(p) = proc_cgroup(*pid) {
+            if let Some(p) = proc_cgroup(*pid).and_then(|p| view.translate(&p)) {
                 if fs::metadata(root.join(p.trim_start_matches('/'))).is_ok_and(|m| m.ino() == id) {
                     self.insert(id, p.clone());
                     return Some(p);
@@ -291,9 +529,13 @@ impl CgroupResolver {
     }
 }
 
-/// The pod process `pid` belongs to, from its cgroup path (names null).
+/// The pod process `pid` belongs to, from its cgroup path (names null):
+/// the path below the cgroup2 mount's root, or as /proc shows it when that
+/// mount does not show it.
 pub fn of_pid(pid: u32) -> Option<Pod> {
-    parse_kube_path(&proc_cgroup(pid)?)
+    let raw = proc_cgroup(pid)?;
+    let path = view().and_then(|v| v.translate(&raw)).unwrap_or(raw);
+    parse_kube_path(&path)
 }
 
 /// The cgroup v2 path in /proc/PID/cgroup (the `0::` line).
@@ -572,6 +814,203 @@ mod tests {
             cgroup2_mount("\0 \0 \0 / \\600 - cgroup2"),
             Some("\\600".into())
         );
+    }
+
+    /// mountinfo as a process in a private cgroup namespace reads it: as
+    /// read here after `unshare -C` from /pwexp/a/agent (hybrid host), and
+    /// as a container with a private cgroupns whose own cgroup2 mount has
+    /// the host's tree bind-mounted over it shows it (pure v2).
+    const PRIVATE_HYBRID: &str =
+        "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+35 31 0:32 /../.. /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+41 31 0:38 /../../.. /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+    const PRIVATE_PODMAN: &str =
+        "700 690 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw\n\
+712 700 0:26 /../.. /sys/fs/cgroup ro,relatime master:4 - cgroup2 cgroup2 rw,nsdelegate\n\
+713 690 0:26 /../../kubepods /host/kubepods ro - cgroup2 cgroup2 rw\n";
+
+    fn mount(point: &str, root: &str) -> Cgroup2Mount {
+        Cgroup2Mount {
+            point: point.into(),
+            root: NsPath::parse(root).unwrap(),
+        }
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn ns_paths_normalise_dots_and_count_escapes() {
+        let p = |ups, c: &[&str]| {
+            Some(NsPath {
+                ups,
+                comps: names(c),
+            })
+        };
+        assert_eq!(NsPath::parse("/"), p(0, &[]));
+        assert_eq!(
+            NsPath::parse("/kubepods/pod1/c"),
+            p(0, &["kubepods", "pod1", "c"])
+        );
+        assert_eq!(
+            NsPath::parse("/../../kubepods/burstable"),
+            p(2, &["kubepods", "burstable"])
+        );
+        assert_eq!(NsPath::parse("/.."), p(1, &[]));
+        assert_eq!(NsPath::parse("/a/../../b"), p(1, &["b"]));
+        assert_eq!(NsPath::parse("/a/./b//c/.."), p(0, &["a", "b"]));
+        assert_eq!(NsPath::parse("/a/b/../../.."), p(1, &[]));
+        // A name that only looks like dots is a name.
+        assert_eq!(NsPath::parse("/.../..x"), p(0, &["...", "..x"]));
+        assert_eq!(NsPath::parse(""), None);
+        assert_eq!(NsPath::parse("../a"), None);
+    }
+
+    #[test]
+    fn mountinfo_private_namespace_picks_the_highest_mount() {
+        assert_eq!(
+            choose_cgroup2(PRIVATE_HYBRID),
+            Some(mount("/sys/fs/cgroup/unified", "/../../.."))
+        );
+        // The host's tree over the container's own: the one that shows it all.
+        assert_eq!(
+            choose_cgroup2(PRIVATE_PODMAN),
+            Some(mount("/sys/fs/cgroup", "/../.."))
+        );
+        assert_eq!(cgroup2_mounts(PRIVATE_PODMAN).len(), 3);
+        // Only the namespace's own tree: that one (it shows our subtree).
+        let own = "700 690 0:26 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
+        assert_eq!(choose_cgroup2(own), Some(mount("/sys/fs/cgroup", "/")));
+        // First of equals; a sub-cgroup's mount (root below an escape) never.
+        let two = "1 0 0:26 /.. /a rw - cgroup2 cgroup2 rw\n\
+2 0 0:26 /../x /b rw - cgroup2 cgroup2 rw\n\
+3 0 0:26 /.. /c rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(choose_cgroup2(two), Some(mount("/a", "/..")));
+        assert_eq!(
+            cgroup2_mount("2 0 0:26 /../x /b rw - cgroup2 cgroup2 rw\n"),
+            None
+        );
+        // Escapes in the root field and the mount point are undone.
+        let esc = "9 0 0:26 /../my\\040dir/.. /mnt/c\\040g rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(choose_cgroup2(esc), Some(mount("/mnt/c g", "/..")));
+        // A root that is not a path is not a mount we can use.
+        assert_eq!(
+            choose_cgroup2("9 0 0:26 x /mnt rw - cgroup2 cgroup2 rw\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn host_paths_translate_to_themselves() {
+        let v = Cgroup2View::new(mount("/sys/fs/cgroup", "/"));
+        for p in [
+            "/",
+            "/kubepods/burstable/pod1/c",
+            "/system.slice/containerd.service",
+        ] {
+            assert_eq!(v.translate(p).as_deref(), Some(p));
+        }
+        // Nothing is above the host's root.
+        assert_eq!(v.translate("/../x"), None);
+        assert_eq!(v.translate("x"), None);
+    }
+
+    #[test]
+    fn private_namespace_paths_translate_to_the_mounts_root() {
+        let kube = format!("/kubepods/burstable/pod{UID}/{CID}");
+        // The agent at /kubepods/besteffort/podA/ctr (4 levels down), the
+        // host's tree mounted (root /../../../..).
+        let v = Cgroup2View::with_ns_root(
+            mount("/sys/fs/cgroup", "/../../../.."),
+            names(&["kubepods", "besteffort", "podA", "ctr"]),
+        );
+        // Another QoS class: the escape reaches the hierarchy's root.
+        assert_eq!(
+            v.translate(&format!("/../../../..{kube}")).as_deref(),
+            Some(kube.as_str())
+        );
+        assert_eq!(
+            v.translate(&format!("/../../..{}", &kube["/kubepods".len()..]))
+                .as_deref(),
+            Some(kube.as_str())
+        );
+        // Another pod of the same QoS class, and the agent's own pod.
+        assert_eq!(
+            v.translate(&format!("/../../pod{UID}/{CID}")).as_deref(),
+            Some(format!("/kubepods/besteffort/pod{UID}/{CID}").as_str())
+        );
+        assert_eq!(
+            v.translate("/../other").as_deref(),
+            Some("/kubepods/besteffort/podA/other")
+        );
+        // The agent itself, and below it.
+        assert_eq!(
+            v.translate("/").as_deref(),
+            Some("/kubepods/besteffort/podA/ctr")
+        );
+        assert_eq!(
+            v.translate("/sub").as_deref(),
+            Some("/kubepods/besteffort/podA/ctr/sub")
+        );
+        assert_eq!(v.translate("/../../../../").as_deref(), Some("/"));
+        // Above the mount: not shown.
+        assert_eq!(v.translate("/../../../../.."), None);
+        // What the parser then makes of it: the pod, as on the host.
+        let t = v.translate(&format!("/../../../..{kube}")).unwrap();
+        assert_eq!(parse_kube_path(&t), pod(Some(CID)));
+
+        // A mount of the namespace's own tree only (root /): paths outside
+        // it are not shown.
+        let own = Cgroup2View::new(mount("/sys/fs/cgroup", "/"));
+        assert_eq!(own.translate(&format!("/../..{kube}")), None);
+        assert_eq!(own.translate("/sub").as_deref(), Some("/sub"));
+
+        // A mount of a sub-cgroup (root /../x): only what is below it.
+        let sub = Cgroup2View::new(mount("/host/kubepods", "/../../kubepods"));
+        assert_eq!(
+            sub.translate(&format!("/../..{kube}")).as_deref(),
+            Some(&kube["/kubepods".len()..])
+        );
+        assert_eq!(sub.translate("/../../system.slice"), None);
+        assert_eq!(sub.translate("/x"), None);
+    }
+
+    /// The namespace's root found by where our own pid is, in a tree laid
+    /// out as the cgroup2 mount is (directories holding `cgroup.procs`).
+    #[test]
+    fn namespace_root_found_by_own_pid() {
+        let t = std::env::temp_dir().join(format!("pw-nsroot-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&t);
+        for d in [
+            "kubepods/besteffort/podA/ctr/sub",
+            "kubepods/besteffort/podB/ctr",
+            "system.slice/x/y/z",
+        ] {
+            fs::create_dir_all(t.join(d)).unwrap();
+        }
+        fs::write(
+            t.join("kubepods/besteffort/podB/ctr/cgroup.procs"),
+            "1\n99\n",
+        )
+        .unwrap();
+        fs::write(
+            t.join("kubepods/besteffort/podA/ctr/sub/cgroup.procs"),
+            "7\n42\n",
+        )
+        .unwrap();
+        let own = names(&["sub"]);
+        assert_eq!(
+            find_ns_root(&t, 4, &own, 42),
+            Some(names(&["kubepods", "besteffort", "podA", "ctr"]))
+        );
+        assert_eq!(find_ns_root(&t, 4, &own, 4), None, "4 is not 42");
+        assert_eq!(
+            find_ns_root(&t, 4, &[], 99),
+            Some(names(&["kubepods", "besteffort", "podB", "ctr"]))
+        );
+        assert_eq!(find_ns_root(&t, 3, &[], 99), None);
+        fs::remove_dir_all(&t).unwrap();
     }
 
     #[test]

@@ -69,13 +69,10 @@ impl Enricher {
 
     /// What start-up says about pod identity, once, on stderr.
     pub fn pods_note(&self) -> String {
-        let Some(root) = self.cgroups.root() else {
+        let Some(root) = self.cgroups.describe() else {
             return "pods: no cgroup2 mount in /proc/self/mountinfo: cgroup and pod stay null on every event".into();
         };
-        let ids = format!(
-            "pods: pod uid and container id come from cgroup paths under {}",
-            root.display()
-        );
+        let ids = format!("pods: pod uid and container id come from cgroup paths under {root}");
         match self.cri.status() {
             cri::Status::Found { .. } => format!(
                 "{ids}; pod, namespace and container names from the CRI runtime, {}",
@@ -86,7 +83,7 @@ impl Enricher {
                 cri::ENDPOINT_ENV,
                 self.cri.status(),
                 cri::REPROBE_EVERY.as_secs(),
-                root.display()
+                root
             ),
             _ => format!(
                 "{ids}; {}: pod, namespace and container names stay null (--namespace matches nothing; --pod/--container take a uid/id prefix; --cri-endpoint names the runtime's socket)",

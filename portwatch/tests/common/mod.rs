@@ -249,6 +249,82 @@ impl Tracer {
         Self::start_cmd(c, true)
     }
 
+    /// `portwatch args...` moved into the cgroup `dir` (a directory of the
+    /// cgroup2 mount) and then given a cgroup namespace of its own there,
+    /// as a container with a private cgroupns runs (`unshare -C`, done here
+    /// between fork and exec so that the VM guests, whose busybox `unshare`
+    /// has no `-C`, run it too): other processes' /proc/PID/cgroup read
+    /// relative to `dir`, and the cgroup2 mount's root is `/..`-escaped.
+    pub fn start_in_cgroupns(dir: &std::path::Path, args: &[&str]) -> Tracer {
+        use std::os::unix::process::CommandExt as _;
+        let procs = std::ffi::CString::new(
+            dir.join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        let mut c = Command::new(portwatch_bin());
+        c.args(args);
+        // SAFETY: between fork and exec only open, write, close and unshare,
+        // on memory prepared before the fork.
+        unsafe {
+            c.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0": the writer itself.
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let e = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(e);
+                }
+                if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let t = Self::start_cmd(c, true);
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).unwrap();
+        assert_ne!(
+            ns(&t.pid().to_string()),
+            ns("self"),
+            "portwatch runs in a cgroup namespace of its own"
+        );
+        t
+    }
+
+    /// The text of `file` as read from inside this process's cgroup
+    /// namespace (`cat`, after setns into it).
+    pub fn read_in_cgroupns(&self, file: &str) -> String {
+        use std::os::unix::process::CommandExt as _;
+        let ns = std::fs::File::open(format!("/proc/{}/ns/cgroup", self.pid())).unwrap();
+        let mut c = Command::new("cat");
+        c.arg(file);
+        // SAFETY: setns on an fd opened before the fork.
+        unsafe {
+            use std::os::fd::AsRawFd as _;
+            let fd = ns.as_raw_fd();
+            c.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWCGROUP) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "cat {file}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A command that runs portwatch (under podman, say) and whose stderr
+    /// is portwatch's.
+    pub fn start_command(cmd: Command) -> Tracer {
+        Self::start_cmd(cmd, true)
+    }
+
     fn start_cmd(mut cmd: Command, read_stdout: bool) -> Tracer {
         require_root();
         let mut child = cmd
