@@ -198,3 +198,148 @@ fn ipvs_steal_names_the_real_server() {
     println!("steal report: {s}");
     assert!(t.stop().0.success());
 }
+
+/// The node as kube-proxy in IPVS mode lays it out: the `kube-ipvs0` dummy
+/// holding a ClusterIP, a ClusterIP and two NodePort virtual services
+/// (NodePorts on the node's address), the `KUBE-CLUSTER-IP` and
+/// `KUBE-NODE-PORT-TCP` ipsets, the `KUBE-*` iptables chains that mark and
+/// masquerade NodePort traffic, and `net.ipv4.vs.conntrack=1`.
+fn kube_proxy_node(node: &Netns, nodeports: &[u16]) {
+    node.sysctl("net/ipv4/ip_forward", "1");
+    node.sysctl("net/ipv4/vs/conntrack", "1");
+    node.sysctl("net/ipv4/vs/conn_reuse_mode", "0");
+    node.sysctl("net/ipv4/vs/expire_nodest_conn", "1");
+    node.sh("ip link add kube-ipvs0 type dummy && ip addr add 10.96.0.10/32 dev kube-ipvs0");
+    node.sh("ipvsadm -A -t 10.96.0.10:80 -s rr && ipvsadm -a -t 10.96.0.10:80 -r 10.0.1.3:8080 -m");
+    node.sh(
+        "ipset create KUBE-CLUSTER-IP hash:ip,port && ipset add KUBE-CLUSTER-IP 10.96.0.10,tcp:80",
+    );
+    node.sh("ipset create KUBE-NODE-PORT-TCP bitmap:port range 0-65535");
+    for p in nodeports {
+        node.sh(&format!(
+            "ipvsadm -A -t 10.0.0.1:{p} -s rr && ipvsadm -a -t 10.0.0.1:{p} -r 10.0.1.3:8080 -m \
+             && ipset add KUBE-NODE-PORT-TCP {p}"
+        ));
+    }
+    node.sh(
+        "iptables -t nat -N KUBE-MARK-MASQ \
+         && iptables -t nat -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000 \
+         && iptables -t nat -N KUBE-POSTROUTING \
+         && iptables -t nat -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN \
+         && iptables -t nat -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000 \
+         && iptables -t nat -A KUBE-POSTROUTING -m comment --comment 'kubernetes service traffic requiring SNAT' -j MASQUERADE \
+         && iptables -t nat -N KUBE-NODE-PORT \
+         && iptables -t nat -A KUBE-NODE-PORT -p tcp -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ \
+         && iptables -t nat -N KUBE-SERVICES \
+         && iptables -t nat -A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT \
+         && iptables -t nat -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT \
+         && iptables -t nat -A PREROUTING -j KUBE-SERVICES \
+         && iptables -t nat -A OUTPUT -j KUBE-SERVICES \
+         && iptables -t nat -A POSTROUTING -j KUBE-POSTROUTING",
+    );
+}
+
+/// The incident end to end on a node laid out as kube-proxy lays it out:
+/// the node's range widened over two NodePorts (32766, 32767 of
+/// 32766-32769), and a host-netns client as the kubelet's health check
+/// connecting to a pod's IP without binding. Once its two ordinary ports
+/// are held, every further connect gets a NodePort as its source port and
+/// IPVS takes the SYN-ACK: the report names the client, the NodePort
+/// service and its real server. `check` on that node flags the overlap,
+/// with the IPVS services among the guarded ports; its printed fix,
+/// applied, leaves the client only ordinary ports, and no steal follows.
+#[cfg(feature = "vm-tests")]
+#[test]
+fn kube_proxy_ipvs_node_steal_and_the_check_fix() {
+    let (node, pod, _listener) = node_and_pod((32766, 32769));
+    // The probe after the fix goes to another port of the pod: the first
+    // probe's connections leave TIME_WAIT on 32768 and 32769 toward :80.
+    let _listener81 = Client::start(&pod, "--hold listen 10.0.0.2 81", Some("holding"));
+    let rs = Netns::new("rs", (40000, 40999));
+    link(&node, "r0", "10.0.1.1/24", &rs, "s0", "10.0.1.3/24");
+    rs.sh("ip route add default via 10.0.1.1");
+    kube_proxy_node(&node, &[32766, 32767]);
+
+    let mut t = Tracer::start_in(&node, &["nodeport-steal", "--json", "--follow", "10s"]);
+    {
+        let err = t.stderr.lock().unwrap();
+        assert!(
+            err.iter().any(|l| l.contains("(3 IPVS virtual services)")),
+            "the ClusterIP and both NodePorts read from the kernel: {err:?}"
+        );
+    }
+    // The kubelet's probe: no bind, the kernel picks the source port.
+    let out = client_once(&node, "--syncnt 1 connect 10.0.0.2 80 4");
+    let stolen = out.iter().filter(|l| *l == "err 110").count();
+    let ok: Vec<&String> = out.iter().filter(|l| l.starts_with("ok ")).collect();
+    assert_eq!(stolen + ok.len(), 4, "{out:?}");
+    assert!(
+        stolen >= 1,
+        "once 32768 and 32769 are held, a NodePort is next: {out:?}"
+    );
+    assert!(
+        ok.iter().all(|l| *l == "ok 32768" || *l == "ok 32769"),
+        "no connect from a NodePort gets through: {out:?}"
+    );
+    let reps = reports(&mut t, stolen);
+    let steals: Vec<&Value> = reps
+        .iter()
+        .filter(|r| r["kind"] == "nodeport_steal")
+        .collect();
+    assert_eq!(
+        steals.len(),
+        stolen,
+        "one report per stolen connect: {reps:?}"
+    );
+    for s in &steals {
+        let port = s["port"].as_u64().unwrap();
+        assert!(port == 32766 || port == 32767, "{s}");
+        assert_eq!(s["outcome"], "failed", "{s}");
+        assert_eq!(s["victim"]["comm"], "pwclient", "{s}");
+        assert_eq!(s["victim"]["daddr"], "10.0.0.2", "{s}");
+        assert_eq!(s["victim"]["dport"], 80, "{s}");
+        assert_eq!(s["ipvs"]["vip"], "10.0.0.1", "{s}");
+        assert_eq!(s["ipvs"]["vport"], port, "{s}");
+        assert_eq!(s["ipvs"]["real_server"], "10.0.1.3:8080", "{s}");
+        println!("kube-proxy node steal: {s}");
+    }
+
+    // check on that node: the overlap, and the fix that ends it.
+    let out = common::check_as_node(&node, true, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let f = lines
+        .iter()
+        .find(|f| f["check"] == "nodeport_overlap")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(f["evidence"]["uncovered"], "32766-32767", "{f}");
+    assert_eq!(lines.last().unwrap()["ipvs"], true, "{lines:?}");
+    let fix = f["fix"].as_str().unwrap();
+    assert_eq!(
+        fix,
+        "sysctl -w net.ipv4.ip_local_reserved_ports=30000-32767"
+    );
+    node.sh(fix);
+    let out = client_once(&node, "--syncnt 1 connect 10.0.0.2 81 2");
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(
+        out.iter().all(|l| l == "ok 32768" || l == "ok 32769"),
+        "{out:?}"
+    );
+    assert!(
+        reports(&mut t, 0)
+            .iter()
+            .all(|r| r["kind"] != "nodeport_steal"),
+        "no steal once the NodePorts are reserved"
+    );
+    assert!(t.stop().0.success());
+}

@@ -117,6 +117,13 @@ pub(crate) fn build_initramfs(
     extra: &[String],
 ) -> Result<PathBuf> {
     let mut g = GuestRoot::new(dir, HOST_TOOLS)?;
+    for (link, to) in TOOL_LINKS {
+        std::os::unix::fs::symlink(to, g.root.join(link.trim_start_matches('/')))?;
+    }
+    for ext in XTABLES_EXTENSIONS {
+        let p = Path::new(XTABLES_DIR).join(ext);
+        g.program(&p, &p, false)?;
+    }
     for f in &payload.fixed {
         g.program(f, f, true)?;
     }

@@ -66,6 +66,9 @@ pub(crate) const VM_PKGS: &[&str] = &[
     "bpftool",
     "ipvsadm",
     "nftables",
+    // kube-proxy's IPVS-mode layout: its ipsets and iptables chains.
+    "ipset",
+    "iptables",
 ];
 
 /// Modules loaded in the guest (with their dependencies, found by modinfo).
@@ -80,6 +83,20 @@ const MODULES: &[&str] = &[
     "sch_ingress",
     "cls_bpf",
     "tcp_diag",
+    // What kube-proxy in IPVS mode sets up on a node: the kube-ipvs0
+    // dummy, its ipsets, and its iptables-nft chains (mark, masquerade,
+    // set and address-type matches through nft_compat).
+    "dummy",
+    "ip_set_hash_ipport",
+    "ip_set_bitmap_port",
+    "xt_set",
+    "nft_compat",
+    "nft_chain_nat",
+    "xt_mark",
+    "xt_MASQUERADE",
+    "xt_addrtype",
+    "xt_tcpudp",
+    "xt_comment",
 ];
 
 pub const BACKENDS: &[&str] = &["fexit", "kprobe", "tracepoint"];
@@ -109,7 +126,28 @@ const HOST_TOOLS: &[&str] = &[
     "/usr/sbin/ipvsadm",
     "/usr/sbin/nft",
     "/bin/dash",
+    "/usr/sbin/ipset",
+    "/usr/sbin/xtables-nft-multi",
 ];
+
+/// Names a multi-call host program answers to in the guest.
+const TOOL_LINKS: &[(&str, &str)] = &[("/usr/sbin/iptables", "xtables-nft-multi")];
+
+/// iptables extensions (loaded with dlopen, so `ldd` does not name them)
+/// for kube-proxy's rules.
+const XTABLES_EXTENSIONS: &[&str] = &[
+    "libxt_standard.so",
+    "libxt_tcp.so",
+    "libxt_mark.so",
+    "libxt_MARK.so",
+    "libxt_MASQUERADE.so",
+    "libxt_set.so",
+    "libxt_addrtype.so",
+    "libxt_comment.so",
+];
+
+/// Where Debian keeps the iptables extensions.
+const XTABLES_DIR: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 
 /// Test binaries that honour PORTWATCH_TEST_BACKEND run once per backend;
 /// the others run once.
