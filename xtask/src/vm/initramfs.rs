@@ -46,6 +46,11 @@ impl GuestRoot {
             "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
         )?;
         fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+        // Protocol names, for ipset's and iptables' `tcp`.
+        fs::write(
+            root.join("etc/protocols"),
+            "ip 0 IP\nicmp 1 ICMP\ntcp 6 TCP\nudp 17 UDP\nipv6-icmp 58 IPv6-ICMP\nsctp 132 SCTP\n",
+        )?;
         let mut g = GuestRoot {
             root,
             dynamic: vec![],
