@@ -42,16 +42,45 @@ pub(crate) use kernel::{find_vmlinuz, unpack_kernel};
 pub struct Kernel {
     pub name: &'static str,
     pub package: &'static str,
+    /// Where apt finds the package: the machine's own sources, or (for a
+    /// release the machine does not follow) Debian's archive through a
+    /// private apt configuration, leaving the machine's apt alone.
+    pub archive: Archive,
+    /// apt-cache pattern for the builds of this line, listed when the
+    /// pinned one is not served any more.
+    pub served: &'static str,
+}
+
+pub enum Archive {
+    /// The machine's own apt sources (Debian 12: 6.1 and 6.12).
+    Machine,
+    /// `deb` lines of a private sources file (Debian 11: 5.10).
+    Private(&'static [&'static str]),
 }
 
 pub const KERNELS: &[Kernel] = &[
     Kernel {
         name: "6.12",
         package: "linux-image-6.12.101+deb12-cloud-amd64",
+        archive: Archive::Machine,
+        served: "^linux-image-6\\.12\\..*-cloud-amd64$",
     },
     Kernel {
         name: "6.1",
         package: "linux-image-6.1.0-56-cloud-amd64",
+        archive: Archive::Machine,
+        served: "^linux-image-6\\.1\\.0-.*-cloud-amd64$",
+    },
+    // Debian 11: no module BTF (IPVS is read from /proc/net/ip_vs_conn),
+    // `tcp_retransmit_skb` without `family`, `ip_vs_in` for `ip_vs_in_hook`.
+    Kernel {
+        name: "5.10",
+        package: "linux-image-5.10.0-46-cloud-amd64",
+        archive: Archive::Private(&[
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main",
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bullseye-security main",
+        ]),
+        served: "^linux-image-5\\.10\\.0-.*-cloud-amd64$",
     },
 ];
 
