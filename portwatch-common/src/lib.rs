@@ -341,10 +341,18 @@ pub struct TpSockFields {
     pub skaddr: u32,
     pub sport: u32,
     pub dport: u32,
+    /// [`TP_NO_FAMILY`] where the record has no `family` field (5.10's
+    /// `tcp_retransmit_skb`): then an IPv4 socket is one whose `saddr_v6`
+    /// holds a v4-mapped address (the kernel stores one there for IPv4).
     pub family: u32,
     pub saddr: u32,
     pub daddr: u32,
+    /// Only read when `family` is [`TP_NO_FAMILY`].
+    pub saddr_v6: u32,
 }
+
+/// `TpSockFields::family` of a record without a `family` field.
+pub const TP_NO_FAMILY: u32 = u32::MAX;
 
 /// Offsets of the fields the nodeport-steal programs read: tracepoint
 /// records (from tracefs `format` files, which differ between kernels) and
@@ -533,8 +541,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<Offsets>(), 20 * 4);
         assert_eq!(STEAL_EVENT_SIZE, 88);
         assert_eq!(core::mem::size_of::<SynAckKey>(), 36);
-        assert_eq!(core::mem::size_of::<StealOffsets>(), 22 * 4);
-        assert_eq!(core::mem::size_of::<TpSockFields>(), 6 * 4);
+        assert_eq!(core::mem::size_of::<StealOffsets>(), 24 * 4);
+        assert_eq!(core::mem::size_of::<TpSockFields>(), 7 * 4);
         assert_eq!(SYSCTL_EVENT_SIZE, 312);
         assert_eq!(core::mem::size_of::<SysctlGuard>(), 16 + 4 * GUARD_SPANS);
         assert_eq!(core::mem::align_of::<SysctlEvent>(), 8);

@@ -203,3 +203,49 @@ pub fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
         .with_context(|| format!("attaching to the ingress of {iface}"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 5.10's `tcp:tcp_retransmit_skb` (Debian 5.10.0-46 cloud): no
+    /// `family`; the kernel stores IPv4 addresses v4-mapped in `saddr_v6`.
+    const RETRANS_510: &str = include_str!("../../fuzz/corpus/tracefs_format/tcp-tcp_retransmit_skb-5.10.format");
+
+    #[test]
+    fn retransmit_without_family_tells_ipv4_by_saddr_v6() {
+        let f = Format::parse("tcp:tcp_retransmit_skb", RETRANS_510).unwrap();
+        let mut o = StealOffsets::default();
+        retransmit_offsets(&f, &mut o).unwrap();
+        assert_eq!(o.rt.family, TP_NO_FAMILY);
+        assert_eq!(o.rt.saddr_v6, 40);
+        assert_eq!((o.rt.saddr, o.rt.daddr, o.rt.sport), (32, 36, 28));
+        assert_eq!(o.rt_state, 24);
+        // inet_sock_set_state must have its family: no fallback there.
+        assert!(set_state_offsets(&f, &mut o)
+            .unwrap_err()
+            .to_string()
+            .contains("no field family"));
+    }
+
+    #[test]
+    fn retransmit_with_family_uses_it() {
+        let text = RETRANS_510.replace(
+            "\tfield:__u8 saddr[4];\toffset:32;",
+            "\tfield:__u16 family;\toffset:72;\tsize:2;\tsigned:0;\n\tfield:__u8 saddr[4];\toffset:32;",
+        );
+        let f = Format::parse("tcp:tcp_retransmit_skb", &text).unwrap();
+        let mut o = StealOffsets::default();
+        retransmit_offsets(&f, &mut o).unwrap();
+        assert_eq!((o.rt.family, o.rt.saddr_v6), (72, 0));
+        // A family of the wrong size is an error, not a reason to guess.
+        let bad = text.replace("offset:72;\tsize:2;", "offset:72;\tsize:4;");
+        let f = Format::parse("tcp:tcp_retransmit_skb", &bad).unwrap();
+        assert!(retransmit_offsets(&f, &mut o).is_err());
+        // Neither family nor saddr_v6: says what it lacks.
+        let none = RETRANS_510.replace("saddr_v6", "other_v6");
+        let f = Format::parse("tcp:tcp_retransmit_skb", &none).unwrap();
+        let e = format!("{:#}", retransmit_offsets(&f, &mut o).unwrap_err());
+        assert!(e.contains("no field family, and no saddr_v6"), "{e}");
+    }
+}
