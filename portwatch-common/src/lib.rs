@@ -218,6 +218,7 @@ pub const OFF_NETNS: u32 = 1 << 0;
 pub const OFF_FILES: u32 = 1 << 1;
 pub const OFF_SOCK: u32 = 1 << 2;
 pub const OFF_SOCK_NET: u32 = 1 << 3;
+pub const OFF_TASK: u32 = 1 << 4;
 
 /// Kernel struct member offsets (bytes), read by userspace from the running
 /// kernel's BTF at start-up and handed to the programs as a global.
@@ -252,6 +253,12 @@ pub struct Offsets {
     pub skc_v6_rcv_saddr: u32,
     pub skc_net: u32,
     pub sk_protocol: u32,
+    // the task itself: task_struct.tgid (its pid), .pid (its tid), .comm;
+    // for cgroup programs, which get bpf_get_current_pid_tgid and
+    // bpf_get_current_comm only from 6.1 on
+    pub task_tgid: u32,
+    pub task_pid: u32,
+    pub task_comm: u32,
 }
 
 // ---------------------------------------------------------------------------
@@ -538,7 +545,7 @@ mod tests {
         // wire-format change.
         assert_eq!(FAILURE_EVENT_SIZE, 104);
         assert_eq!(core::mem::align_of::<FailureEvent>(), 8);
-        assert_eq!(core::mem::size_of::<Offsets>(), 20 * 4);
+        assert_eq!(core::mem::size_of::<Offsets>(), 23 * 4);
         assert_eq!(STEAL_EVENT_SIZE, 88);
         assert_eq!(core::mem::size_of::<SynAckKey>(), 36);
         assert_eq!(core::mem::size_of::<StealOffsets>(), 24 * 4);
