@@ -12,9 +12,9 @@ use aya_ebpf::{
     maps::PerCpuArray,
 };
 use portwatch_common::{
-    FailureEvent, Offsets, AF_INET, AF_INET6, EADDRINUSE, EADDRNOTAVAIL, F_DADDR, F_DPORT, F_NETNS,
-    F_PROTO, F_SADDR, F_SOCK, F_SPORT, OFF_FILES, OFF_NETNS, OFF_SOCK, OFF_SOCK_NET, OFF_TASK,
-    COMM_LEN,
+    FailureEvent, Offsets, AF_INET, AF_INET6, COMM_LEN, EADDRINUSE, EADDRNOTAVAIL, F_DADDR,
+    F_DPORT, F_NETNS, F_PROTO, F_SADDR, F_SOCK, F_SPORT, OFF_FILES, OFF_NETNS, OFF_SOCK,
+    OFF_SOCK_NET, OFF_TASK,
 };
 
 use crate::net::{

@@ -296,7 +296,9 @@ pub async fn pipeline(
 /// (node side, peer) -> (IPVS client, virtual service): IPVS took the
 /// peer's SYN-ACK as a new connection from the peer to the node's port.
 fn swapped(keys: &[(SocketAddr, SocketAddr)]) -> Vec<(SocketAddr, SocketAddr)> {
-    keys.iter().map(|(local, remote)| (*remote, *local)).collect()
+    keys.iter()
+        .map(|(local, remote)| (*remote, *local))
+        .collect()
 }
 
 /// The real server of each steal that has none yet, from IPVS's connection
@@ -305,7 +307,10 @@ fn fill_from_conn_table(reps: &mut [Report]) {
     let idx: Vec<usize> = (0..reps.len())
         .filter(|&i| reps[i].steal && reps[i].real_server.is_none())
         .collect();
-    let keys: Vec<_> = idx.iter().map(|&i| (reps[i].local, reps[i].remote)).collect();
+    let keys: Vec<_> = idx
+        .iter()
+        .map(|&i| (reps[i].local, reps[i].remote))
+        .collect();
     match ipvs::real_servers_of(&swapped(&keys)) {
         Ok(rs) => {
             for (i, rs) in idx.into_iter().zip(rs) {

@@ -210,7 +210,8 @@ mod tests {
 
     /// 5.10's `tcp:tcp_retransmit_skb` (Debian 5.10.0-46 cloud): no
     /// `family`; the kernel stores IPv4 addresses v4-mapped in `saddr_v6`.
-    const RETRANS_510: &str = include_str!("../../fuzz/corpus/tracefs_format/tcp-tcp_retransmit_skb-5.10.format");
+    const RETRANS_510: &str =
+        include_str!("../../fuzz/corpus/tracefs_format/tcp-tcp_retransmit_skb-5.10.format");
 
     #[test]
     fn retransmit_without_family_tells_ipv4_by_saddr_v6() {
