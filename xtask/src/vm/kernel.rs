@@ -34,12 +34,12 @@ pub(crate) fn unpack_kernel(k: &Kernel) -> Result<PathBuf> {
                 .status()
                 .context("running apt-get download")?;
             if !st.success() {
-                let avail = output(apt.command("apt-cache").args([
-                    "search",
-                    "--names-only",
-                    k.served,
-                ]))
-                .unwrap_or_default();
+                let avail =
+                    output(
+                        apt.command("apt-cache")
+                            .args(["search", "--names-only", k.served]),
+                    )
+                    .unwrap_or_default();
                 bail!(
                     "the pinned kernel {} is not served any more; pin one of these in xtask/src/vm/mod.rs (KERNELS):\n{avail}",
                     k.package
@@ -78,7 +78,10 @@ impl AptConfig {
         fs::write(&list, lines.join("\n") + "\n")?;
         let opts = vec![
             format!("-oDir::Etc::sourcelist={}", list.display()),
-            format!("-oDir::Etc::sourceparts={}", base.join("sources.list.d").display()),
+            format!(
+                "-oDir::Etc::sourceparts={}",
+                base.join("sources.list.d").display()
+            ),
             format!("-oDir::State::Lists={}", base.join("lists").display()),
             format!("-oDir::Cache={}", base.join("cache").display()),
         ];
