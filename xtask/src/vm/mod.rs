@@ -80,7 +80,7 @@ pub const KERNELS: &[Kernel] = &[
     // `tcp_retransmit_skb` without `family`, `ip_vs_in` for `ip_vs_in_hook`.
     Kernel {
         name: "5.10",
-        est_secs: 700,
+        est_secs: 460,
         package: "linux-image-5.10.0-46-cloud-amd64",
         archive: Archive::Private(&[
             "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main",
