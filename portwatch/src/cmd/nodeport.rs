@@ -250,7 +250,8 @@ pub async fn pipeline(
                     }
                 }
                 _ = rescan.tick() => {
-                    // While its entry is young: IPVS expires a CLOSE one in 10 s.
+                    // While its entry is young (IPVS expires a CLOSE one in
+                    // 10 s), for the connections that resent their SYN.
                     if conn_table {
                         let keys = corr.without_real_server();
                         match ipvs::real_servers_of(&swapped(&keys)) {
