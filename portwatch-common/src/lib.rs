@@ -234,6 +234,7 @@ pub const OFF_NETNS: u32 = 1 << 0;
 pub const OFF_FILES: u32 = 1 << 1;
 pub const OFF_SOCK: u32 = 1 << 2;
 pub const OFF_SOCK_NET: u32 = 1 << 3;
+pub const OFF_TASK: u32 = 1 << 4;
 
 /// Kernel struct member offsets (bytes), read by userspace from the running
 /// kernel's BTF at start-up and handed to the programs as a global.
@@ -268,6 +269,12 @@ pub struct Offsets {
     pub skc_v6_rcv_saddr: u32,
     pub skc_net: u32,
     pub sk_protocol: u32,
+    // the task itself: task_struct.tgid (its pid), .pid (its tid), .comm;
+    // for cgroup programs, which get bpf_get_current_pid_tgid and
+    // bpf_get_current_comm only from 6.1 on
+    pub task_tgid: u32,
+    pub task_pid: u32,
+    pub task_comm: u32,
 }
 
 // ---------------------------------------------------------------------------
@@ -357,10 +364,18 @@ pub struct TpSockFields {
     pub skaddr: u32,
     pub sport: u32,
     pub dport: u32,
+    /// [`TP_NO_FAMILY`] where the record has no `family` field (5.10's
+    /// `tcp_retransmit_skb`): then an IPv4 socket is one whose `saddr_v6`
+    /// holds a v4-mapped address (the kernel stores one there for IPv4).
     pub family: u32,
     pub saddr: u32,
     pub daddr: u32,
+    /// Only read when `family` is [`TP_NO_FAMILY`].
+    pub saddr_v6: u32,
 }
+
+/// `TpSockFields::family` of a record without a `family` field.
+pub const TP_NO_FAMILY: u32 = u32::MAX;
 
 /// Offsets of the fields the nodeport-steal programs read: tracepoint
 /// records (from tracefs `format` files, which differ between kernels) and
@@ -552,11 +567,11 @@ mod tests {
         // wire-format change.
         assert_eq!(FAILURE_EVENT_SIZE, 104);
         assert_eq!(core::mem::align_of::<FailureEvent>(), 8);
-        assert_eq!(core::mem::size_of::<Offsets>(), 20 * 4);
+        assert_eq!(core::mem::size_of::<Offsets>(), 23 * 4);
         assert_eq!(STEAL_EVENT_SIZE, 88);
         assert_eq!(core::mem::size_of::<SynAckKey>(), 36);
-        assert_eq!(core::mem::size_of::<StealOffsets>(), 22 * 4);
-        assert_eq!(core::mem::size_of::<TpSockFields>(), 6 * 4);
+        assert_eq!(core::mem::size_of::<StealOffsets>(), 24 * 4);
+        assert_eq!(core::mem::size_of::<TpSockFields>(), 7 * 4);
         assert_eq!(SYSCTL_EVENT_SIZE, 312);
         assert_eq!(core::mem::size_of::<SysctlGuard>(), 16 + 4 * GUARD_SPANS);
         assert_eq!(core::mem::align_of::<SysctlEvent>(), 8);

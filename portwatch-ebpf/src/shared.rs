@@ -12,8 +12,9 @@ use aya_ebpf::{
     maps::PerCpuArray,
 };
 use portwatch_common::{
-    FailureEvent, Offsets, AF_INET, AF_INET6, EADDRINUSE, EADDRNOTAVAIL, F_DADDR, F_DPORT, F_NETNS,
-    F_PROTO, F_SADDR, F_SOCK, F_SPORT, OFF_FILES, OFF_NETNS, OFF_SOCK, OFF_SOCK_NET,
+    FailureEvent, Offsets, AF_INET, AF_INET6, COMM_LEN, EADDRINUSE, EADDRNOTAVAIL, F_DADDR,
+    F_DPORT, F_NETNS, F_PROTO, F_SADDR, F_SOCK, F_SPORT, OFF_FILES, OFF_NETNS, OFF_SOCK,
+    OFF_SOCK_NET, OFF_TASK,
 };
 
 use crate::net::{
@@ -91,6 +92,26 @@ pub fn task_netns(o: &Offsets) -> Option<u32> {
         let nsproxy: u64 = read_k(task, o.task_nsproxy)?;
         let net: u64 = read_k(nsproxy, o.nsproxy_net_ns)?;
         read_k(net, o.net_ns_inum)
+    }
+}
+
+/// The current task's (pid, tid) and comm, read from its `task_struct` at
+/// BTF offsets: what bpf_get_current_pid_tgid and bpf_get_current_comm
+/// give, for programs that may not call them (cgroup programs before 6.1)
+/// but may call bpf_get_current_task and bpf_probe_read_kernel.
+#[inline(always)]
+pub fn task_ids(o: &Offsets) -> Option<(u32, u32, [u8; COMM_LEN])> {
+    if o.valid & OFF_TASK == 0 {
+        return None;
+    }
+    // SAFETY: integers and a byte array; every read is checked by the
+    // helper.
+    unsafe {
+        let task = bpf_get_current_task();
+        let tgid: u32 = read_k(task, o.task_tgid)?;
+        let pid: u32 = read_k(task, o.task_pid)?;
+        let comm: [u8; COMM_LEN] = read_k(task, o.task_comm)?;
+        Some((tgid, pid, comm))
     }
 }
 

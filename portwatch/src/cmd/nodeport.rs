@@ -9,6 +9,7 @@
 use std::{
     collections::BTreeSet,
     io::{self, BufWriter},
+    net::SocketAddr,
     time::Duration,
 };
 
@@ -162,17 +163,28 @@ pub async fn pipeline(
             watched.iter().cloned().collect::<Vec<_>>().join(", ")
         }
     );
+    // Without the probe, IPVS's connection table names the real server
+    // (and does so for IPVS loaded after start-up, too).
+    let conn_table = ipvs.is_none();
     let probe = match (&ipvs, &ipvs_missing) {
         (Some(p), _) => {
             eprintln!("portwatch: IPVS scheduling: {p}");
             "kprobe"
         }
         (None, why) => {
-            eprintln!(
-                "portwatch: IPVS scheduling: not probed ({}); steals are seen on the packet path only, without the ipvs part",
-                why.as_deref().unwrap_or("unknown reason")
-            );
-            "tc"
+            let why = why.as_deref().unwrap_or("unknown reason");
+            if std::path::Path::new(ipvs::CONN_TABLE).exists() {
+                eprintln!(
+                    "portwatch: IPVS scheduling: not probed ({why}); steals are seen on the packet path and the real server is read from {}",
+                    ipvs::CONN_TABLE
+                );
+            } else {
+                eprintln!(
+                    "portwatch: IPVS scheduling: not probed ({why}); steals are seen on the packet path only, without the ipvs part until IPVS is loaded (then the real server is read from {})",
+                    ipvs::CONN_TABLE
+                );
+            }
+            "ip_vs_conn"
         }
     };
     eprintln!(
@@ -202,8 +214,12 @@ pub async fn pipeline(
     });
 
     let mut records = vec![];
-    // enrich -> output: the victim's pod, from its owner's cgroup.
+    // enrich -> output: the real server from IPVS's connection table where
+    // IPVS is not probed; the victim's pod, from its owner's cgroup.
     let emit = |sink: &mut Box<dyn Sink<Report>>, mut reps: Vec<Report>| -> Result<()> {
+        if conn_table {
+            fill_from_conn_table(&mut reps);
+        }
         for r in &mut reps {
             r.pod = r
                 .owner
@@ -234,6 +250,19 @@ pub async fn pipeline(
                     }
                 }
                 _ = rescan.tick() => {
+                    // While its entry is young (IPVS expires a CLOSE one in
+                    // 10 s), for the connections that resent their SYN.
+                    if conn_table {
+                        let keys = corr.without_real_server();
+                        match ipvs::real_servers_of(&swapped(&keys)) {
+                            Ok(rs) => for (k, rs) in keys.into_iter().zip(rs) {
+                                if let Some(rs) = rs {
+                                    corr.set_real_server(k, rs);
+                                }
+                            },
+                            Err(e) => eprintln!("portwatch: {e:#}"),
+                        }
+                    }
                     let (g, _) = guarded_ports(&statics)?;
                     if g != guarded {
                         sync_guarded(&mut gmap, &guarded, &g)?;
@@ -262,6 +291,34 @@ pub async fn pipeline(
     match res {
         Err(e) if is_broken_pipe(&e) => Ok(()),
         r => r,
+    }
+}
+
+/// (node side, peer) -> (IPVS client, virtual service): IPVS took the
+/// peer's SYN-ACK as a new connection from the peer to the node's port.
+fn swapped(keys: &[(SocketAddr, SocketAddr)]) -> Vec<(SocketAddr, SocketAddr)> {
+    keys.iter()
+        .map(|(local, remote)| (*remote, *local))
+        .collect()
+}
+
+/// The real server of each steal that has none yet, from IPVS's connection
+/// table (one read for the batch).
+fn fill_from_conn_table(reps: &mut [Report]) {
+    let idx: Vec<usize> = (0..reps.len())
+        .filter(|&i| reps[i].steal && reps[i].real_server.is_none())
+        .collect();
+    let keys: Vec<_> = idx
+        .iter()
+        .map(|&i| (reps[i].local, reps[i].remote))
+        .collect();
+    match ipvs::real_servers_of(&swapped(&keys)) {
+        Ok(rs) => {
+            for (i, rs) in idx.into_iter().zip(rs) {
+                reps[i].real_server = rs;
+            }
+        }
+        Err(e) => eprintln!("portwatch: {e:#}"),
     }
 }
 

@@ -28,6 +28,7 @@ pub(crate) const TARGETS: &[&str] = &[
     "tracefs_format",
     "sockdiag_reply",
     "ipvs_services",
+    "ipvs_conns",
     "cri_endpoint",
     "failure_record",
     "steal_records",
@@ -793,6 +794,58 @@ fn ipvs_services() {
             let v6 = v.iter().filter(|s| s.addr.is_ipv6()).count();
             let udp = v.iter().filter(|s| s.proto != "TCP").count();
             sig((v.len().min(4), v6.min(2), udp.min(2)))
+        });
+}
+
+/// A connection as the kernel writes it in /proc/net/ip_vs_conn.
+fn ipvs_conn_line(c: &ipvs::Conn) -> String {
+    fn a(x: IpAddr) -> String {
+        match x {
+            IpAddr::V4(a) => format!("{:08X}", u32::from(a)),
+            IpAddr::V6(a) => {
+                let g: Vec<String> = a.segments().iter().map(|g| format!("{g:04x}")).collect();
+                g.join(":")
+            }
+        }
+    }
+    format!(
+        "{:<3} {} {:04X} {} {:04X} {} {:04X} {:<11} {:>7}\n",
+        c.proto,
+        a(c.client.ip()),
+        c.client.port(),
+        a(c.virt.ip()),
+        c.virt.port(),
+        a(c.dest.ip()),
+        c.dest.port(),
+        c.state,
+        57
+    )
+}
+
+/// /proc/net/ip_vs_conn.
+#[test]
+fn ipvs_conns() {
+    Target::new("ipvs_conns")
+        .seeds([b"Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData\nTCP 0A000002 0050 0A000001 7580 0A000103 1F90 SYN_RECV         57\n".to_vec()])
+        .dict([
+            "TCP ", "UDP ", "SCTP ", "IP ", " 0050 ", " 7580 ", "0A000001", "fd00:", "0000:",
+            " SYN_RECV ", " CLOSE ", " ESTABLISHED ", "      57", " sip ", "\n",
+        ])
+        .max_len(8192)
+        .run(|b| {
+            let s = text(b);
+            let mut n = (0usize, 0usize, 0usize);
+            for line in s.lines() {
+                let Some(c) = ipvs::parse_conn(line) else { continue };
+                // Client and service share a family; the line round-trips.
+                assert_eq!(c.client.is_ipv4(), c.virt.is_ipv4(), "{line:?}");
+                let again = ipvs_conn_line(&c);
+                assert_eq!(ipvs::parse_conn(&again), Some(c.clone()), "{again:?}");
+                n.0 += 1;
+                n.1 += c.client.is_ipv6() as usize;
+                n.2 += (c.dest.is_ipv6() != c.client.is_ipv6()) as usize;
+            }
+            sig((n.0.min(4), n.1.min(2), n.2.min(2)))
         });
 }
 

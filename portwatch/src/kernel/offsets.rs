@@ -1,6 +1,6 @@
 //! Kernel struct offsets for the programs, from the running kernel's BTF.
 
-use portwatch_common::{Offsets, OFF_FILES, OFF_NETNS, OFF_SOCK, OFF_SOCK_NET};
+use portwatch_common::{Offsets, OFF_FILES, OFF_NETNS, OFF_SOCK, OFF_SOCK_NET, OFF_TASK};
 
 use crate::kernel::btf::Btf;
 
@@ -77,6 +77,15 @@ pub fn from_btf(btf: &Btf) -> (Offsets, Vec<String>) {
             (&mut t.net_ns_inum, "net", "ns.inum"),
         ],
     );
+    valid |= group(
+        OFF_TASK,
+        "pid and comm of task",
+        &mut [
+            (&mut t.task_tgid, "task_struct", "tgid"),
+            (&mut t.task_pid, "task_struct", "pid"),
+            (&mut t.task_comm, "task_struct", "comm"),
+        ],
+    );
     // The socket's netns needs the socket fields too.
     if valid & OFF_SOCK == 0 {
         valid &= !OFF_SOCK_NET;
@@ -98,7 +107,12 @@ mod tests {
         };
         let (o, notes) = from_btf(&btf);
         assert!(notes.is_empty(), "missing offsets: {notes:?}");
-        assert_eq!(o.valid, OFF_NETNS | OFF_FILES | OFF_SOCK | OFF_SOCK_NET);
+        assert_eq!(
+            o.valid,
+            OFF_NETNS | OFF_FILES | OFF_SOCK | OFF_SOCK_NET | OFF_TASK
+        );
+        // tgid follows pid in task_struct on every kernel since 2.6.
+        assert_eq!(o.task_tgid, o.task_pid + 4);
         // skc_daddr starts struct sock on every kernel since 2.6.
         assert_eq!(o.skc_daddr, 0);
         assert_eq!(o.skc_rcv_saddr, 4);

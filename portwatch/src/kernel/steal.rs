@@ -12,7 +12,7 @@ use aya::{
 };
 
 use portwatch_common::{
-    globals, progs, StealOffsets, TpSockFields, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE,
+    globals, progs, StealOffsets, TpSockFields, SOFF_IPVS, SOFF_RETRANS, SOFF_STATE, TP_NO_FAMILY,
 };
 
 use crate::kernel::{
@@ -47,11 +47,7 @@ fn steal_offsets(btf: &Btf, notes: &mut Vec<String>) -> Result<(StealOffsets, Op
         Ok(()) => o.valid |= SOFF_RETRANS,
         Err(e) => notes.push(format!("SYN retransmissions will not be counted: {e:#}")),
     }
-    let ipvs_missing = match btf
-        .module_from_sys_fs("ip_vs")
-        .context("IPVS is not loaded on this kernel")
-        .and_then(|m| ipvs_offsets(&m, &mut o))
-    {
+    let ipvs_missing = match ipvs_module_btf(btf).and_then(|m| ipvs_offsets(&m, &mut o)) {
         Ok(()) => {
             o.valid |= SOFF_IPVS;
             None
@@ -61,21 +57,50 @@ fn steal_offsets(btf: &Btf, notes: &mut Vec<String>) -> Result<(StealOffsets, Op
     Ok((o, ipvs_missing))
 }
 
+/// The ip_vs module's BTF, or precisely what is missing: IPVS itself, or
+/// (before 5.11, which added module BTF) only the BTF to probe it with.
+fn ipvs_module_btf(btf: &Btf) -> Result<Btf> {
+    let loaded = std::path::Path::new("/proc/net/ip_vs").exists()
+        || std::path::Path::new("/sys/module/ip_vs").exists();
+    if !loaded {
+        bail!("IPVS is not loaded on this kernel");
+    }
+    if !std::path::Path::new("/sys/kernel/btf/ip_vs").exists() {
+        bail!(
+            "no module BTF for ip_vs on this kernel (/sys/kernel/btf/ip_vs; kernels before 5.11 have none), so IPVS's arguments cannot be read"
+        );
+    }
+    btf.module_from_sys_fs("ip_vs")
+}
+
 /// The socket and its 4-tuple, named alike in both tracepoint records.
-fn tp_sock_fields(f: &Format) -> Result<TpSockFields> {
+/// `family` is required where `need_family`; otherwise a record without
+/// one (5.10's `tcp_retransmit_skb`) tells IPv4 by its v4-mapped
+/// `saddr_v6`.
+fn tp_sock_fields(f: &Format, need_family: bool) -> Result<TpSockFields> {
+    let (family, saddr_v6) = match f.offset("family", 2) {
+        Ok(off) => (off, 0),
+        Err(e) if need_family || f.has("family") => return Err(e),
+        Err(_) => (
+            TP_NO_FAMILY,
+            f.offset("saddr_v6", 16)
+                .context("no field family, and no saddr_v6 to tell IPv4 by")?,
+        ),
+    };
     Ok(TpSockFields {
         skaddr: f.offset("skaddr", 8)?,
         sport: f.offset("sport", 2)?,
         dport: f.offset("dport", 2)?,
-        family: f.offset("family", 2)?,
+        family,
         saddr: f.offset("saddr", 4)?,
         daddr: f.offset("daddr", 4)?,
+        saddr_v6,
     })
 }
 
 /// `sock:inet_sock_set_state`'s fields, from its format.
 pub(crate) fn set_state_offsets(ss: &Format, o: &mut StealOffsets) -> Result<()> {
-    o.ss = tp_sock_fields(ss)?;
+    o.ss = tp_sock_fields(ss, true)?;
     o.ss_oldstate = ss.offset("oldstate", 4)?;
     o.ss_newstate = ss.offset("newstate", 4)?;
     o.ss_protocol = ss.offset("protocol", 2)?;
@@ -84,7 +109,7 @@ pub(crate) fn set_state_offsets(ss: &Format, o: &mut StealOffsets) -> Result<()>
 
 /// `tcp:tcp_retransmit_skb`'s fields, from its format.
 pub(crate) fn retransmit_offsets(rt: &Format, o: &mut StealOffsets) -> Result<()> {
-    o.rt = tp_sock_fields(rt)?;
+    o.rt = tp_sock_fields(rt, false)?;
     o.rt_state = rt.offset("state", 4)?;
     Ok(())
 }
@@ -177,4 +202,51 @@ pub fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
         })
         .with_context(|| format!("attaching to the ingress of {iface}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 5.10's `tcp:tcp_retransmit_skb` (Debian 5.10.0-46 cloud): no
+    /// `family`; the kernel stores IPv4 addresses v4-mapped in `saddr_v6`.
+    const RETRANS_510: &str =
+        include_str!("../../fuzz/corpus/tracefs_format/tcp-tcp_retransmit_skb-5.10.format");
+
+    #[test]
+    fn retransmit_without_family_tells_ipv4_by_saddr_v6() {
+        let f = Format::parse("tcp:tcp_retransmit_skb", RETRANS_510).unwrap();
+        let mut o = StealOffsets::default();
+        retransmit_offsets(&f, &mut o).unwrap();
+        assert_eq!(o.rt.family, TP_NO_FAMILY);
+        assert_eq!(o.rt.saddr_v6, 40);
+        assert_eq!((o.rt.saddr, o.rt.daddr, o.rt.sport), (32, 36, 28));
+        assert_eq!(o.rt_state, 24);
+        // inet_sock_set_state must have its family: no fallback there.
+        assert!(set_state_offsets(&f, &mut o)
+            .unwrap_err()
+            .to_string()
+            .contains("no field family"));
+    }
+
+    #[test]
+    fn retransmit_with_family_uses_it() {
+        let text = RETRANS_510.replace(
+            "\tfield:__u8 saddr[4];\toffset:32;",
+            "\tfield:__u16 family;\toffset:72;\tsize:2;\tsigned:0;\n\tfield:__u8 saddr[4];\toffset:32;",
+        );
+        let f = Format::parse("tcp:tcp_retransmit_skb", &text).unwrap();
+        let mut o = StealOffsets::default();
+        retransmit_offsets(&f, &mut o).unwrap();
+        assert_eq!((o.rt.family, o.rt.saddr_v6), (72, 0));
+        // A family of the wrong size is an error, not a reason to guess.
+        let bad = text.replace("offset:72;\tsize:2;", "offset:72;\tsize:4;");
+        let f = Format::parse("tcp:tcp_retransmit_skb", &bad).unwrap();
+        assert!(retransmit_offsets(&f, &mut o).is_err());
+        // Neither family nor saddr_v6: says what it lacks.
+        let none = RETRANS_510.replace("saddr_v6", "other_v6");
+        let f = Format::parse("tcp:tcp_retransmit_skb", &none).unwrap();
+        let e = format!("{:#}", retransmit_offsets(&f, &mut o).unwrap_err());
+        assert!(e.contains("no field family, and no saddr_v6"), "{e}");
+    }
 }

@@ -79,6 +79,11 @@ impl Format {
 
     /// The offset of `name`, checking its size (the programs read it with a
     /// fixed width).
+    /// Whether the record has a field of that name (of any size).
+    pub fn has(&self, name: &str) -> bool {
+        self.fields.contains_key(name)
+    }
+
     pub fn offset(&self, name: &str, size: u32) -> Result<u32> {
         let f = self
             .fields

@@ -214,6 +214,27 @@ impl Correlator {
         }
     }
 
+    /// The open connections that look stolen (the socket resent its SYN:
+    /// the reply did not reach it) and that IPVS has not been seen taking
+    /// yet, as (node side, peer): where IPVS cannot be probed, whoever can
+    /// name a real server for them (IPVS's connection table) hands it to
+    /// [`Correlator::set_real_server`]. Not the others: a stale IPVS entry
+    /// for the same 4-tuple must not make a connection that gets through a
+    /// steal.
+    pub fn without_real_server(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        self.open
+            .iter()
+            .filter(|(_, o)| o.real_server.is_none() && o.retransmits > 0)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    pub fn set_real_server(&mut self, key: (SocketAddr, SocketAddr), rs: SocketAddr) {
+        if let Some(o) = self.open.get_mut(&key) {
+            o.real_server.get_or_insert(rs);
+        }
+    }
+
     /// Reports for connections followed for `follow` without a final state.
     pub fn expire(&mut self, now_boot_ns: u64) -> Vec<Report> {
         let due: Vec<_> = self
@@ -272,6 +293,28 @@ mod tests {
         assert_eq!(rep.owner, Some((42, "kubelet".into())));
         assert_eq!((rep.ts_ns, rep.retransmits), (1, 1));
         assert!(c.expire(u64::MAX).is_empty());
+    }
+
+    /// Without an IPVS probe the real server comes from IPVS's connection
+    /// table, for the connections still open without one.
+    #[test]
+    fn real_server_from_elsewhere_makes_it_a_steal_with_the_ipvs_part() {
+        let mut c = Correlator::new(10_000);
+        c.feed(rec(1, What::SynAck));
+        let key = (sa("10.0.0.1:30080"), sa("10.0.0.2:80"));
+        // Not before the socket shows it lost its reply.
+        assert!(c.without_real_server().is_empty());
+        c.feed(rec(2, What::Retransmit));
+        assert_eq!(c.without_real_server(), vec![key]);
+        let rs = sa("10.0.1.3:8080");
+        c.set_real_server(key, rs);
+        assert!(c.without_real_server().is_empty());
+        // A probe's own word is not overwritten; an unknown key is ignored.
+        c.set_real_server(key, sa("10.9.9.9:1"));
+        c.set_real_server((sa("10.0.0.1:1"), sa("10.0.0.2:80")), rs);
+        let rep = c.feed(rec(3, What::State { new: TCP_CLOSE })).unwrap();
+        assert!(rep.steal);
+        assert_eq!(rep.real_server, Some(rs));
     }
 
     #[test]

@@ -69,6 +69,9 @@ mod vm;
 mod vmreport;
 
 pub use vm::bench_vm;
+// Shared with the VM stage's generated section of docs/kernels.md.
+pub(crate) use machine::{date_utc, machine};
+pub(crate) use vmreport::replace_between;
 
 use xtask::testkit::Netns;
 

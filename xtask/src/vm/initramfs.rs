@@ -145,7 +145,7 @@ pub(crate) fn build_initramfs(
     }
     let mods = g.modules(kdir, MODULES)?;
     eprintln!("xtask: {} modules: {}", k.name, mods.join(" "));
-    let init = guest_init(k, &mods, &test_names, extra);
+    let init = guest_init(k, &mods, &test_names, &payload.fixed[0], extra);
     g.pack(&init, dir, k.name)
 }
 
@@ -155,6 +155,7 @@ pub(crate) fn guest_init(
     k: &Kernel,
     mods: &[String],
     tests: &[String],
+    portwatch: &Path,
     extra: &[String],
 ) -> String {
     let skips: String = SKIP.iter().map(|s| format!(" --skip {s}")).collect();
@@ -191,8 +192,23 @@ pub(crate) fn guest_init(
     }
     // The automatic choice on a kernel that offers everything is fexit.
     s += "echo PWVM-BEGIN trace auto\n";
-    s += "PORTWATCH_TEST_EXPECT_AUTO=fexit /pw/trace --test-threads=1 --exact startup_names_the_backend_of_each_hook 2>&1\n";
+    s += &format!("PORTWATCH_TEST_EXPECT_AUTO={AUTO_PICKS} /pw/trace --test-threads=1 --exact startup_names_the_backend_of_each_hook 2>&1\n");
     s += "echo PWVM-END trace auto rc=$?\n";
+    // What portwatch itself says at start-up on this kernel, for the
+    // matrix: the backend each hook got and why, the sysctl watch, the
+    // IPVS path (ip_vs is loaded in this netns).
+    for (what, args) in [
+        ("trace", "trace --json"),
+        ("nodeport", "nodeport-steal --json"),
+    ] {
+        s += &format!(
+            "{pw} {args} >/dev/null 2>/tmp/pw-{what}.err & pid=$!\n\
+             for i in $(seq 60); do grep -q attached /tmp/pw-{what}.err && break; kill -0 $pid 2>/dev/null || break; sleep 0.5; done\n\
+             kill -INT $pid; wait $pid\n\
+             while IFS= read -r l; do echo \"PWVM-INFO {what} $l\"; done < /tmp/pw-{what}.err\n",
+            pw = portwatch.display()
+        );
+    }
     s += "echo PWVM-DONE\n";
     s += "poweroff -f\n";
     s

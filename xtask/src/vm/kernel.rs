@@ -26,22 +26,22 @@ pub(crate) fn unpack_kernel(k: &Kernel) -> Result<PathBuf> {
         Some(p) => p,
         None => {
             let dir = vm_cache().join("debs");
-            let st = Command::new("apt-get")
+            let apt = AptConfig::for_kernel(k)?;
+            let st = apt
+                .command("apt-get")
                 .args(["download", k.package])
                 .current_dir(&dir)
                 .status()
                 .context("running apt-get download")?;
             if !st.success() {
-                let flavour = if k.name == "6.1" {
-                    "^linux-image-6\\.1\\.0-.*-cloud-amd64$"
-                } else {
-                    "^linux-image-6\\.12\\..*-cloud-amd64$"
-                };
                 let avail =
-                    output(Command::new("apt-cache").args(["search", "--names-only", flavour]))
-                        .unwrap_or_default();
+                    output(
+                        apt.command("apt-cache")
+                            .args(["search", "--names-only", k.served]),
+                    )
+                    .unwrap_or_default();
                 bail!(
-                    "the pinned kernel {} is not served any more; pin one of these in xtask/src/vm.rs:\n{avail}",
+                    "the pinned kernel {} is not served any more; pin one of these in xtask/src/vm/mod.rs (KERNELS):\n{avail}",
                     k.package
                 );
             }
@@ -53,6 +53,49 @@ pub(crate) fn unpack_kernel(k: &Kernel) -> Result<PathBuf> {
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dest))?;
     fs::write(dest.join(".unpacked"), "")?;
     Ok(dest)
+}
+
+/// The apt options a kernel's package is fetched with: none for the
+/// machine's own sources; for [`Archive::Private`], a sources file, lists
+/// and cache of its own under the VM cache, refreshed each time a package
+/// is fetched (only when it is not cached yet: about 2 s; `apt-get update`
+/// with those options touches nothing of the machine's apt).
+struct AptConfig {
+    opts: Vec<String>,
+}
+
+impl AptConfig {
+    fn for_kernel(k: &Kernel) -> Result<AptConfig> {
+        let lines = match k.archive {
+            Archive::Machine => return Ok(AptConfig { opts: vec![] }),
+            Archive::Private(lines) => lines,
+        };
+        let base = vm_cache().join("apt").join(k.name);
+        for d in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
+            fs::create_dir_all(base.join(d))?;
+        }
+        let list = base.join("sources.list");
+        fs::write(&list, lines.join("\n") + "\n")?;
+        let opts = vec![
+            format!("-oDir::Etc::sourcelist={}", list.display()),
+            format!(
+                "-oDir::Etc::sourceparts={}",
+                base.join("sources.list.d").display()
+            ),
+            format!("-oDir::State::Lists={}", base.join("lists").display()),
+            format!("-oDir::Cache={}", base.join("cache").display()),
+        ];
+        let apt = AptConfig { opts };
+        run(apt.command("apt-get").arg("update"))
+            .with_context(|| format!("apt-get update for {}'s archive", k.name))?;
+        Ok(apt)
+    }
+
+    fn command(&self, prog: &str) -> Command {
+        let mut c = Command::new(prog);
+        c.args(&self.opts);
+        c
+    }
 }
 
 pub(crate) fn find_vmlinuz(kdir: &Path) -> Result<PathBuf> {

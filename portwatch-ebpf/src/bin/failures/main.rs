@@ -62,6 +62,9 @@ static OFFSETS: Offsets = Offsets {
     skc_v6_rcv_saddr: 0,
     skc_net: 0,
     sk_protocol: 0,
+    task_tgid: 0,
+    task_pid: 0,
+    task_comm: 0,
 };
 
 /// Failure events (and sysctl writes, told apart by their `kind` byte) for

@@ -14,9 +14,8 @@
 use aya_ebpf::{
     cty::{c_char, c_ulong},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_strtoul, bpf_sysctl_get_current_value,
-        bpf_sysctl_get_name, bpf_sysctl_get_new_value,
+        bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_strtoul,
+        bpf_sysctl_get_current_value, bpf_sysctl_get_name, bpf_sysctl_get_new_value,
     },
     macros::{cgroup_sysctl, map},
     maps::{Array, PerCpuArray},
@@ -134,10 +133,11 @@ fn watch<const RESERVED: bool>(ctx: &SysctlContext) -> i32 {
     let Some(which) = which_of(&name) else {
         return ALLOW;
     };
-    let netns = shared::task_netns(&offsets());
+    let o = offsets();
+    let netns = shared::task_netns(&o);
     let refuse = (which == SYSCTL_PORT_RANGE && exposes_guarded(ctx, netns))
         || (RESERVED && which == SYSCTL_RESERVED_PORTS && drops_kept(ctx, netns));
-    report(ctx, which, netns, refuse);
+    report(ctx, which, netns, shared::task_ids(&o), refuse);
     if refuse {
         REFUSE
     } else {
@@ -389,13 +389,21 @@ fn flags_of(ret: i64, ok: u16, trunc: u16) -> u16 {
 }
 
 #[inline(always)]
-fn report(ctx: &SysctlContext, which: u8, netns: Option<u32>, refused: bool) {
+fn report(
+    ctx: &SysctlContext,
+    which: u8,
+    netns: Option<u32>,
+    task: Option<(u32, u32, [u8; COMM_LEN])>,
+    refused: bool,
+) {
     let Some(mut entry) = EVENTS.reserve::<SysctlEvent>(0) else {
         shared::count_lost(&LOST, lost::EVENTS_FULL);
         return;
     };
     let p = entry.as_mut_ptr();
-    let pid_tgid = bpf_get_current_pid_tgid();
+    // From the task struct, not bpf_get_current_pid_tgid/comm: cgroup
+    // programs may call those only from 6.1 on (5.10 refuses the load).
+    let (pid, tid, comm) = task.unwrap_or((0, 0, [0; COMM_LEN]));
     let mut flags = if refused { SF_REFUSED } else { 0 };
     let netns = match netns {
         Some(ns) => {
@@ -411,14 +419,14 @@ fn report(ctx: &SysctlContext, which: u8, netns: Option<u32>, refused: bool) {
     unsafe {
         (*p).ts_ns = bpf_ktime_get_boot_ns();
         (*p).cgroup_id = bpf_get_current_cgroup_id();
-        (*p).pid = (pid_tgid >> 32) as u32;
-        (*p).tid = pid_tgid as u32;
+        (*p).pid = pid;
+        (*p).tid = tid;
         (*p).uid = bpf_get_current_uid_gid() as u32;
         (*p).netns = netns;
         (*p)._ret = 0;
         (*p).kind = KIND_SYSCTL;
         (*p).which = which;
-        (*p).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        (*p).comm = comm;
         let old = bpf_sysctl_get_current_value(
             ctx.sysctl,
             (*p).old.as_mut_ptr() as *mut c_char,

@@ -47,6 +47,7 @@ const NO_TP_SOCK: TpSockFields = TpSockFields {
     family: 0,
     saddr: 0,
     daddr: 0,
+    saddr_v6: 0,
 };
 
 /// Records for userspace.

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use portwatch_common::{
     StealEvent, TpSockFields, AF_INET, PROBE_TRACEPOINT, SOFF_RETRANS, SOFF_STATE, STEAL_RETRANS,
-    STEAL_STATE, TCP_SYN_SENT,
+    STEAL_STATE, TCP_SYN_SENT, TP_NO_FAMILY,
 };
 use portwatch_ebpf::net::IPPROTO_TCP;
 
@@ -53,10 +53,17 @@ fn tp_sock_event(ctx: &TracePointContext, f: &TpSockFields, kind: u8) -> Option<
         if !is_guarded(sport) {
             return None;
         }
-        let family: u16 = tp_field(ctx, f.family)?;
-        if family != AF_INET {
+        let v4 = if f.family == TP_NO_FAMILY {
+            // ::ffff:a.b.c.d, the address the kernel stores for IPv4.
+            let w: [u32; 3] = tp_field(ctx, f.saddr_v6)?;
+            w[0] == 0 && w[1] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+        } else {
+            tp_field::<u16>(ctx, f.family)? == AF_INET
+        };
+        if !v4 {
             return None;
         }
+        let family = AF_INET;
         let mut ev = StealEvent::zeroed();
         ev.ts_ns = bpf_ktime_get_boot_ns();
         ev.kind = kind;
