@@ -336,9 +336,10 @@ fn kube_proxy_ipvs_node_steal_and_the_check_fix() {
     assert_eq!(f["evidence"]["uncovered"], "32766-32767", "{f}");
     assert_eq!(lines.last().unwrap()["ipvs"], true, "{lines:?}");
     let fix = f["fix"].as_str().unwrap();
+    // Every IPVS service's port is guarded, the ClusterIP's 80 too.
     assert_eq!(
         fix,
-        "sysctl -w net.ipv4.ip_local_reserved_ports=30000-32767"
+        "sysctl -w net.ipv4.ip_local_reserved_ports=80,30000-32767"
     );
     node.sh(fix);
     let out = client_once(&node, "--syncnt 1 connect 10.0.0.2 81 2");

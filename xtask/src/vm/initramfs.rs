@@ -143,7 +143,14 @@ pub(crate) fn build_initramfs(
         g.program(t, &Path::new("/pw").join(&name), true)?;
         test_names.push(name);
     }
-    let mods = g.modules(kdir, MODULES)?;
+    let index = module_index(kdir)?;
+    let mut wanted = MODULES.to_vec();
+    wanted.extend(
+        MODULES_WHERE_SPLIT
+            .iter()
+            .filter(|m| index.contains_key(**m)),
+    );
+    let mods = g.modules(kdir, &wanted)?;
     eprintln!("xtask: {} modules: {}", k.name, mods.join(" "));
     let init = guest_init(k, &mods, &test_names, &payload.fixed[0], extra);
     g.pack(&init, dir, k.name)

@@ -134,6 +134,11 @@ const MODULES: &[&str] = &[
     "xt_comment",
 ];
 
+/// Loaded where the kernel builds them as modules; later kernels have them
+/// inside another (nft_counter joined nf_tables after 5.10, and
+/// iptables-nft puts a counter in every rule).
+const MODULES_WHERE_SPLIT: &[&str] = &["nft_counter"];
+
 pub const BACKENDS: &[&str] = &["fexit", "kprobe", "tracepoint"];
 
 /// What `trace` without `--backend` must pick on every guest kernel (all
