@@ -34,6 +34,30 @@ const POD_NAMESPACE: &str = "pw-shop";
 const POD_NAME: &str = "pw-web";
 const CONTAINER_NAME: &str = "client";
 
+/// The container client's two failures in netns `inode`, each named with
+/// its pid, cgroup path and pod, and held by the client itself in the same
+/// pod. `client` is (pid, cgroup path, pod uid, container id).
+fn container_events(
+    t: &mut Tracer,
+    inode: u64,
+    client: (u32, &str, &str, &str),
+    all: &mut Vec<Value>,
+) -> Vec<Value> {
+    let (pid, cgroup, uid, cid) = client;
+    let evs = t.events_in(inode, 2, all);
+    assert_eq!(evs.len(), 2, "{all:?}");
+    for ev in &evs {
+        assert_eq!(ev["pid"], pid, "{ev}");
+        assert_eq!(ev["cgroup"], cgroup, "{ev}");
+        assert_eq!(ev["pod"], pod_json(uid, true, Some(cid)), "{ev}");
+        // Who holds the range: the client itself, in the same pod.
+        let h = &ev["detail"]["holders"][0];
+        assert_eq!(h["pid"], pid, "{ev}");
+        assert_eq!(h["pod"], pod_json(uid, true, Some(cid)), "{ev}");
+    }
+    evs
+}
+
 fn pod_json(uid: &str, named: bool, cid: Option<&str>) -> Value {
     json!({
         "namespace": named.then_some(POD_NAMESPACE),
@@ -373,17 +397,13 @@ fn names_from_containerd_over_cri() {
     let c2 = failing_client_in(&ns_p, &pod_cgroup, 1);
 
     let mut all = vec![];
-    let evs = named.events_in(ns_c.inode, 2, &mut all);
-    assert_eq!(evs.len(), 2, "{all:?}");
-    for ev in &evs {
-        assert_eq!(ev["pid"], c1.pid, "{ev}");
-        assert_eq!(ev["cgroup"], container_cgroup.as_str(), "{ev}");
-        assert_eq!(ev["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
-        // Who holds the range: the client itself, in the same pod.
-        let h = &ev["detail"]["holders"][0];
-        assert_eq!(h["pid"], c1.pid, "{ev}");
-        assert_eq!(h["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
-    }
+    let container = (
+        c1.pid,
+        container_cgroup.as_str(),
+        uid.as_str(),
+        cid.as_str(),
+    );
+    let evs = container_events(&mut named, ns_c.inode, container, &mut all);
     eprintln!("named event: {}", evs[0]);
     let evs = named.events_in(ns_p.inode, 1, &mut all);
     assert_eq!(evs.len(), 1, "{all:?}");
@@ -412,16 +432,7 @@ fn names_from_containerd_over_cri() {
         "the container's cgroup as the agent's namespace shows it: {inside:?}"
     );
     let mut all = vec![];
-    let evs = private.events_in(ns_c.inode, 2, &mut all);
-    assert_eq!(evs.len(), 2, "{all:?}");
-    for ev in &evs {
-        assert_eq!(ev["pid"], c1.pid, "{ev}");
-        assert_eq!(ev["cgroup"], container_cgroup.as_str(), "{ev}");
-        assert_eq!(ev["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
-        let h = &ev["detail"]["holders"][0];
-        assert_eq!(h["pid"], c1.pid, "{ev}");
-        assert_eq!(h["pod"], pod_json(&uid, true, Some(&cid)), "{ev}");
-    }
+    let evs = container_events(&mut private, ns_c.inode, container, &mut all);
     eprintln!("event from a private cgroup namespace: {}", evs[0]);
     let evs = private.events_in(ns_p.inode, 1, &mut all);
     assert_eq!(evs.len(), 1, "{all:?}");

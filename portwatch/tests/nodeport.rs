@@ -214,6 +214,7 @@ fn ipvs_steal_names_the_real_server() {
 /// (NodePorts on the node's address), the `KUBE-CLUSTER-IP` and
 /// `KUBE-NODE-PORT-TCP` ipsets, the `KUBE-*` iptables chains that mark and
 /// masquerade NodePort traffic, and `net.ipv4.vs.conntrack=1`.
+#[cfg(feature = "vm-tests")]
 fn kube_proxy_node(node: &Netns, nodeports: &[u16]) {
     node.sysctl("net/ipv4/ip_forward", "1");
     node.sysctl("net/ipv4/vs/conntrack", "1");

@@ -170,21 +170,27 @@ fn pod_uid_container_id_and_cgroup_for_every_layout() {
 
     // A host process: no pod, its cgroup path still reported (ours: the
     // client inherits the test's cgroup).
+    host_process_event(&mut t, "host", &cgs, &mut all);
+
+    let (st, _) = t.stop();
+    assert!(st.success(), "{st}");
+}
+
+/// A failure from a host process (in the test's own cgroup) in a fresh
+/// netns `name`: no pod, and the cgroup as the host names it.
+fn host_process_event(t: &mut Tracer, name: &str, cgs: &Cgroups, all: &mut Vec<Value>) {
     let own = fs::read_to_string("/proc/self/cgroup").unwrap();
     let own = own
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .unwrap()
         .to_string();
-    let ns = Netns::new("host", RANGE);
-    let (c, _) = failing_client(&ns, &cgs, None);
-    let ev = one_event(&mut t, &ns, c.pid, &mut all);
+    let ns = Netns::new(name, RANGE);
+    let (c, _) = failing_client(&ns, cgs, None);
+    let ev = one_event(t, &ns, c.pid, all);
     assert!(ev["pod"].is_null(), "{ev}");
     assert_eq!(ev["cgroup"], own.as_str(), "{ev}");
     c.finish();
-
-    let (st, _) = t.stop();
-    assert!(st.success(), "{st}");
 }
 
 /// portwatch in a private cgroup namespace, as a DaemonSet on cgroup v2
@@ -284,18 +290,7 @@ fn pods_resolved_from_a_private_cgroup_namespace() {
     }
 
     // A host process: no pod, its cgroup the host's path of it.
-    let own = fs::read_to_string("/proc/self/cgroup").unwrap();
-    let own = own
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap()
-        .to_string();
-    let ns = Netns::new("cgnsh", RANGE);
-    let (c, _) = failing_client(&ns, &cgs, None);
-    let ev = one_event(&mut t, &ns, c.pid, &mut all);
-    assert!(ev["pod"].is_null(), "{ev}");
-    assert_eq!(ev["cgroup"], own.as_str(), "{ev}");
-    c.finish();
+    host_process_event(&mut t, "cgnsh", &cgs, &mut all);
 
     let (st, _) = t.stop();
     assert!(st.success(), "{st}");
