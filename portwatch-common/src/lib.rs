@@ -573,7 +573,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<StealOffsets>(), 24 * 4);
         assert_eq!(core::mem::size_of::<TpSockFields>(), 7 * 4);
         assert_eq!(SYSCTL_EVENT_SIZE, 312);
-        assert_eq!(core::mem::size_of::<SysctlGuard>(), 16 + 4 * GUARD_SPANS);
+        assert_eq!(
+            core::mem::size_of::<SysctlGuard>(),
+            16 + 4 * GUARD_SPANS + 4 * GUARD_KEEP
+        );
         assert_eq!(core::mem::align_of::<SysctlEvent>(), 8);
     }
 
