@@ -254,13 +254,10 @@ pub async fn pipeline(
                     // 10 s), for the connections that resent their SYN.
                     if conn_table {
                         let keys = corr.without_real_server();
-                        match ipvs::real_servers_of(&swapped(&keys)) {
-                            Ok(rs) => for (k, rs) in keys.into_iter().zip(rs) {
-                                if let Some(rs) = rs {
-                                    corr.set_real_server(k, rs);
-                                }
-                            },
-                            Err(e) => eprintln!("portwatch: {e:#}"),
+                        for (k, rs) in keys.iter().zip(real_servers(&keys)) {
+                            if let Some(rs) = rs {
+                                corr.set_real_server(*k, rs);
+                            }
                         }
                     }
                     let (g, _) = guarded_ports(&statics)?;
@@ -294,12 +291,20 @@ pub async fn pipeline(
     }
 }
 
-/// (node side, peer) -> (IPVS client, virtual service): IPVS took the
-/// peer's SYN-ACK as a new connection from the peer to the node's port.
-fn swapped(keys: &[(SocketAddr, SocketAddr)]) -> Vec<(SocketAddr, SocketAddr)> {
-    keys.iter()
+/// The real server IPVS sent each (node side, peer)'s SYN-ACK to, from its
+/// connection table in one read; None where it has none, or where the
+/// table cannot be read (said on stderr). IPVS took the peer's SYN-ACK as
+/// a new connection from the peer (client) to the node's port (virtual
+/// service).
+fn real_servers(keys: &[(SocketAddr, SocketAddr)]) -> Vec<Option<SocketAddr>> {
+    let as_ipvs: Vec<_> = keys
+        .iter()
         .map(|(local, remote)| (*remote, *local))
-        .collect()
+        .collect();
+    ipvs::real_servers_of(&as_ipvs).unwrap_or_else(|e| {
+        eprintln!("portwatch: {e:#}");
+        vec![None; keys.len()]
+    })
 }
 
 /// The real server of each steal that has none yet, from IPVS's connection
@@ -312,13 +317,8 @@ fn fill_from_conn_table(reps: &mut [Report]) {
         .iter()
         .map(|&i| (reps[i].local, reps[i].remote))
         .collect();
-    match ipvs::real_servers_of(&swapped(&keys)) {
-        Ok(rs) => {
-            for (i, rs) in idx.into_iter().zip(rs) {
-                reps[i].real_server = rs;
-            }
-        }
-        Err(e) => eprintln!("portwatch: {e:#}"),
+    for (i, rs) in idx.into_iter().zip(real_servers(&keys)) {
+        reps[i].real_server = rs;
     }
 }
 
