@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    host::ports::PortSet,
+    host::{netns::parse_port_range, ports::PortSet},
     pipeline::{
         sink::json::sysctl_line,
         sysctl::{Name, SysctlWrite},
@@ -167,11 +167,7 @@ impl LastWrite {
     ) -> Option<bool> {
         let n = &self.new;
         if self.name == Name::PortRange.dotted() {
-            let v: Vec<u16> = n
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            Some(v.len() == 2 && (v[0], v[1]) == range)
+            Some(parse_port_range(n) == Some(range))
         } else if self.name == Name::ReservedPorts.dotted() {
             Some(PortSet::parse(n.trim()).is_ok_and(|p| &p == reserved))
         } else if self.name == Name::TwReuse.dotted() {
