@@ -313,7 +313,11 @@ pub struct StealEvent {
     pub remote_port: u16,
     /// IPVS: the real server the connection was sent to.
     pub rs_port: u16,
+    /// AF_INET or AF_INET6: of `local_addr` and `remote_addr`.
     pub family: u16,
+    /// Of `rs_addr` (IPVS may send a connection of one family to a real
+    /// server of the other).
+    pub rs_family: u16,
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
     pub rs_addr: [u8; 16],
@@ -335,6 +339,7 @@ impl StealEvent {
             remote_port: 0,
             rs_port: 0,
             family: 0,
+            rs_family: 0,
             local_addr: [0; 16],
             remote_addr: [0; 16],
             rs_addr: [0; 16],
@@ -357,7 +362,8 @@ pub struct SynAckKey {
 }
 
 /// Where a socket tracepoint record (`sock:inet_sock_set_state`,
-/// `tcp:tcp_retransmit_skb`) keeps the socket and its IPv4 4-tuple.
+/// `tcp:tcp_retransmit_skb`) keeps the socket and its 4-tuple: IPv4
+/// addresses in `saddr`/`daddr`, IPv6 in `saddr_v6`/`daddr_v6`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TpSockFields {
@@ -370,8 +376,8 @@ pub struct TpSockFields {
     pub family: u32,
     pub saddr: u32,
     pub daddr: u32,
-    /// Only read when `family` is [`TP_NO_FAMILY`].
     pub saddr_v6: u32,
+    pub daddr_v6: u32,
 }
 
 /// `TpSockFields::family` of a record without a `family` field.
@@ -393,6 +399,7 @@ pub struct StealOffsets {
     pub rt: TpSockFields,
     pub rt_state: u32,
     // struct ip_vs_conn_param
+    pub cp_af: u32,
     pub cp_caddr: u32,
     pub cp_vaddr: u32,
     pub cp_cport: u32,
@@ -568,10 +575,10 @@ mod tests {
         assert_eq!(FAILURE_EVENT_SIZE, 104);
         assert_eq!(core::mem::align_of::<FailureEvent>(), 8);
         assert_eq!(core::mem::size_of::<Offsets>(), 23 * 4);
-        assert_eq!(STEAL_EVENT_SIZE, 88);
+        assert_eq!(STEAL_EVENT_SIZE, 96);
         assert_eq!(core::mem::size_of::<SynAckKey>(), 36);
-        assert_eq!(core::mem::size_of::<StealOffsets>(), 24 * 4);
-        assert_eq!(core::mem::size_of::<TpSockFields>(), 7 * 4);
+        assert_eq!(core::mem::size_of::<StealOffsets>(), 27 * 4);
+        assert_eq!(core::mem::size_of::<TpSockFields>(), 8 * 4);
         assert_eq!(SYSCTL_EVENT_SIZE, 312);
         assert_eq!(
             core::mem::size_of::<SysctlGuard>(),

@@ -1,7 +1,9 @@
 //! The protocol and ABI numbers the programs compare against or read at,
 //! named.
 
-use aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1;
+use aya_ebpf::bindings::{
+    bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+};
 
 // Ethernet.
 /// Length of an Ethernet header without VLAN tag: the IP header follows.
@@ -10,6 +12,8 @@ pub const ETH_HLEN: usize = 14;
 pub const ETH_TYPE_OFF: usize = 12;
 /// EtherType of IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
+/// EtherType of IPv6.
+pub const ETH_P_IPV6: u16 = 0x86dd;
 
 // IPv4 header.
 /// Offset of the version + IHL byte.
@@ -26,6 +30,15 @@ pub const IPV4_PROTO_OFF: usize = 9;
 /// Offsets of the source and destination addresses.
 pub const IPV4_SADDR_OFF: usize = 12;
 pub const IPV4_DADDR_OFF: usize = 16;
+
+// IPv6 header: fixed length; a TCP header right after it is the only case
+// looked at (kube-proxy's and a pod's SYN-ACKs carry no extension headers).
+pub const IPV6_HLEN: usize = 40;
+/// Offset of the next-header byte.
+pub const IPV6_NEXTHDR_OFF: usize = 6;
+/// Offsets of the source and destination addresses.
+pub const IPV6_SADDR_OFF: usize = 8;
+pub const IPV6_DADDR_OFF: usize = 24;
 
 /// IPPROTO_TCP, as IP headers, sockets and tracepoint records carry it.
 pub const IPPROTO_TCP: u8 = 6;
@@ -48,6 +61,9 @@ pub const SYNACK: u8 = TCP_FLAG_SYN | TCP_FLAG_ACK;
 /// `bpf_skc_lookup_tcp` is given for an IPv4 lookup (12).
 pub const SOCK_TUPLE_IPV4_LEN: u32 =
     core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+/// Size of its IPv6 member (36).
+pub const SOCK_TUPLE_IPV6_LEN: u32 =
+    core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32;
 
 // Socket addresses.
 /// `sa_family_t`: the shortest sockaddr worth reading.

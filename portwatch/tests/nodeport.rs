@@ -65,15 +65,36 @@ fn by_port(reps: &[Value], port: u16) -> Vec<&Value> {
     reps.iter().filter(|r| r["port"] == port).collect()
 }
 
-/// The client on the node connects to pod:80 from 30081, 40000 and 30080,
-/// each connect giving up after one SYN retry. 30080's SYN-ACK is taken
-/// away (its connect times out); 30081 is guarded but gets through; 40000
-/// is not guarded and must never be reported. Returns (near miss, steal).
+/// The node's and the pod's addresses on their link, per family.
+const V4: (&str, &str) = ("10.0.0.1", "10.0.0.2");
+const V6: (&str, &str) = ("fd00::1", "fd00::2");
+
+/// Gives the node and the pod of [`node_and_pod`] IPv6 addresses too
+/// (`nodad`: usable at once, not tentative for seconds) and the pod a
+/// listener on [fd00::2]:80.
+fn dual_stack(node: &Netns, pod: &Netns) -> Client {
+    node.sh("ip addr add fd00::1/64 dev n0 nodad");
+    pod.sh("ip addr add fd00::2/64 dev p0 nodad");
+    Client::start(pod, "--hold listen fd00::2 80", Some("holding"))
+}
+
+/// The client on the node connects to pod:80 from 30081, 40000 and 30080
+/// (over `ips`: the node's and the pod's address of one family), each
+/// connect giving up after one SYN retry. 30080's SYN-ACK is taken away
+/// (its connect times out); 30081 is guarded but gets through; 40000 is
+/// not guarded and must never be reported. Returns (near miss, steal).
 fn three_connects(node: &Netns, t: &mut Tracer) -> (Value, Value) {
+    three_connects_over(node, t, V4)
+}
+
+fn three_connects_over(node: &Netns, t: &mut Tracer, ips: (&str, &str)) -> (Value, Value) {
+    let (n_ip, p_ip) = ips;
     let out = client_once(
         node,
-        "--syncnt 1 from 10.0.0.1 30081 connect 10.0.0.2 80 from 10.0.0.1 40000 connect 10.0.0.2 80 \
-         from 10.0.0.1 30080 connect 10.0.0.2 80",
+        &format!(
+            "--syncnt 1 from {n_ip} 30081 connect {p_ip} 80 from {n_ip} 40000 connect {p_ip} 80 \
+             from {n_ip} 30080 connect {p_ip} 80"
+        ),
     );
     assert_eq!(out, ["ok 30081", "ok 40000", "err 110"], "{out:?}");
     let reps = reports(t, 2);
@@ -85,7 +106,7 @@ fn three_connects(node: &Netns, t: &mut Tracer) -> (Value, Value) {
     assert_eq!(n["kind"], "nodeport_near_miss", "{n}");
     assert_eq!(n["outcome"], "established", "{n}");
     assert!(n["ipvs"].is_null(), "{n}");
-    assert_victim(&n, 30081);
+    assert_victim(&n, 30081, ips);
     let steal = by_port(&reps, 30080);
     assert_eq!(steal.len(), 1, "{reps:?}");
     let s = steal[0].clone();
@@ -93,17 +114,17 @@ fn three_connects(node: &Netns, t: &mut Tracer) -> (Value, Value) {
     assert_eq!(s["port"], 30080, "{s}");
     assert_eq!(s["outcome"], "failed", "{s}");
     assert!(s["syn_retransmits"].as_u64().unwrap() >= 1, "{s}");
-    assert_victim(&s, 30080);
+    assert_victim(&s, 30080, ips);
     assert_eq!(s["victim"]["pid"], n["victim"]["pid"], "one client");
     (n, s)
 }
 
-fn assert_victim(r: &Value, sport: u16) {
+fn assert_victim(r: &Value, sport: u16, (n_ip, p_ip): (&str, &str)) {
     let v = &r["victim"];
-    assert_eq!(r["node_addr"], "10.0.0.1", "{r}");
-    assert_eq!(v["saddr"], "10.0.0.1", "{r}");
+    assert_eq!(r["node_addr"], n_ip, "{r}");
+    assert_eq!(v["saddr"], n_ip, "{r}");
     assert_eq!(v["sport"], sport, "{r}");
-    assert_eq!(v["daddr"], "10.0.0.2", "{r}");
+    assert_eq!(v["daddr"], p_ip, "{r}");
     assert_eq!(v["dport"], 80, "{r}");
     assert_eq!(v["comm"], "pwclient", "{r}");
     assert!(v["pid"].as_u64().is_some_and(|p| p > 0), "{r}");
@@ -139,6 +160,23 @@ fn packet_path_reports_a_steal_a_near_miss_and_warns_about_the_range() {
         );
     }
     let (_, s) = three_connects(&node, &mut t);
+    assert_eq!(s["probe"], "tc", "{s}");
+    assert!(s["ipvs"].is_null(), "{s}");
+    assert!(t.stop().0.success());
+}
+
+/// The packet path over IPv6, on a dual-stack node: the same rule takes
+/// the SYN-ACK for 30080 whatever its family, and the IPv6 connects are
+/// reported with IPv6 addresses, as the IPv4 ones are.
+#[test]
+fn packet_path_reports_an_ipv6_steal_and_near_miss() {
+    let (node, pod, _listener) = node_and_pod((32768, 60999));
+    let _listener6 = dual_stack(&node, &pod);
+    node.sh("nft add table inet pwtest && \
+         nft add chain inet pwtest input '{ type filter hook input priority 0; }' && \
+         nft add rule inet pwtest input tcp dport 30080 'tcp flags & (syn|ack) == (syn|ack)' drop");
+    let mut t = Tracer::start_in(&node, &["nodeport-steal", "--json", "--follow", "10s"]);
+    let (_, s) = three_connects_over(&node, &mut t, V6);
     assert_eq!(s["probe"], "tc", "{s}");
     assert!(s["ipvs"].is_null(), "{s}");
     assert!(t.stop().0.success());
@@ -180,7 +218,7 @@ fn ipvs_steal_names_the_real_server() {
         ],
     );
     let module_btf = std::path::Path::new("/sys/kernel/btf/ip_vs").exists();
-    let probe = if module_btf { "kprobe" } else { "ip_vs_conn" };
+    let probe = ipvs_probe();
     {
         let err = t.stderr.lock().unwrap();
         let says = if module_btf {
@@ -206,6 +244,88 @@ fn ipvs_steal_names_the_real_server() {
     assert_eq!(s["ipvs"]["real_server"], "10.0.1.3:8080", "{s}");
     // Shown by the VM stage (--show-output): the example in docs/schema.md.
     println!("steal report: {s}");
+    assert!(t.stop().0.success());
+}
+
+/// The probe that names IPVS's real server on this kernel: where ip_vs has
+/// module BTF (5.11+) the probe on `ip_vs_conn_new`, elsewhere IPVS's
+/// connection table.
+#[cfg(feature = "vm-tests")]
+fn ipvs_probe() -> &'static str {
+    if std::path::Path::new("/sys/kernel/btf/ip_vs").exists() {
+        "kprobe"
+    } else {
+        "ip_vs_conn"
+    }
+}
+
+/// Dual stack, IPVS stealing over IPv6: a NodePort virtual service on the
+/// node's IPv6 address only (`[fd00::1]:30082 -> [fd01::3]:8080`). Port
+/// 30082 is guarded for both families (a guarded port is a port), but only
+/// the IPv6 connect from it loses its SYN-ACK to IPVS; the IPv4 connect
+/// from the same port, with no IPv4 service there, gets through: a near
+/// miss, not a steal. The steal names the IPv6 real server.
+#[cfg(feature = "vm-tests")]
+#[test]
+fn ipvs_steals_over_ipv6_not_over_ipv4() {
+    let (node, pod, _listener) = node_and_pod((32768, 60999));
+    let _listener6 = dual_stack(&node, &pod);
+    let rs = Netns::new("rs", (40000, 40999));
+    link(&node, "r0", "10.0.1.1/24", &rs, "s0", "10.0.1.3/24");
+    node.sh("ip addr add fd01::1/64 dev r0 nodad");
+    rs.sh("ip addr add fd01::3/64 dev s0 nodad && ip -6 route add default via fd01::1");
+    node.sysctl("net/ipv6/conf/all/forwarding", "1");
+    node.sh(
+        "ipvsadm -A -t [fd00::1]:30082 -s rr && ipvsadm -a -t [fd00::1]:30082 -r [fd01::3]:8080 -m",
+    );
+    let mut t = Tracer::start_in(
+        &node,
+        &[
+            "nodeport-steal",
+            "--json",
+            "--follow",
+            "10s",
+            "--nodeport-range",
+            "31000-31001",
+        ],
+    );
+    {
+        let err = t.stderr.lock().unwrap();
+        assert!(
+            err.iter().any(
+                |l| l.contains("guarding 3 ports: 30082,31000-31001 (1 IPVS virtual services)")
+            ),
+            "{err:?}"
+        );
+    }
+    let out = client_once(
+        &node,
+        "--syncnt 1 from 10.0.0.1 30082 connect 10.0.0.2 80 from fd00::1 30082 connect fd00::2 80",
+    );
+    assert_eq!(out, ["ok 30082", "err 110"], "{out:?}");
+    let reps = reports(&mut t, 2);
+    assert_eq!(reps.len(), 2, "{reps:?}");
+    let n = reps
+        .iter()
+        .find(|r| r["victim"]["daddr"] == "10.0.0.2")
+        .unwrap_or_else(|| panic!("no IPv4 report: {reps:?}"));
+    assert_eq!(n["kind"], "nodeport_near_miss", "{n}");
+    assert_eq!(n["outcome"], "established", "{n}");
+    assert!(n["ipvs"].is_null(), "{n}");
+    assert_victim(n, 30082, V4);
+    let s = reps
+        .iter()
+        .find(|r| r["victim"]["daddr"] == "fd00::2")
+        .unwrap_or_else(|| panic!("no IPv6 report: {reps:?}"));
+    assert_eq!(s["kind"], "nodeport_steal", "{s}");
+    assert_eq!(s["port"], 30082, "{s}");
+    assert_eq!(s["outcome"], "failed", "{s}");
+    assert_victim(s, 30082, V6);
+    assert_eq!(s["probe"], ipvs_probe(), "{s}");
+    assert_eq!(s["ipvs"]["vip"], "fd00::1", "{s}");
+    assert_eq!(s["ipvs"]["vport"], 30082, "{s}");
+    assert_eq!(s["ipvs"]["real_server"], "[fd01::3]:8080", "{s}");
+    println!("IPv6 steal report: {s}");
     assert!(t.stop().0.success());
 }
 

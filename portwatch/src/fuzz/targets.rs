@@ -930,7 +930,7 @@ fn failure_record() {
 }
 
 fn steal_seeds() -> Vec<Vec<u8>> {
-    let ev = |kind: u8, newstate: u8| {
+    let mk = |kind: u8, newstate: u8| {
         let mut e = StealEvent::zeroed();
         e.ts_ns = 1_000;
         e.kind = kind;
@@ -944,8 +944,9 @@ fn steal_seeds() -> Vec<Vec<u8>> {
         e.remote_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
         e.rs_addr[..4].copy_from_slice(&[10, 0, 1, 3]);
         e.comm[..4].copy_from_slice(b"curl");
-        bytes_of(&e)
+        e
     };
+    let ev = |kind: u8, newstate: u8| bytes_of(&mk(kind, newstate));
     vec![
         [
             ev(STEAL_SYNACK, 0),
@@ -960,6 +961,18 @@ fn steal_seeds() -> Vec<Vec<u8>> {
         ]
         .concat(),
         [ev(STEAL_SYNACK, 0), ev(STEAL_STATE, TCP_ESTABLISHED)].concat(),
+        // IPv6 (fd00::1 <- fd00::2) sent to an IPv4 real server.
+        [STEAL_SYNACK, STEAL_IPVS, STEAL_RETRANS]
+            .iter()
+            .flat_map(|&k| {
+                let mut e = mk(k, 0);
+                e.family = AF_INET6;
+                e.rs_family = AF_INET;
+                e.local_addr = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+                e.remote_addr = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+                bytes_of(&e)
+            })
+            .collect(),
     ]
 }
 

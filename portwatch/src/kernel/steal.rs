@@ -73,19 +73,16 @@ fn ipvs_module_btf(btf: &Btf) -> Result<Btf> {
     btf.module_from_sys_fs("ip_vs")
 }
 
-/// The socket and its 4-tuple, named alike in both tracepoint records.
-/// `family` is required where `need_family`; otherwise a record without
-/// one (5.10's `tcp_retransmit_skb`) tells IPv4 by its v4-mapped
-/// `saddr_v6`.
+/// The socket and its 4-tuple (IPv4 and IPv6 addresses), named alike in
+/// both tracepoint records. `family` is required where `need_family`;
+/// otherwise a record without one (5.10's `tcp_retransmit_skb`) tells IPv4
+/// by its v4-mapped `saddr_v6`.
 fn tp_sock_fields(f: &Format, need_family: bool) -> Result<TpSockFields> {
-    let (family, saddr_v6) = match f.offset("family", 2) {
-        Ok(off) => (off, 0),
+    let family = match f.offset("family", 2) {
+        Ok(off) => off,
         Err(e) if need_family || f.has("family") => return Err(e),
-        Err(_) => (
-            TP_NO_FAMILY,
-            f.offset("saddr_v6", 16)
-                .context("no field family, and no saddr_v6 to tell IPv4 by")?,
-        ),
+        Err(_) if f.has("saddr_v6") => TP_NO_FAMILY,
+        Err(_) => bail!("no field family, and no saddr_v6 to tell IPv4 by"),
     };
     Ok(TpSockFields {
         skaddr: f.offset("skaddr", 8)?,
@@ -94,7 +91,8 @@ fn tp_sock_fields(f: &Format, need_family: bool) -> Result<TpSockFields> {
         family,
         saddr: f.offset("saddr", 4)?,
         daddr: f.offset("daddr", 4)?,
-        saddr_v6,
+        saddr_v6: f.offset("saddr_v6", 16)?,
+        daddr_v6: f.offset("daddr_v6", 16)?,
     })
 }
 
@@ -122,6 +120,7 @@ pub(crate) fn ipvs_offsets(m: &Btf, o: &mut StealOffsets) -> Result<()> {
         Some(n) => bail!("ip_vs_conn_new takes {n} arguments on this kernel, expected 7"),
         None => bail!("ip_vs_conn_new is not in the ip_vs module's BTF"),
     }
+    o.cp_af = m.offset_of("ip_vs_conn_param", "af")?;
     o.cp_caddr = m.offset_of("ip_vs_conn_param", "caddr")?;
     o.cp_vaddr = m.offset_of("ip_vs_conn_param", "vaddr")?;
     o.cp_cport = m.offset_of("ip_vs_conn_param", "cport")?;
@@ -219,7 +218,7 @@ mod tests {
         let mut o = StealOffsets::default();
         retransmit_offsets(&f, &mut o).unwrap();
         assert_eq!(o.rt.family, TP_NO_FAMILY);
-        assert_eq!(o.rt.saddr_v6, 40);
+        assert_eq!((o.rt.saddr_v6, o.rt.daddr_v6), (40, 56));
         assert_eq!((o.rt.saddr, o.rt.daddr, o.rt.sport), (32, 36, 28));
         assert_eq!(o.rt_state, 24);
         // inet_sock_set_state must have its family: no fallback there.
@@ -238,7 +237,7 @@ mod tests {
         let f = Format::parse("tcp:tcp_retransmit_skb", &text).unwrap();
         let mut o = StealOffsets::default();
         retransmit_offsets(&f, &mut o).unwrap();
-        assert_eq!((o.rt.family, o.rt.saddr_v6), (72, 0));
+        assert_eq!((o.rt.family, o.rt.saddr_v6, o.rt.daddr_v6), (72, 40, 56));
         // A family of the wrong size is an error, not a reason to guess.
         let bad = text.replace("offset:72;\tsize:2;", "offset:72;\tsize:4;");
         let f = Format::parse("tcp:tcp_retransmit_skb", &bad).unwrap();

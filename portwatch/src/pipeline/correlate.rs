@@ -44,11 +44,18 @@ pub enum What {
     },
 }
 
+/// An address of a record: IPv4 in the first 4 bytes, IPv6 in all 16. An
+/// IPv6 socket talking to an IPv4 peer (v4-mapped, `::ffff:a.b.c.d`) is
+/// named by the IPv4 address its packets carry, so that its tracepoint
+/// records and its SYN-ACK's meet on one key.
 fn addr(family: u16, b: &[u8; 16]) -> IpAddr {
     if family == AF_INET {
-        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*b))
+        return IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+    }
+    let v6 = Ipv6Addr::from(*b);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
     }
 }
 
@@ -61,7 +68,13 @@ pub fn decode(rec: &[u8]) -> Option<Record> {
     let what = match ev.kind {
         STEAL_SYNACK => What::SynAck,
         STEAL_IPVS => What::Ipvs {
-            real_server: SocketAddr::new(addr(ev.family, &ev.rs_addr), ev.rs_port),
+            real_server: SocketAddr::new(
+                addr(
+                    if ev.rs_family != 0 { ev.rs_family } else { ev.family },
+                    &ev.rs_addr,
+                ),
+                ev.rs_port,
+            ),
         },
         STEAL_RETRANS => What::Retransmit,
         STEAL_STATE => What::State { new: ev.newstate },
@@ -260,6 +273,7 @@ impl Correlator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portwatch_common::AF_INET6;
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -382,5 +396,35 @@ mod tests {
         );
         assert_eq!(r.owner, Some((7, "curl".into())));
         assert!(decode(&bytes[..10]).is_none());
+
+        // IPv6, with an IPv4 real server (IPVS may send one family to the
+        // other).
+        ev.family = AF_INET6;
+        ev.rs_family = AF_INET;
+        ev.local_addr = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
+        ev.remote_addr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
+        // SAFETY: as above.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(&ev as *const _ as *const u8, STEAL_EVENT_SIZE) };
+        let r = decode(bytes).unwrap();
+        assert_eq!(r.local, sa("[fd00::1]:30080"));
+        assert_eq!(r.remote, sa("[fd00::2]:80"));
+        assert_eq!(
+            r.what,
+            What::Ipvs {
+                real_server: sa("10.0.1.3:8080")
+            }
+        );
+
+        // An IPv6 socket to an IPv4 peer: named as its packets are.
+        ev.kind = STEAL_STATE;
+        ev.local_addr = "::ffff:10.0.0.1".parse::<Ipv6Addr>().unwrap().octets();
+        ev.remote_addr = "::ffff:10.0.0.2".parse::<Ipv6Addr>().unwrap().octets();
+        // SAFETY: as above.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(&ev as *const _ as *const u8, STEAL_EVENT_SIZE) };
+        let r = decode(bytes).unwrap();
+        assert_eq!(r.local, sa("10.0.0.1:30080"));
+        assert_eq!(r.remote, sa("10.0.0.2:80"));
     }
 }

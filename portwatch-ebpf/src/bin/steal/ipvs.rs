@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::kprobe,
     programs::ProbeContext,
 };
-use portwatch_common::{StealEvent, SynAckKey, AF_INET, PROBE_KPROBE, SOFF_IPVS, STEAL_IPVS};
+use portwatch_common::{StealEvent, SynAckKey, AF_INET, AF_INET6, PROBE_KPROBE, SOFF_IPVS, STEAL_IPVS};
 use portwatch_ebpf::{net::IPPROTO_TCP, shared::read_k};
 
 use crate::{emit_steal, steal_offsets, SYNACKS};
@@ -21,6 +21,27 @@ pub fn pw_kp_ipvs_conn_new(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// A `union nf_inet_addr` as the SYN-ACK key stores it: IPv4 in the first
+/// 4 bytes, IPv6 in all 16.
+///
+/// # Safety
+/// `at` must be a kernel address (the read is checked by the helper).
+#[inline(always)]
+unsafe fn inet_addr(af: u16, at: u64) -> Option<[u8; 16]> {
+    let mut a = [0u8; 16];
+    if af == AF_INET {
+        // SAFETY: a checked read of 4 bytes.
+        let v: [u8; 4] = unsafe { bpf_probe_read_kernel(at as *const [u8; 4]) }.ok()?;
+        a[..4].copy_from_slice(&v);
+    } else if af == AF_INET6 {
+        // SAFETY: a checked read of 16 bytes.
+        a = unsafe { bpf_probe_read_kernel(at as *const [u8; 16]) }.ok()?;
+    } else {
+        return None;
+    }
+    Some(a)
+}
+
 #[inline(always)]
 fn ipvs_conn_new(ctx: &ProbeContext) -> Option<()> {
     let o = steal_offsets();
@@ -28,6 +49,7 @@ fn ipvs_conn_new(ctx: &ProbeContext) -> Option<()> {
         return None;
     }
     let p: u64 = ctx.arg(0)?;
+    let dest_af: u64 = ctx.arg(1)?;
     let daddr: u64 = ctx.arg(2)?;
     let dport: u64 = ctx.arg(3)?;
     // SAFETY: integers, pointers and address bytes, read through the
@@ -37,32 +59,31 @@ fn ipvs_conn_new(ctx: &ProbeContext) -> Option<()> {
         if proto != IPPROTO_TCP as u16 {
             return None;
         }
+        let af: u16 = read_k(p, o.cp_af)?;
         let caddr_p: u64 = read_k(p, o.cp_caddr)?;
         let vaddr_p: u64 = read_k(p, o.cp_vaddr)?;
         let cport: u16 = read_k(p, o.cp_cport)?;
         let vport: u16 = read_k(p, o.cp_vport)?;
-        let mut key = SynAckKey {
-            local_addr: [0; 16],
-            remote_addr: [0; 16],
+        let key = SynAckKey {
+            local_addr: inet_addr(af, vaddr_p)?,
+            remote_addr: inet_addr(af, caddr_p)?,
             local_port: u16::from_be(vport),
             remote_port: u16::from_be(cport),
         };
-        let v: [u8; 4] = bpf_probe_read_kernel(vaddr_p as *const [u8; 4]).ok()?;
-        let c: [u8; 4] = bpf_probe_read_kernel(caddr_p as *const [u8; 4]).ok()?;
-        key.local_addr[..4].copy_from_slice(&v);
-        key.remote_addr[..4].copy_from_slice(&c);
         SYNACKS.get(&key)?;
         let mut ev = StealEvent::zeroed();
         ev.ts_ns = bpf_ktime_get_boot_ns();
         ev.kind = STEAL_IPVS;
         ev.probe = PROBE_KPROBE;
-        ev.family = AF_INET;
+        ev.family = af;
         ev.local_port = key.local_port;
         ev.remote_port = key.remote_port;
         ev.local_addr = key.local_addr;
         ev.remote_addr = key.remote_addr;
-        let rs: [u8; 4] = bpf_probe_read_kernel(daddr as *const [u8; 4]).ok()?;
-        ev.rs_addr[..4].copy_from_slice(&rs);
+        // The real server's family may differ (IPVS tunnels one to the other).
+        let rs_af = dest_af as u16;
+        ev.rs_family = rs_af;
+        ev.rs_addr = inet_addr(rs_af, daddr)?;
         ev.rs_port = u16::from_be(dport as u16);
         emit_steal(&ev);
     }

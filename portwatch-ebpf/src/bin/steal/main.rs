@@ -33,6 +33,7 @@ static STEAL_OFFSETS: StealOffsets = StealOffsets {
     ss_protocol: 0,
     rt: NO_TP_SOCK,
     rt_state: 0,
+    cp_af: 0,
     cp_caddr: 0,
     cp_vaddr: 0,
     cp_cport: 0,
@@ -48,6 +49,7 @@ const NO_TP_SOCK: TpSockFields = TpSockFields {
     saddr: 0,
     daddr: 0,
     saddr_v6: 0,
+    daddr_v6: 0,
 };
 
 /// Records for userspace.

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use portwatch_common::{
-    StealEvent, TpSockFields, AF_INET, PROBE_TRACEPOINT, SOFF_RETRANS, SOFF_STATE, STEAL_RETRANS,
+    StealEvent, TpSockFields, AF_INET, AF_INET6, PROBE_TRACEPOINT, SOFF_RETRANS, SOFF_STATE, STEAL_RETRANS,
     STEAL_STATE, TCP_SYN_SENT, TP_NO_FAMILY,
 };
 use portwatch_ebpf::net::IPPROTO_TCP;
@@ -42,8 +42,11 @@ unsafe fn tp_field<T>(ctx: &TracePointContext, off: u32) -> Option<T> {
     unsafe { ctx.read_at::<T>(off as usize).ok() }
 }
 
-/// A record for the IPv4 socket a tracepoint names, if its local port is
-/// guarded.
+/// ::ffff:0:0/96, how the kernel stores an IPv4 address in an IPv6 field.
+const V4_MAPPED: [u32; 3] = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff])];
+
+/// A record for the socket a tracepoint names (IPv4 or IPv6), if its local
+/// port is guarded.
 #[inline(always)]
 fn tp_sock_event(ctx: &TracePointContext, f: &TpSockFields, kind: u8) -> Option<StealEvent> {
     // SAFETY: integer and address-byte fields at offsets from the
@@ -53,28 +56,34 @@ fn tp_sock_event(ctx: &TracePointContext, f: &TpSockFields, kind: u8) -> Option<
         if !is_guarded(sport) {
             return None;
         }
-        let v4 = if f.family == TP_NO_FAMILY {
-            // ::ffff:a.b.c.d, the address the kernel stores for IPv4.
-            let w: [u32; 3] = tp_field(ctx, f.saddr_v6)?;
-            w[0] == 0 && w[1] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+        let family = if f.family == TP_NO_FAMILY {
+            let w: [u32; 4] = tp_field(ctx, f.saddr_v6)?;
+            if [w[0], w[1], w[2]] == V4_MAPPED {
+                AF_INET
+            } else {
+                AF_INET6
+            }
         } else {
-            tp_field::<u16>(ctx, f.family)? == AF_INET
+            tp_field::<u16>(ctx, f.family)?
         };
-        if !v4 {
+        let mut ev = StealEvent::zeroed();
+        if family == AF_INET {
+            let s: [u8; 4] = tp_field(ctx, f.saddr)?;
+            let d: [u8; 4] = tp_field(ctx, f.daddr)?;
+            ev.local_addr[..4].copy_from_slice(&s);
+            ev.remote_addr[..4].copy_from_slice(&d);
+        } else if family == AF_INET6 {
+            ev.local_addr = tp_field(ctx, f.saddr_v6)?;
+            ev.remote_addr = tp_field(ctx, f.daddr_v6)?;
+        } else {
             return None;
         }
-        let family = AF_INET;
-        let mut ev = StealEvent::zeroed();
         ev.ts_ns = bpf_ktime_get_boot_ns();
         ev.kind = kind;
         ev.probe = PROBE_TRACEPOINT;
         ev.family = family;
         ev.local_port = sport;
         ev.remote_port = tp_field(ctx, f.dport)?;
-        let s: [u8; 4] = tp_field(ctx, f.saddr)?;
-        let d: [u8; 4] = tp_field(ctx, f.daddr)?;
-        ev.local_addr[..4].copy_from_slice(&s);
-        ev.remote_addr[..4].copy_from_slice(&d);
         Some(ev)
     }
 }
