@@ -21,14 +21,13 @@ pub fn failed(sk: u64, uaddr: u64, ret: i64, probe: u8) {
     if !shared::is_reported(ret) {
         return;
     }
-    let o = offsets();
-    let mut ev = shared::new_event(KIND_BIND, probe, ret);
-    // The kernel has copied the caller's sockaddr into kernel memory.
-    if let Some(sa) = shared::read_sockaddr(uaddr, SOCKADDR_IN6_LEN as u32, false) {
-        shared::fill_from_sockaddr(&mut ev, &sa, false);
-    }
-    shared::fill_from_sock(&o, &mut ev, sk, false);
-    report(&ev, &o);
+    report(KIND_BIND, probe, ret, |ev, o| {
+        // The kernel has copied the caller's sockaddr into kernel memory.
+        if let Some(sa) = shared::read_sockaddr(uaddr, SOCKADDR_IN6_LEN as u32, false) {
+            shared::fill_from_sockaddr(ev, &sa, false);
+        }
+        shared::fill_from_sock(o, ev, sk, false);
+    });
 }
 
 #[inline(always)]

@@ -9,7 +9,6 @@ use portwatch_common::{KIND_CONNECT, PROBE_FEXIT};
 use portwatch_ebpf::shared;
 
 use crate::{
-    offsets,
     pending::{self, Pending},
     report,
 };
@@ -21,10 +20,9 @@ pub fn failed(sk: u64, ret: i64, probe: u8) {
     if !shared::is_reported(ret) {
         return;
     }
-    let o = offsets();
-    let mut ev = shared::new_event(KIND_CONNECT, probe, ret);
-    shared::fill_from_sock(&o, &mut ev, sk, true);
-    report(&ev, &o);
+    report(KIND_CONNECT, probe, ret, |ev, o| {
+        shared::fill_from_sock(o, ev, sk, true)
+    });
 }
 
 // fexit: the return value sits in the context right after the arguments.

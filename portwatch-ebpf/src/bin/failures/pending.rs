@@ -12,7 +12,7 @@ use portwatch_ebpf::{
     shared,
 };
 
-use crate::{bind, connect, offsets, report, LOST, PENDING};
+use crate::{bind, connect, report, LOST, PENDING};
 
 /// What an entry probe remembers for its return probe, keyed by thread id.
 #[repr(C)]
@@ -94,15 +94,14 @@ fn tp_exit(ctx: &TracePointContext) -> u32 {
     if !shared::is_reported(ret) {
         return 0;
     }
-    let o = offsets();
-    let mut ev = shared::new_event(p.kind, PROBE_TRACEPOINT, ret);
-    if let Some(sa) = shared::read_sockaddr(p.addr, p.addrlen, true) {
-        shared::fill_from_sockaddr(&mut ev, &sa, p.kind == KIND_CONNECT);
-    }
-    if let Some(sk) = shared::sock_from_fd(&o, p.fd) {
-        shared::fill_from_sock(&o, &mut ev, sk, p.kind == KIND_CONNECT);
-    }
-    report(&ev, &o);
+    report(p.kind, PROBE_TRACEPOINT, ret, |ev, o| {
+        if let Some(sa) = shared::read_sockaddr(p.addr, p.addrlen, true) {
+            shared::fill_from_sockaddr(ev, &sa, p.kind == KIND_CONNECT);
+        }
+        if let Some(sk) = shared::sock_from_fd(o, p.fd) {
+            shared::fill_from_sock(o, ev, sk, p.kind == KIND_CONNECT);
+        }
+    });
     0
 }
 
