@@ -94,15 +94,26 @@ fn tp_exit(ctx: &TracePointContext) -> u32 {
     if !shared::is_reported(ret) {
         return 0;
     }
-    report(p.kind, PROBE_TRACEPOINT, ret, |ev, o| {
+    // One branch on the kind, each side with its constant: the verifier
+    // walks the two fills one after the other, not every mix of them.
+    if p.kind == KIND_CONNECT {
+        tp_report(&p, KIND_CONNECT, ret, true);
+    } else {
+        tp_report(&p, p.kind, ret, false);
+    }
+    0
+}
+
+#[inline(always)]
+fn tp_report(p: &Pending, kind: u8, ret: i64, connect: bool) {
+    report(kind, PROBE_TRACEPOINT, ret, |ev, o| {
         if let Some(sa) = shared::read_sockaddr(p.addr, p.addrlen, true) {
-            shared::fill_from_sockaddr(ev, &sa, p.kind == KIND_CONNECT);
+            shared::fill_from_sockaddr(ev, &sa, connect);
         }
         if let Some(sk) = shared::sock_from_fd(o, p.fd) {
-            shared::fill_from_sock(o, ev, sk, p.kind == KIND_CONNECT);
+            shared::fill_from_sock(o, ev, sk, connect);
         }
     });
-    0
 }
 
 /// Return of any of the kprobed functions (connect's and bind's).
