@@ -5,8 +5,6 @@
 //! parameter count. The programs get no CO-RE relocations from rustc, so
 //! these offsets are how a field read stays right on every kernel.
 
-use std::collections::HashMap;
-
 use anyhow::{bail, Context as _, Result};
 
 const KIND_INT: u32 = 1;
@@ -34,62 +32,66 @@ const KIND_ENUM64: u32 = 19;
 const MAX_NESTING: u32 = 32;
 const MAX_LOOKS: usize = 1 << 20;
 
-#[derive(Debug, Clone, Copy)]
-struct Member {
-    name: u32,
-    ty: u32,
-    /// Offset in bits.
-    bit_offset: u32,
-    bitfield: bool,
+/// One BTF blob as the kernel gives it (vmlinux's, or a module's split BTF
+/// on top of it), kept as read: types and members are read from its bytes
+/// when asked for. What parsing builds is small: where each type starts, and
+/// the named structs and functions sorted by name offset. vmlinux has some
+/// 150,000 types and 600,000 members; copying them into tables (and
+/// hashing every name) was most of portwatch's start-up and of its peak
+/// memory, for the twenty-odd look-ups it makes.
+struct Blob {
+    data: Vec<u8>,
+    types: std::ops::Range<usize>,
+    strings: std::ops::Range<usize>,
+    /// Where each type starts in the type section, by `id - first_id`.
+    at: Vec<u32>,
+    first_id: u32,
+    /// Where this blob's strings start in the combined string space.
+    str_base: u32,
+    /// (name offset, id) of every named struct/union with members, and of
+    /// every function, sorted.
+    structs: Vec<(u32, u32)>,
+    funcs: Vec<(u32, u32)>,
 }
 
-/// One type, 16 bytes: vmlinux has some 150,000 of them, and this copy is
-/// most of what start-up holds at its peak.
-#[derive(Debug, Clone, Copy)]
-enum Type {
-    /// A struct or union: its members are `Btf::members[first..first + count]`.
-    Struct {
-        name: u32,
-        first: u32,
-        count: u32,
-    },
-    /// typedef / const / volatile / restrict / type tag: points at another type.
-    Alias(u32),
-    Func {
-        name: u32,
-        proto: u32,
-    },
-    FuncProto {
-        params: u32,
-    },
-    Other,
+/// A type's 12-byte header.
+#[derive(Clone, Copy)]
+struct Head {
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    size_or_type: u32,
+}
+
+impl Blob {
+    fn tsec(&self) -> &[u8] {
+        &self.data[self.types.clone()]
+    }
+
+    /// The header of own type `id`, and where its body starts in the type
+    /// section.
+    fn head(&self, id: u32) -> Option<(Head, usize)> {
+        let i = id.checked_sub(self.first_id)? as usize;
+        let p = *self.at.get(i)? as usize;
+        let t = self.tsec();
+        let info = u32_at(t, p + 4).ok()?;
+        Some((
+            Head {
+                kind: (info >> 24) & 0x1f,
+                vlen: (info & 0xffff) as usize,
+                kind_flag: info >> 31 == 1,
+                size_or_type: u32_at(t, p + 8).ok()?,
+            },
+            p + 12,
+        ))
+    }
 }
 
 /// Parsed kernel BTF: enough to find offsets and functions.
 pub struct Btf {
-    types: Vec<Type>, // index = type id; 0 is void
-    /// Every struct's and union's members, in type order.
-    members: Vec<Member>,
-    strings: Vec<u8>,
-    /// Named structs and functions, by name: the first of each name.
-    structs: NameIndex,
-    funcs: NameIndex,
-}
-
-/// Type ids by name, keyed by a hash of the name (no copy of the names:
-/// the strings are the BTF's own); the rare clash of two names on one hash
-/// goes to a short list.
-#[derive(Default, Clone)]
-struct NameIndex {
-    by_hash: HashMap<u64, u32>,
-    clashes: Vec<u32>,
-}
-
-/// FNV-1a, 64 bits.
-fn name_hash(s: &[u8]) -> u64 {
-    s.iter().fold(0xcbf2_9ce4_8422_2325, |h, &c| {
-        (h ^ c as u64).wrapping_mul(0x100_0000_01b3)
-    })
+    /// vmlinux's, under a module's.
+    base: Option<std::sync::Arc<Blob>>,
+    own: std::sync::Arc<Blob>,
 }
 
 /// The bytes a type takes after its 12-byte header, and how many members
@@ -118,7 +120,7 @@ impl Btf {
         let data = std::fs::read(path).with_context(|| {
             format!("cannot read {path}: this kernel has no BTF (CONFIG_DEBUG_INFO_BTF)")
         })?;
-        Btf::parse(&data).with_context(|| format!("cannot parse {path}"))
+        Btf::parse_owned(data, None).with_context(|| format!("cannot parse {path}"))
     }
 
     /// A kernel module's BTF (`/sys/kernel/btf/<module>`), which is split
@@ -128,15 +130,22 @@ impl Btf {
         let path = format!("/sys/kernel/btf/{module}");
         let data = std::fs::read(&path)
             .with_context(|| format!("cannot read {path}: module {module} not loaded"))?;
-        Btf::parse_on(&data, Some(self)).with_context(|| format!("cannot parse {path}"))
+        Btf::parse_owned(data, Some(self)).with_context(|| format!("cannot parse {path}"))
     }
 
+    #[cfg(test)]
     pub fn parse(b: &[u8]) -> Result<Btf> {
         Btf::parse_on(b, None)
     }
 
     /// `base`: the vmlinux BTF a module's split BTF continues.
+    #[cfg(test)]
     pub(crate) fn parse_on(b: &[u8], base: Option<&Btf>) -> Result<Btf> {
+        Btf::parse_owned(b.to_vec(), base)
+    }
+
+    fn parse_owned(data: Vec<u8>, base: Option<&Btf>) -> Result<Btf> {
+        let b = &data[..];
         if b.len() < 24 {
             bail!("too short for a BTF header");
         }
@@ -149,168 +158,139 @@ impl Btf {
         let type_len = u32_at(b, 12)? as usize;
         let str_off = u32_at(b, 16)? as usize;
         let str_len = u32_at(b, 20)? as usize;
-        let tbase = hdr_len + type_off;
-        let sbase = hdr_len + str_off;
+        let tbase = hdr_len.saturating_add(type_off);
+        let sbase = hdr_len.saturating_add(str_off);
+        let types = tbase..tbase.saturating_add(type_len);
+        let strings = sbase..sbase.saturating_add(str_len);
         let tsec = b
-            .get(tbase..tbase + type_len)
+            .get(types.clone())
             .context("BTF type section out of bounds")?;
-        let own_strings = b
-            .get(sbase..sbase + str_len)
+        b.get(strings.clone())
             .context("BTF string section out of bounds")?;
-        // One pass to size the tables exactly (no doubling as they grow).
-        let (mut ntypes, mut nmembers, mut p) = (0usize, 0usize, 0usize);
+        // Split BTF: one id space and one string space with the base (a
+        // module's BTF sits on vmlinux's, never on another module's).
+        let (base, first_id, str_base) = match base {
+            Some(base) if base.base.is_some() => bail!("split BTF on split BTF"),
+            Some(base) => {
+                let o = &base.own;
+                let next = o.first_id as usize + o.at.len();
+                (
+                    Some(base.own.clone()),
+                    u32::try_from(next).context("too many BTF types")?,
+                    o.str_base + o.strings.len() as u32,
+                )
+            }
+            None => (None, 1, 0),
+        };
+        let (mut at, mut structs, mut funcs) = (vec![], vec![], vec![]);
+        let mut p = 0usize;
         while p < tsec.len() {
+            let id = first_id as usize + at.len();
+            let name = u32_at(tsec, p)?;
             let info = u32_at(tsec, p + 4)?;
             let kind = (info >> 24) & 0x1f;
-            let Ok((len, members)) = body_len(kind, (info & 0xffff) as usize) else {
-                bail!("unknown BTF kind {kind} at type {}", ntypes + 1);
+            let vlen = (info & 0xffff) as usize;
+            let Ok((len, _)) = body_len(kind, vlen) else {
+                bail!("unknown BTF kind {kind} at type {id}");
             };
+            at.push(p as u32);
+            let id = u32::try_from(id).context("too many BTF types")?;
+            match kind {
+                KIND_STRUCT | KIND_UNION if name != 0 && vlen > 0 => structs.push((name, id)),
+                KIND_FUNC => funcs.push((name, id)),
+                _ => {}
+            }
             p += 12 + len;
             if p > tsec.len() {
                 bail!("BTF truncated");
             }
-            ntypes += 1;
-            nmembers += members;
         }
-        // Split BTF: one id space and one string space with the base.
-        let mut btf = match base {
-            Some(base) => Btf {
-                types: base.types.clone(),
-                members: base.members.clone(),
-                strings: base.strings.clone(),
-                structs: base.structs.clone(),
-                funcs: base.funcs.clone(),
-            },
-            None => Btf {
-                types: vec![Type::Other],
-                members: vec![],
-                strings: vec![],
-                structs: NameIndex::default(),
-                funcs: NameIndex::default(),
-            },
-        };
-        let first_own = btf.types.len();
-        btf.types.reserve_exact(ntypes);
-        btf.members.reserve_exact(nmembers);
-        btf.strings.reserve_exact(own_strings.len());
-        btf.strings.extend_from_slice(own_strings);
+        structs.sort_unstable();
+        funcs.sort_unstable();
+        Ok(Btf {
+            base,
+            own: std::sync::Arc::new(Blob {
+                data,
+                types,
+                strings,
+                at,
+                first_id,
+                str_base,
+                structs,
+                funcs,
+            }),
+        })
+    }
 
-        let mut p = 0usize;
-        while p < tsec.len() {
-            let name = u32_at(tsec, p)?;
-            let info = u32_at(tsec, p + 4)?;
-            let size_or_type = u32_at(tsec, p + 8)?;
-            p += 12;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let (len, _) = body_len(kind, vlen)?;
-            let t = match kind {
-                KIND_STRUCT | KIND_UNION => {
-                    let first = btf.members.len() as u32;
-                    for i in 0..vlen {
-                        let m = p + 12 * i;
-                        let off = u32_at(tsec, m + 8)?;
-                        let (bit_offset, bitfield) = if kind_flag {
-                            (off & 0xff_ffff, off >> 24 != 0)
-                        } else {
-                            (off, false)
-                        };
-                        btf.members.push(Member {
-                            name: u32_at(tsec, m)?,
-                            ty: u32_at(tsec, m + 4)?,
-                            bit_offset,
-                            bitfield,
-                        });
-                    }
-                    Type::Struct {
-                        name,
-                        first,
-                        count: vlen as u32,
-                    }
-                }
-                KIND_FUNC_PROTO => Type::FuncProto {
-                    params: vlen as u32,
-                },
-                KIND_FUNC => Type::Func {
-                    name,
-                    proto: size_or_type,
-                },
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    Type::Alias(size_or_type)
-                }
-                _ => Type::Other,
-            };
-            p += len;
-            btf.types.push(t);
+    /// The blobs, base first.
+    fn blobs(&self) -> impl Iterator<Item = &Blob> {
+        self.base.iter().map(|b| &**b).chain([&*self.own])
+    }
+
+    fn head(&self, id: u32) -> Option<(&Blob, Head, usize)> {
+        self.blobs()
+            .find(|b| id >= b.first_id && ((id - b.first_id) as usize) < b.at.len())
+            .and_then(|b| b.head(id).map(|(h, p)| (b, h, p)))
+    }
+
+    fn str_at(&self, off: u32) -> &[u8] {
+        let Some(b) = self.blobs().filter(|b| off >= b.str_base).last() else {
+            return &[];
+        };
+        let s = b.data[b.strings.clone()]
+            .get((off - b.str_base) as usize..)
+            .unwrap_or(&[]);
+        let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
+        &s[..end]
+    }
+
+    /// The id of the struct (or function) named `name`: the first of that
+    /// name. Names are found in the string sections (as `\0name\0`), then
+    /// their offsets in the sorted indexes.
+    fn lookup(&self, func: bool, name: &str) -> Option<u32> {
+        if name.is_empty() {
+            return None;
         }
-        for id in first_own..btf.types.len() {
-            match btf.types[id] {
-                Type::Struct { name, count, .. } if name != 0 && count > 0 => {
-                    btf.index(false, name, id as u32)
+        let mut needle = Vec::with_capacity(name.len() + 2);
+        needle.push(0);
+        needle.extend_from_slice(name.as_bytes());
+        needle.push(0);
+        let mut offs = vec![];
+        for b in self.blobs() {
+            let sec = &b.data[b.strings.clone()];
+            offs.extend(
+                memchr::memmem::find_iter(sec, &needle).map(|i| b.str_base + i as u32 + 1),
+            );
+        }
+        let mut best: Option<u32> = None;
+        for b in self.blobs() {
+            let ix = if func { &b.funcs } else { &b.structs };
+            for &off in &offs {
+                let from = ix.partition_point(|&(n, _)| n < off);
+                if let Some(&(n, id)) = ix.get(from) {
+                    if n == off && best.is_none_or(|b| id < b) {
+                        best = Some(id);
+                    }
                 }
-                Type::Func { name, .. } => btf.index(true, name, id as u32),
-                _ => {}
             }
         }
-        Ok(btf)
+        best
     }
 
-    /// The name of a struct or function type.
-    fn name_of(&self, id: u32) -> Option<&str> {
-        match self.types.get(id as usize)? {
-            Type::Struct { name, .. } | Type::Func { name, .. } => Some(self.str_at(*name)),
-            _ => None,
-        }
-    }
-
-    /// Adds type `id`, named at string offset `name`, to the struct or the
-    /// function index, unless a type of that name is there already.
-    fn index(&mut self, func: bool, name: u32, id: u32) {
-        let n = self.str_at(name);
-        let h = name_hash(n.as_bytes());
-        let ix = if func { &self.funcs } else { &self.structs };
-        let clash = match ix.by_hash.get(&h) {
-            None => false,
-            Some(&other) if self.name_of(other) == Some(n) => return,
-            Some(_) => true,
-        };
-        if clash && ix.clashes.iter().any(|&c| self.name_of(c) == Some(n)) {
-            return;
-        }
-        let ix = if func {
-            &mut self.funcs
-        } else {
-            &mut self.structs
-        };
-        if clash {
-            ix.clashes.push(id);
-        } else {
-            ix.by_hash.insert(h, id);
-        }
-    }
-
-    /// The id of the struct (or function) named `name`.
-    fn lookup(&self, func: bool, name: &str) -> Option<u32> {
-        let ix = if func { &self.funcs } else { &self.structs };
-        let named = |id: &u32| self.name_of(*id) == Some(name);
-        ix.by_hash
-            .get(&name_hash(name.as_bytes()))
-            .filter(|&&id| named(&id))
-            .or_else(|| ix.clashes.iter().find(|&&id| named(&id)))
-            .copied()
-    }
-
-    fn str_at(&self, off: u32) -> &str {
-        let s = self.strings.get(off as usize..).unwrap_or(&[]);
-        let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
-        std::str::from_utf8(&s[..end]).unwrap_or("")
-    }
-
+    /// Follows typedefs and qualifiers.
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
-            match self.types.get(id as usize) {
-                Some(Type::Alias(next)) => id = *next,
+            match self.head(id) {
+                Some((
+                    _,
+                    Head {
+                        kind:
+                            KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG,
+                        size_or_type,
+                        ..
+                    },
+                    _,
+                )) => id = size_or_type,
                 _ => break,
             }
         }
@@ -320,7 +300,7 @@ impl Btf {
     /// Finds `name` in the members of type `id`, looking into anonymous
     /// struct/union members. Returns (bit offset, member type, bitfield).
     fn find_member(&self, id: u32, name: &str) -> Option<(u64, u32, bool)> {
-        self.find_member_in(id, name, 0, &mut 0)
+        self.find_member_in(id, name.as_bytes(), 0, &mut 0)
     }
 
     /// `find_member`, `depth` anonymous members down, `looks` members
@@ -330,29 +310,46 @@ impl Btf {
     fn find_member_in(
         &self,
         id: u32,
-        name: &str,
+        name: &[u8],
         depth: u32,
         looks: &mut usize,
     ) -> Option<(u64, u32, bool)> {
         if depth > MAX_NESTING || *looks > MAX_LOOKS {
             return None;
         }
-        let Type::Struct { first, count, .. } = *self.types.get(self.resolve(id) as usize)? else {
+        let (blob, h, body) = self.head(self.resolve(id))?;
+        if h.kind != KIND_STRUCT && h.kind != KIND_UNION {
             return None;
+        }
+        let t = blob.tsec();
+        // (name, type, bit offset, bitfield) of member i.
+        let member = |i: usize| -> Option<(u32, u32, u64, bool)> {
+            let m = body + 12 * i;
+            let off = u32_at(t, m + 8).ok()?;
+            let (bit_offset, bitfield) = if h.kind_flag {
+                (off & 0xff_ffff, off >> 24 != 0)
+            } else {
+                (off, false)
+            };
+            Some((
+                u32_at(t, m).ok()?,
+                u32_at(t, m + 4).ok()?,
+                bit_offset as u64,
+                bitfield,
+            ))
         };
-        let members = self
-            .members
-            .get(first as usize..first as usize + count as usize)?;
-        *looks += members.len();
-        for m in members {
-            if m.name != 0 && self.str_at(m.name) == name {
-                return Some((m.bit_offset as u64, m.ty, m.bitfield));
+        *looks += h.vlen;
+        for i in 0..h.vlen {
+            let (n, ty, off, bf) = member(i)?;
+            if n != 0 && self.str_at(n) == name {
+                return Some((off, ty, bf));
             }
         }
-        for m in members {
-            if m.name == 0 {
-                if let Some((off, ty, bf)) = self.find_member_in(m.ty, name, depth + 1, looks) {
-                    return Some((m.bit_offset as u64 + off, ty, bf));
+        for i in 0..h.vlen {
+            let (n, ty, off, _) = member(i)?;
+            if n == 0 {
+                if let Some((o, ty, bf)) = self.find_member_in(ty, name, depth + 1, looks) {
+                    return Some((off + o, ty, bf));
                 }
             }
         }
@@ -391,11 +388,9 @@ impl Btf {
     /// Number of parameters of kernel function `name`, if BTF knows it.
     pub fn func_params(&self, name: &str) -> Option<u32> {
         let id = self.lookup(true, name)?;
-        let Type::Func { proto, .. } = &self.types[id as usize] else {
-            return None;
-        };
-        match self.types.get(*proto as usize)? {
-            Type::FuncProto { params } => Some(*params),
+        let (_, f, _) = self.head(id)?;
+        match self.head(f.size_or_type)? {
+            (_, h, _) if h.kind == KIND_FUNC_PROTO => Some(h.vlen as u32),
             _ => None,
         }
     }
@@ -617,6 +612,31 @@ pub(crate) mod tests {
         assert!(btf.offset_of("a", "nope").is_err());
         assert_eq!(btf.offset_of("a", "y").unwrap(), 0);
         assert_eq!(btf.offset_of("big", "far").unwrap(), 0x3fff_fffe);
+    }
+
+    /// Names are found whole (`sock` is not the tail of `sk_sock` nor the
+    /// head of `sock_common`), the first type of a name wins, a forward
+    /// declaration or an empty struct of that name is never it, and a
+    /// function is not a struct of the same name.
+    #[test]
+    fn lookups_find_whole_names_and_the_first_of_each() {
+        let mut b = Builder::new();
+        let u32t = b.int("unsigned int", 4);
+        b.strukt("sk_sock", false, 4, &[("a", u32t, 0, 0)]);
+        b.strukt("sock", false, 0, &[]);
+        b.strukt("sock_common", false, 4, &[("b", u32t, 0, 0)]);
+        b.strukt("sock", false, 8, &[("c", u32t, 32, 0)]);
+        b.strukt("sock", false, 8, &[("d", u32t, 0, 0)]);
+        b.func("sock", &[u32t]);
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(btf.offset_of("sock", "c").unwrap(), 4);
+        assert!(btf.offset_of("sock", "d").is_err(), "the first sock wins");
+        assert!(btf.offset_of("sock", "a").is_err());
+        assert_eq!(btf.offset_of("sock_common", "b").unwrap(), 0);
+        assert!(btf.offset_of("sk", "a").is_err());
+        assert_eq!(btf.func_params("sock"), Some(1));
+        assert_eq!(btf.func_params("sock_common"), None);
+        assert_eq!(btf.func_params(""), None);
     }
 
     #[test]
