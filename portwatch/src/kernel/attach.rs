@@ -16,7 +16,7 @@ use portwatch_common::{globals, maps, progs};
 
 use crate::kernel::{
     btf::Btf,
-    load::{errno_of, fexit_btf, load_object, program, FAILURES_OBJECT},
+    load::{errno_of, fexit_btf, func_ids, load_object, program, FAILURES_OBJECT},
     offsets,
     probe::Probe,
     system,
@@ -71,16 +71,45 @@ pub struct Attached {
     pub notes: Vec<String>,
 }
 
+/// What attaching a hook needs from the kernel BTF, taken out of it before
+/// the object is loaded (so that the BTF, 5 MB, is gone by the time the
+/// ring buffer is mapped): the functions each backend probes and the
+/// small BTF fexit loads with, or why there are none.
+struct HookPlan {
+    targets: Result<Targets, String>,
+    /// The functions' vmlinux BTF ids, for fexit.
+    fexit: Result<Vec<(u32, &'static str)>, String>,
+}
+
+impl HookPlan {
+    fn new(btf: &Btf, hook: Hook) -> HookPlan {
+        let targets = targets(btf, hook).map_err(|e| format!("{e:#}"));
+        let fexit = match &targets {
+            Ok(t) => {
+                let funcs: Vec<&'static str> = t.fns.iter().map(|(f, _, _)| *f).collect();
+                func_ids(btf, &funcs).map_err(|e| format!("{e:#}"))
+            }
+            Err(e) => Err(e.clone()),
+        };
+        HookPlan { targets, fexit }
+    }
+
+    fn targets(&self) -> Result<&Targets> {
+        self.targets.as_ref().map_err(|e| anyhow!("{e}"))
+    }
+}
+
 /// The loaded object before any hook is attached, with what attaching needs.
 struct Loaded {
     ebpf: Ebpf,
-    btf: Btf,
+    plans: [(Hook, HookPlan); 2],
     notes: Vec<String>,
 }
 
-/// The `failures` object, with the kernel BTF the caller parsed (once: it
-/// is 5 MB of start-up work), its offsets from that BTF and an EVENTS ring
-/// buffer of `ringbuf_bytes`.
+/// The `failures` object, with its offsets from the kernel BTF the caller
+/// parsed (once: it is 5 MB of start-up work) and an EVENTS ring buffer of
+/// `ringbuf_bytes`. The BTF is dropped, and the memory it took handed back
+/// to the system, before the object loads.
 fn load_failures(btf: Btf, ringbuf_bytes: u32) -> Result<Loaded> {
     let mut notes = vec![];
     let (offs, missing) = offsets::from_btf(&btf);
@@ -89,17 +118,20 @@ fn load_failures(btf: Btf, ringbuf_bytes: u32) -> Result<Loaded> {
             "kernel BTF lacks a field, some event details will be null: {m}"
         ));
     }
+    let plans = [Hook::Connect, Hook::Bind].map(|h| (h, HookPlan::new(&btf, h)));
+    drop(btf);
+    system::release_free_memory();
     let ebpf = load_object(FAILURES_OBJECT, |l| {
         l.override_global(globals::OFFSETS, &offs, true)
             .map_max_entries(maps::EVENTS, ringbuf_bytes);
     })?;
-    Ok(Loaded { ebpf, btf, notes })
+    Ok(Loaded { ebpf, plans, notes })
 }
 
 pub fn attach(opts: &Options) -> Result<Attached> {
     let Loaded {
         mut ebpf,
-        btf,
+        plans,
         mut notes,
     } = {
         system::check_privileges()?;
@@ -107,11 +139,11 @@ pub fn attach(opts: &Options) -> Result<Attached> {
         load_failures(btf, opts.ringbuf_bytes)?
     };
     let mut hooks = vec![];
-    for hook in [Hook::Connect, Hook::Bind] {
+    for (hook, plan) in &plans {
         hooks.push(attach_hook(
             &mut ebpf,
-            &btf,
-            hook,
+            plan,
+            *hook,
             opts.backend,
             &mut notes,
         )?);
@@ -122,6 +154,9 @@ pub fn attach(opts: &Options) -> Result<Attached> {
         }
         None => Err("no cgroup2 mount in /proc/self/mountinfo".into()),
     };
+    // What loading took (the fexit attempt's small BTF, aya's parse of
+    // the object) goes back before the ring buffer is mapped.
+    system::release_free_memory();
     Ok(Attached {
         ebpf,
         hooks,
@@ -178,7 +213,7 @@ const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 fn attach_hook(
     ebpf: &mut Ebpf,
-    btf: &Btf,
+    plan: &HookPlan,
     hook: Hook,
     forced: Option<Probe>,
     notes: &mut Vec<String>,
@@ -194,8 +229,8 @@ fn attach_hook(
     let mut skipped = vec![];
     for &probe in order {
         let res = match probe {
-            Probe::Fexit => attach_fexit(ebpf, btf, hook),
-            Probe::Kprobe => attach_kprobe(ebpf, btf, hook),
+            Probe::Fexit => attach_fexit(ebpf, plan),
+            Probe::Kprobe => attach_kprobe(ebpf, plan),
             Probe::Tracepoint => attach_tracepoint(ebpf, hook, notes),
         };
         match res {
@@ -287,10 +322,9 @@ fn targets(btf: &Btf, hook: Hook) -> Result<Targets> {
     Ok(Targets { fns })
 }
 
-fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
-    let t = targets(btf, hook)?;
-    let funcs: Vec<&str> = t.fns.iter().map(|(f, _, _)| *f).collect();
-    let small = fexit_btf(btf, &funcs)?;
+fn attach_fexit(ebpf: &mut Ebpf, plan: &HookPlan) -> Result<String> {
+    let t = plan.targets()?;
+    let small = fexit_btf(plan.fexit.as_ref().map_err(|e| anyhow!("{e}"))?);
     let mut names = vec![];
     let mut loaded: Vec<&str> = vec![];
     let mut res = Ok(());
@@ -344,8 +378,8 @@ fn load_kprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut KProbe> {
     Ok(p)
 }
 
-fn attach_kprobe(ebpf: &mut Ebpf, btf: &Btf, hook: Hook) -> Result<String> {
-    let t = targets(btf, hook)?;
+fn attach_kprobe(ebpf: &mut Ebpf, plan: &HookPlan) -> Result<String> {
+    let t = plan.targets()?;
     let mut names = vec![];
     // Links made so far, detached again if a later one fails (the
     // kretprobe program is shared with the other hook, so no unload).
@@ -497,7 +531,7 @@ mod tests {
 
     use super::{short_reason, Probe};
     use crate::kernel::load::{
-        errno_of, explain_load_error, fexit_btf, FAILURES_OBJECT, STEAL_OBJECT,
+        errno_of, explain_load_error, fexit_btf, func_ids, FAILURES_OBJECT, STEAL_OBJECT,
     };
     use anyhow::anyhow;
 
@@ -574,7 +608,7 @@ mod tests {
         let want6 = b.func("inet6_hash_connect", &[p, p]);
         let btf = Btf::parse(&b.build()).unwrap();
         assert_eq!(btf.func_id("inet_hash_connect"), Some(want));
-        let small = fexit_btf(&btf, &["inet_hash_connect"]).unwrap();
+        let small = fexit_btf(&func_ids(&btf, &["inet_hash_connect"]).unwrap());
         assert_eq!(
             small
                 .id_by_type_name_kind("inet_hash_connect", BtfKind::Func)
@@ -582,11 +616,12 @@ mod tests {
             want
         );
         // One BTF for a hook's functions, in any order.
-        let both = fexit_btf(&btf, &["inet6_hash_connect", "inet_hash_connect"]).unwrap();
+        let both =
+            fexit_btf(&func_ids(&btf, &["inet6_hash_connect", "inet_hash_connect"]).unwrap());
         for (f, id) in [("inet_hash_connect", want), ("inet6_hash_connect", want6)] {
             assert_eq!(both.id_by_type_name_kind(f, BtfKind::Func).unwrap(), id);
         }
-        assert!(fexit_btf(&btf, &["no_such_function"]).is_err());
+        assert!(func_ids(&btf, &["no_such_function"]).is_err());
     }
 
     #[test]

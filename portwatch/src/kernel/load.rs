@@ -119,22 +119,24 @@ where
         .try_into()?)
 }
 
-/// What aya needs to load fexit programs on `funcs`: a BTF in which each
-/// name is a function at the type id the kernel's vmlinux BTF gives it
-/// (aya only looks the id up by name and hands it to the kernel, which
-/// checks it against its own BTF). Built from the ids portwatch's own
-/// reader found, instead of a second, full parse of vmlinux BTF by aya;
-/// one for all of a hook's functions.
-pub(crate) fn fexit_btf(btf: &Btf, funcs: &[&str]) -> Result<AyaBtf> {
-    let mut ids = funcs
+/// The vmlinux BTF ids of kernel functions `funcs`: all that loading fexit
+/// programs on them needs from the BTF (see [`fexit_btf`]).
+pub(crate) fn func_ids(btf: &Btf, funcs: &[&'static str]) -> Result<Vec<(u32, &'static str)>> {
+    funcs
         .iter()
-        .map(|f| {
-            Ok((
-                btf.func_id(f).with_context(|| format!("no BTF for {f}"))?,
-                *f,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
+        .map(|f| Ok((btf.func_id(f).with_context(|| format!("no BTF for {f}"))?, *f)))
+        .collect()
+}
+
+/// What aya needs to load fexit programs on some functions: a BTF in which
+/// each name is a function at the type id the kernel's vmlinux BTF gives it
+/// (`ids`, from [`func_ids`]; aya only looks the id up by name and hands it
+/// to the kernel, which checks it against its own BTF). Built from the ids
+/// portwatch's own reader found, instead of a second, full parse of vmlinux
+/// BTF by aya; one for all of a hook's functions, built when fexit is tried
+/// and dropped once it is loaded (its placeholders take a few MiB).
+pub(crate) fn fexit_btf(ids: &[(u32, &str)]) -> AyaBtf {
+    let mut ids = ids.to_vec();
     ids.sort_unstable();
     let mut b = AyaBtf::new();
     // aya's own Btf starts with id 0 (void); the ids in between are
@@ -149,5 +151,5 @@ pub(crate) fn fexit_btf(btf: &Btf, funcs: &[&str]) -> Result<AyaBtf> {
         debug_assert_eq!(got, id);
         next = got + 1;
     }
-    Ok(b)
+    b
 }

@@ -116,6 +116,14 @@ pub fn raise_memlock() {
     }
 }
 
+/// Hands memory the allocator holds but no longer uses back to the system,
+/// after a large start-up buffer (the kernel BTF) is freed: otherwise it
+/// stays in the process's resident set for as long as it runs.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only releases free memory of glibc's allocator.
+    unsafe { libc::malloc_trim(0) };
+}
+
 const TRACEFS_MAGIC: i64 = 0x74726163;
 
 fn is_tracefs(path: &str) -> bool {
