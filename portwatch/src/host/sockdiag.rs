@@ -79,10 +79,10 @@ pub enum PortFilter {
     Sport(u16),
     /// Local port within `lo..=hi`.
     SportRange(u16, u16),
-    /// Remote port equal.
-    Dport(u16),
     /// Local and remote port equal (one 4-tuple, the addresses aside).
     SportDport(u16, u16),
+    /// Every socket of the protocol.
+    Any,
 }
 
 fn op(code: u8, yes: u8, no: u16) -> [u8; 4] {
@@ -97,8 +97,8 @@ fn bytecode(f: PortFilter) -> Vec<u8> {
     let cmps: Vec<(u8, u16)> = match f {
         PortFilter::Sport(p) => vec![(BC_S_EQ, p)],
         PortFilter::SportRange(lo, hi) => vec![(BC_S_GE, lo), (BC_S_LE, hi)],
-        PortFilter::Dport(p) => vec![(BC_D_EQ, p)],
         PortFilter::SportDport(s, d) => vec![(BC_S_EQ, s), (BC_D_EQ, d)],
+        PortFilter::Any => vec![],
     };
     let total = cmps.len() * 8;
     let mut bc = Vec::with_capacity(total);
@@ -112,7 +112,8 @@ fn bytecode(f: PortFilter) -> Vec<u8> {
 
 fn request(family: u8, proto: u8, f: PortFilter, seq: u32) -> Vec<u8> {
     let bc = bytecode(f);
-    let attr_len = 4 + bc.len();
+    // No filter: no bytecode attribute at all.
+    let attr_len = if bc.is_empty() { 0 } else { 4 + bc.len() };
     let len = NLMSG_HDR + REQ_V2 + attr_len;
     let mut m = Vec::with_capacity(len);
     m.extend((len as u32).to_ne_bytes());
@@ -124,9 +125,11 @@ fn request(family: u8, proto: u8, f: PortFilter, seq: u32) -> Vec<u8> {
     m.extend([family, proto, 0, 0]);
     m.extend(u32::MAX.to_ne_bytes()); // every state
     m.extend([0u8; 48]);
-    m.extend((attr_len as u16).to_ne_bytes());
-    m.extend(INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-    m.extend(&bc);
+    if attr_len > 0 {
+        m.extend((attr_len as u16).to_ne_bytes());
+        m.extend(INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        m.extend(&bc);
+    }
     debug_assert_eq!(m.len(), len);
     m
 }
@@ -305,9 +308,9 @@ mod tests {
     #[test]
     fn bytecode_layout_matches_the_kernels_audit() {
         // One comparison: code, yes=8, no=len+4, then the port op.
-        let bc = bytecode(PortFilter::Dport(7100));
+        let bc = bytecode(PortFilter::Sport(7100));
         assert_eq!(bc.len(), 8);
-        assert_eq!(&bc[..2], &[BC_D_EQ, 8]);
+        assert_eq!(&bc[..2], &[BC_S_EQ, 8]);
         assert_eq!(u16::from_ne_bytes([bc[2], bc[3]]), 12);
         assert_eq!(u16::from_ne_bytes([bc[6], bc[7]]), 7100);
         // Two: the second's reject jump is relative to itself.
@@ -318,6 +321,9 @@ mod tests {
             request(2, 6, PortFilter::Sport(1), 1).len(),
             16 + 56 + 4 + 8
         );
+        // No filter, no bytecode attribute.
+        assert!(bytecode(PortFilter::Any).is_empty());
+        assert_eq!(request(2, 6, PortFilter::Any, 1).len(), 16 + 56);
     }
 
     #[test]
@@ -394,12 +400,12 @@ mod tests {
         let c = TcpStream::connect(("127.0.0.1", lport)).unwrap();
         let cport = c.local_addr().unwrap().port();
         let tcp = libc::IPPROTO_TCP as u8;
-        let by_dport = dump(tcp, PortFilter::Dport(lport)).unwrap();
-        let mine: Vec<&Sock> = by_dport.iter().filter(|s| s.sport == cport).collect();
-        assert_eq!(mine.len(), 1, "{by_dport:?}");
+        let by_sport = dump(tcp, PortFilter::Sport(cport)).unwrap();
+        let mine: Vec<&Sock> = by_sport.iter().filter(|s| s.dport == lport).collect();
+        assert_eq!(mine.len(), 1, "{by_sport:?}");
         assert_eq!(state_name(mine[0].state), "ESTABLISHED");
         assert_ne!(mine[0].inode, 0);
-        assert!(by_dport.iter().all(|s| s.dport == lport), "{by_dport:?}");
+        assert!(by_sport.iter().all(|s| s.sport == cport), "{by_sport:?}");
         let by_sport = dump(tcp, PortFilter::Sport(lport)).unwrap();
         assert!(by_sport.iter().all(|s| s.sport == lport));
         assert!(by_sport
@@ -415,6 +421,14 @@ mod tests {
         probe().unwrap();
         let ranged = dump(tcp, PortFilter::SportRange(cport, cport)).unwrap();
         assert!(ranged.iter().any(|s| s.dport == lport), "{ranged:?}");
+        // No filter: all of them, the listener and both ends.
+        let all = dump(tcp, PortFilter::Any).unwrap();
+        for (sp, dp) in [(lport, 0), (cport, lport), (lport, cport)] {
+            assert!(
+                all.iter().any(|s| (s.sport, s.dport) == (sp, dp)),
+                "{sp} {dp}"
+            );
+        }
         assert!(ranged.iter().all(|s| s.sport == cport));
     }
 }

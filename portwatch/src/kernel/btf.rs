@@ -258,9 +258,7 @@ impl Btf {
         let mut offs = vec![];
         for b in self.blobs() {
             let sec = &b.data[b.strings.clone()];
-            offs.extend(
-                memchr::memmem::find_iter(sec, &needle).map(|i| b.str_base + i as u32 + 1),
-            );
+            offs.extend(memchr::memmem::find_iter(sec, &needle).map(|i| b.str_base + i as u32 + 1));
         }
         let mut best: Option<u32> = None;
         for b in self.blobs() {

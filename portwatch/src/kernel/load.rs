@@ -124,7 +124,12 @@ where
 pub(crate) fn func_ids(btf: &Btf, funcs: &[&'static str]) -> Result<Vec<(u32, &'static str)>> {
     funcs
         .iter()
-        .map(|f| Ok((btf.func_id(f).with_context(|| format!("no BTF for {f}"))?, *f)))
+        .map(|f| {
+            Ok((
+                btf.func_id(f).with_context(|| format!("no BTF for {f}"))?,
+                *f,
+            ))
+        })
         .collect()
 }
 

@@ -70,7 +70,11 @@ pub fn decode(rec: &[u8]) -> Option<Record> {
         STEAL_IPVS => What::Ipvs {
             real_server: SocketAddr::new(
                 addr(
-                    if ev.rs_family != 0 { ev.rs_family } else { ev.family },
+                    if ev.rs_family != 0 {
+                        ev.rs_family
+                    } else {
+                        ev.family
+                    },
                     &ev.rs_addr,
                 ),
                 ev.rs_port,

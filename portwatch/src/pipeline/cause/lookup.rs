@@ -18,8 +18,8 @@ use super::{
 };
 use crate::{
     host::{
-        holders::Holders,
-        sockdiag::{self, NsHandle, PortFilter},
+        holders::{Holders, Owner},
+        sockdiag::{self, NsHandle, PortFilter, Sock},
     },
     k8s::cri,
     pipeline::event::Event,
@@ -31,20 +31,88 @@ const LOOKUP_EVERY: Duration = Duration::from_secs(1);
 const MAX_QUEUED: usize = 256;
 const WORKERS: usize = 2;
 
-pub fn lookup(key: &Key, ns: &NsHandle, holders: &Holders) -> Result<Snapshot> {
-    let filter = match key.scope {
-        Scope::Toward(_, dport) => PortFilter::Dport(dport),
-        Scope::Tuple(_, dport, sport) => PortFilter::SportDport(sport, dport),
-        Scope::LocalPort(p) => PortFilter::Sport(p),
-        Scope::LocalRange(lo, hi) => PortFilter::SportRange(lo, hi),
-    };
+/// How long a whole netns's socket table answers look-ups toward any of its
+/// destinations: a storm toward many destinations of one netns reads the
+/// table (and resolves its holders) once per this, not once per
+/// destination, and no destination's look-up waits behind another's.
+const TABLE_FRESH: Duration = Duration::from_millis(100);
+
+/// A netns's whole socket table of one protocol, with the sockets' holders.
+struct Table {
+    /// When the read started.
+    at: Instant,
+    socks: Vec<Sock>,
+    owners: HashMap<u32, Owner>,
+}
+
+/// The whole-netns tables, shared by the workers. One slot per (netns,
+/// protocol), locked while it is read, so that two workers asking for the
+/// same netns read it once.
+#[derive(Default)]
+pub struct Tables {
+    slots: Mutex<HashMap<(u32, u8), TableSlot>>,
+}
+
+/// A (netns, protocol)'s last table, locked while it is read.
+type TableSlot = Arc<Mutex<Option<Arc<Table>>>>;
+
+impl Tables {
+    fn get(&self, key: &Key, ns: Option<&std::fs::File>, holders: &Holders) -> Result<Arc<Table>> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap();
+            if slots.len() > 256 {
+                slots.retain(|_, s| {
+                    s.try_lock()
+                        .map(|t| t.as_ref().is_some_and(|t| t.at.elapsed() < TABLE_FRESH))
+                        .unwrap_or(true)
+                });
+            }
+            slots.entry((key.netns, key.proto)).or_default().clone()
+        };
+        let mut t = slot.lock().unwrap();
+        if let Some(t) = t.as_ref().filter(|t| t.at.elapsed() < TABLE_FRESH) {
+            return Ok(t.clone());
+        }
+        let at = Instant::now();
+        let socks = sockdiag::dump_in(ns, key.proto, PortFilter::Any)
+            .with_context(|| format!("socket table of netns {}", key.netns))?;
+        let inodes: HashSet<u32> = socks.iter().map(|s| s.inode).collect();
+        let owners = holders.resolve(Some(key.netns), &inodes);
+        let table = Arc::new(Table { at, socks, owners });
+        *t = Some(table.clone());
+        Ok(table)
+    }
+}
+
+pub fn lookup(key: &Key, ns: &NsHandle, holders: &Holders, tables: &Tables) -> Result<Snapshot> {
     let ns_file = match ns {
         NsHandle::Own => None,
         NsHandle::File(f) => Some(f),
     };
+    let filter = match key.scope {
+        // Toward a destination: from the netns's whole table.
+        Scope::Toward(dst, dport) => {
+            let t = tables.get(key, ns_file, holders)?;
+            let socks: Vec<Sock> = t
+                .socks
+                .iter()
+                .filter(|s| s.dport == dport && s.dst == dst)
+                .cloned()
+                .collect();
+            let owners = socks
+                .iter()
+                .filter_map(|s| Some((s.inode, t.owners.get(&s.inode)?.clone())))
+                .collect();
+            return Ok(Snapshot { socks, owners });
+        }
+        // A 4-tuple, a port, a range: read fresh, filtered in the kernel.
+        Scope::Tuple(_, dport, sport) => PortFilter::SportDport(sport, dport),
+        Scope::LocalPort(p) => PortFilter::Sport(p),
+        Scope::LocalRange(lo, hi) => PortFilter::SportRange(lo, hi),
+    };
     let mut socks = sockdiag::dump_in(ns_file, key.proto, filter)
         .with_context(|| format!("socket table of netns {}", key.netns))?;
-    if let Scope::Toward(dst, _) | Scope::Tuple(dst, _, _) = key.scope {
+    if let Scope::Tuple(dst, _, _) = key.scope {
         socks.retain(|s| s.dst == dst);
     }
     let inodes: HashSet<u32> = socks.iter().map(|s| s.inode).collect();
@@ -107,10 +175,12 @@ impl Detailer {
             let (tx, rx) = mpsc::sync_channel::<Job>(MAX_QUEUED);
             let rx = Arc::new(Mutex::new(rx));
             let holders = Arc::new(Holders::new());
+            let tables = Arc::new(Tables::default());
             for i in 0..WORKERS {
                 let rx = rx.clone();
                 let done_tx = done_tx.clone();
                 let holders = holders.clone();
+                let tables = tables.clone();
                 std::thread::Builder::new()
                     .name(format!("pw-detail-{i}"))
                     .spawn(move || loop {
@@ -119,7 +189,7 @@ impl Detailer {
                             Err(_) => return, // the detailer is gone
                         };
                         let t0 = Instant::now();
-                        let outcome = lookup(&job.key, &job.ns, &holders)
+                        let outcome = lookup(&job.key, &job.ns, &holders, &tables)
                             .map(Arc::new)
                             .map_err(|e| format!("{e:#}"));
                         log::debug!(
@@ -349,6 +419,44 @@ mod tests {
             .expect("out at the deadline");
         assert_eq!(ev.pod.as_ref().unwrap().name, None);
         assert!(ev.pod.unwrap().container_id.is_some());
+    }
+
+    /// Look-ups toward different destinations of one netns are answered
+    /// from one read of its table while it is fresh, each with only its own
+    /// destination's sockets.
+    #[test]
+    fn destinations_of_a_netns_share_one_table_read() {
+        use std::net::{TcpListener, TcpStream};
+        let l1 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (p1, p2) = (
+            l1.local_addr().unwrap().port(),
+            l2.local_addr().unwrap().port(),
+        );
+        let _c1 = TcpStream::connect(("127.0.0.1", p1)).unwrap();
+        let _c2 = [
+            TcpStream::connect(("127.0.0.1", p2)).unwrap(),
+            TcpStream::connect(("127.0.0.1", p2)).unwrap(),
+        ];
+        let key = |port| Key {
+            netns: 1,
+            proto: libc::IPPROTO_TCP as u8,
+            scope: Scope::Toward("127.0.0.1".parse().unwrap(), port),
+        };
+        let (holders, tables) = (Holders::new(), Tables::default());
+        let a = tables.get(&key(p1), None, &holders).unwrap();
+        let b = tables.get(&key(p2), None, &holders).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "one read for both destinations");
+        let s1 = lookup(&key(p1), &NsHandle::Own, &holders, &tables).unwrap();
+        let s2 = lookup(&key(p2), &NsHandle::Own, &holders, &tables).unwrap();
+        assert_eq!(s1.socks.len(), 1, "{:?}", s1.socks);
+        assert_eq!(s2.socks.len(), 2, "{:?}", s2.socks);
+        assert!(s2.socks.iter().all(|s| s.dport == p2));
+        let me = std::process::id();
+        assert!(s2.owners.values().all(|o| o.pid == me), "{:?}", s2.owners);
+        std::thread::sleep(TABLE_FRESH + Duration::from_millis(20));
+        let c = tables.get(&key(p1), None, &holders).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c), "read again once stale");
     }
 
     #[tokio::test(flavor = "current_thread")]
