@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::kprobe,
     programs::ProbeContext,
 };
-use portwatch_common::{StealEvent, SynAckKey, AF_INET, AF_INET6, PROBE_KPROBE, SOFF_IPVS, STEAL_IPVS};
+use portwatch_common::{
+    StealEvent, SynAckKey, AF_INET, AF_INET6, PROBE_KPROBE, SOFF_IPVS, STEAL_IPVS,
+};
 use portwatch_ebpf::{net::IPPROTO_TCP, shared::read_k};
 
 use crate::{emit_steal, steal_offsets, SYNACKS};

@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use portwatch_common::{
-    StealEvent, TpSockFields, AF_INET, AF_INET6, PROBE_TRACEPOINT, SOFF_RETRANS, SOFF_STATE, STEAL_RETRANS,
-    STEAL_STATE, TCP_SYN_SENT, TP_NO_FAMILY,
+    StealEvent, TpSockFields, AF_INET, AF_INET6, PROBE_TRACEPOINT, SOFF_RETRANS, SOFF_STATE,
+    STEAL_RETRANS, STEAL_STATE, TCP_SYN_SENT, TP_NO_FAMILY,
 };
 use portwatch_ebpf::net::IPPROTO_TCP;
 
