@@ -494,7 +494,10 @@ pub mod progs {
     // steal.
     /// tc ingress: SYN-ACKs for guarded ports.
     pub const TC_SYNACK: &str = "pw_tc_synack";
-    /// kprobe on `ip_vs_conn_new`.
+    /// fexit on `ip_vs_conn_new`: loaded by portwatch itself against the
+    /// ip_vs module's BTF (aya's loader only knows vmlinux's).
+    pub const FX_IPVS_CONN_NEW: &str = "pw_fx_ipvs_conn_new";
+    /// kprobe on `ip_vs_conn_new`: where the fexit cannot be had.
     pub const KP_IPVS_CONN_NEW: &str = "pw_kp_ipvs_conn_new";
     /// `sock:inet_sock_set_state`.
     pub const TP_SOCK_STATE: &str = "pw_tp_sock_state";
@@ -526,7 +529,13 @@ pub mod progs {
         SYSCTL_GUARD,
     ];
     /// Every program of the `steal` object.
-    pub const STEAL: &[&str] = &[TC_SYNACK, KP_IPVS_CONN_NEW, TP_SOCK_STATE, TP_RETRANS];
+    pub const STEAL: &[&str] = &[
+        TC_SYNACK,
+        FX_IPVS_CONN_NEW,
+        KP_IPVS_CONN_NEW,
+        TP_SOCK_STATE,
+        TP_RETRANS,
+    ];
 }
 
 /// Slots of each object's `LOST` map. Every slot an object has is one

@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
-    macros::kprobe,
-    programs::ProbeContext,
+    macros::{fexit, kprobe},
+    programs::{FExitContext, ProbeContext},
 };
 use portwatch_common::{
-    StealEvent, SynAckKey, AF_INET, AF_INET6, PROBE_KPROBE, SOFF_IPVS, STEAL_IPVS,
+    StealEvent, SynAckKey, AF_INET, AF_INET6, PROBE_FEXIT, PROBE_KPROBE, SOFF_IPVS, STEAL_IPVS,
 };
 use portwatch_ebpf::{net::IPPROTO_TCP, shared::read_k};
 
@@ -19,7 +19,18 @@ use crate::{emit_steal, steal_offsets, SYNACKS};
 /// node's ordinary IPVS traffic.
 #[kprobe]
 pub fn pw_kp_ipvs_conn_new(ctx: ProbeContext) -> u32 {
-    let _ = ipvs_conn_new(&ctx);
+    let arg = |n| ctx.arg(n).unwrap_or(0);
+    let _ = conn_new(arg(0), arg(1), arg(2), arg(3), PROBE_KPROBE);
+    0
+}
+
+/// The same on fexit, where the kernel has it for ip_vs (portwatch loads
+/// it against the module's BTF). The arguments are the context's u64
+/// slots; an int or `__be16` sits in the low bits of its slot, as in a
+/// register.
+#[fexit(function = "ip_vs_conn_new")]
+pub fn pw_fx_ipvs_conn_new(ctx: FExitContext) -> i32 {
+    let _ = conn_new(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3), PROBE_FEXIT);
     0
 }
 
@@ -44,16 +55,13 @@ unsafe fn inet_addr(af: u16, at: u64) -> Option<[u8; 16]> {
     Some(a)
 }
 
+/// Both programs' body: the arguments as the kernel passed them.
 #[inline(always)]
-fn ipvs_conn_new(ctx: &ProbeContext) -> Option<()> {
+fn conn_new(p: u64, dest_af: u64, daddr: u64, dport: u64, probe: u8) -> Option<()> {
     let o = steal_offsets();
     if o.valid & SOFF_IPVS == 0 {
         return None;
     }
-    let p: u64 = ctx.arg(0)?;
-    let dest_af: u64 = ctx.arg(1)?;
-    let daddr: u64 = ctx.arg(2)?;
-    let dport: u64 = ctx.arg(3)?;
     // SAFETY: integers, pointers and address bytes, read through the
     // checking helpers at offsets from the ip_vs module's BTF.
     unsafe {
@@ -76,7 +84,7 @@ fn ipvs_conn_new(ctx: &ProbeContext) -> Option<()> {
         let mut ev = StealEvent::zeroed();
         ev.ts_ns = bpf_ktime_get_boot_ns();
         ev.kind = STEAL_IPVS;
-        ev.probe = PROBE_KPROBE;
+        ev.probe = probe;
         ev.family = af;
         ev.local_port = key.local_port;
         ev.remote_port = key.remote_port;

@@ -3,7 +3,7 @@
 //! socket is in SYN_SENT, IPVS taking it, and what happens to that socket
 //! afterwards.
 //!
-//! Hooks by family: [`packet`] (tc ingress), [`ipvs`] (kprobe on
+//! Hooks by family: [`packet`] (tc ingress), [`ipvs`] (fexit or kprobe on
 //! `ip_vs_conn_new`), [`sock`] (the sock/tcp tracepoints). Tracepoint
 //! record layouts and IPVS struct offsets come from userspace through the
 //! `STEAL_OFFSETS` global.
