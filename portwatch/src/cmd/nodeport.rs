@@ -1,7 +1,7 @@
 //! `portwatch nodeport-steal`: SYN-ACKs for local clients on guarded ports
 //! (NodePorts, IPVS virtual services) that IPVS takes as new connections.
 //!
-//! Pipeline: attach (tc ingress + tracepoints + IPVS kprobe) -> source
+//! Pipeline: attach (tc ingress + tracepoints + IPVS fexit or kprobe) -> source
 //! (STEALS ring buffer) -> correlate (one report per victim connection) ->
 //! output. Besides it, every 2 s: the guarded ports follow the node's IPVS
 //! services, and new interfaces (new pods' veths) get the SYN-ACK watch.
@@ -127,12 +127,14 @@ pub async fn pipeline(
     if let Some(p) = &args.ports {
         statics = statics.union(p);
     }
+    // `ipvs` holds the IPVS fexit's attachment: it lives as long as this
+    // pipeline.
     let steal::StealAttached {
         mut ebpf,
         ipvs,
         ipvs_missing,
         notes,
-    } = steal::attach_nodeport()?;
+    } = steal::attach_nodeport(None)?;
     for n in &notes {
         eprintln!("portwatch: {n}");
     }
@@ -168,8 +170,8 @@ pub async fn pipeline(
     let conn_table = ipvs.is_none();
     let probe = match (&ipvs, &ipvs_missing) {
         (Some(p), _) => {
-            eprintln!("portwatch: IPVS scheduling: {p}");
-            "kprobe"
+            eprintln!("portwatch: IPVS scheduling: {}", p.describe());
+            p.probe.name()
         }
         (None, why) => {
             let why = why.as_deref().unwrap_or("unknown reason");
@@ -210,7 +212,7 @@ pub async fn pipeline(
     let mut lost_seen = 0u64;
     eprintln!("portwatch: attached; watching for NodePort steals. Ctrl-C to stop.");
     ctl.report_attached(&AttachReport::Steal {
-        ipvs_kprobe: ipvs.is_some(),
+        ipvs: ipvs.as_ref().map(|p| p.probe),
     });
 
     let mut records = vec![];

@@ -1,6 +1,7 @@
 //! nodeport-steal's programs attached: the SYN-ACK watch on each
 //! interface's ingress (tc), the socket followers (tracepoints) and, where
-//! the kernel has IPVS, its scheduling path (kprobe on `ip_vs_conn_new`).
+//! the kernel has IPVS, its scheduling path (fexit on `ip_vs_conn_new`,
+//! else a kprobe).
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
@@ -18,27 +19,68 @@ use portwatch_common::{
 use crate::kernel::{
     attach::{kprobe_mut, load_attach_tracepoint, short_reason},
     btf::Btf,
-    load::{load_object, program, STEAL_OBJECT},
+    load::{errno_of, load_object, program, STEAL_OBJECT},
+    modfexit::{self, ModuleFexit, ENOTSUPP},
     probe::Probe,
     system,
     tpformat::Format,
 };
 
+/// The IPVS function probed, and its module.
+const IPVS_FN: &str = "ip_vs_conn_new";
+const IPVS_MODULE: &str = "ip_vs";
+
 /// nodeport-steal, attached: the SYN-ACK watch (tc ingress), the socket
 /// followers (tracepoints) and, where the kernel has IPVS, its scheduling
-/// path (kprobe on `ip_vs_conn_new`).
+/// path (fexit or kprobe on `ip_vs_conn_new`).
 pub struct StealAttached {
     pub ebpf: Ebpf,
-    /// e.g. "kprobe on ip_vs_conn_new"; None: packet path only.
-    pub ipvs: Option<String>,
+    /// The probe on IPVS's scheduling path; None: packet path only. Holds
+    /// the fexit's attachment: keep it for as long as the probe should stay.
+    pub ipvs: Option<IpvsProbe>,
     /// Why the IPVS probe is missing, when it is.
     pub ipvs_missing: Option<String>,
     pub notes: Vec<String>,
 }
 
+/// What IPVS's scheduling path got.
+pub struct IpvsProbe {
+    /// fexit or kprobe.
+    pub probe: Probe,
+    /// Why not fexit, where the kprobe attached: "fexit: <why it failed>"
+    /// or "--ipvs-probe kprobe".
+    pub why_not_fexit: Option<String>,
+    /// The fexit's attachment: detached when this is dropped.
+    _fexit: Option<ModuleFexit>,
+}
+
+impl IpvsProbe {
+    /// For the start-up line: "fexit on ip_vs_conn_new", or "kprobe on
+    /// ip_vs_conn_new (fexit: why it failed)".
+    pub fn describe(&self) -> String {
+        let mut s = format!("{} on {IPVS_FN}", self.probe.name());
+        if let Some(why) = &self.why_not_fexit {
+            s.push_str(&format!(" ({why})"));
+        }
+        s
+    }
+}
+
+/// Where the IPVS probe goes, found in the ip_vs module's BTF: the
+/// function's BTF id (what an fexit is loaded for) and its arity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IpvsFn {
+    btf_id: u32,
+    params: u32,
+}
+
 /// Offsets for the nodeport-steal programs: tracepoint layouts from tracefs,
-/// `struct ip_vs_conn_param` from the ip_vs module's BTF when it is loaded.
-fn steal_offsets(btf: &Btf, notes: &mut Vec<String>) -> Result<(StealOffsets, Option<String>)> {
+/// `struct ip_vs_conn_param` from the ip_vs module's BTF when it is loaded,
+/// with `ip_vs_conn_new` there (or why IPVS cannot be probed).
+fn steal_offsets(
+    btf: &Btf,
+    notes: &mut Vec<String>,
+) -> Result<(StealOffsets, Result<IpvsFn, String>)> {
     let mut o = StealOffsets::default();
     let ss = Format::read("sock", "inet_sock_set_state")?;
     set_state_offsets(&ss, &mut o)?;
@@ -47,14 +89,15 @@ fn steal_offsets(btf: &Btf, notes: &mut Vec<String>) -> Result<(StealOffsets, Op
         Ok(()) => o.valid |= SOFF_RETRANS,
         Err(e) => notes.push(format!("SYN retransmissions will not be counted: {e:#}")),
     }
-    let ipvs_missing = match ipvs_module_btf(btf).and_then(|m| ipvs_offsets(&m, &mut o)) {
-        Ok(()) => {
-            o.valid |= SOFF_IPVS;
-            None
-        }
-        Err(e) => Some(format!("{e:#}")),
-    };
-    Ok((o, ipvs_missing))
+    let ipvs = ipvs_module_btf(btf).and_then(|m| {
+        let params = ipvs_offsets(&m, &mut o)?;
+        let btf_id = m.func_id(IPVS_FN).context("no BTF id for ip_vs_conn_new")?;
+        Ok(IpvsFn { btf_id, params })
+    });
+    if ipvs.is_ok() {
+        o.valid |= SOFF_IPVS;
+    }
+    Ok((o, ipvs.map_err(|e| format!("{e:#}"))))
 }
 
 /// The ip_vs module's BTF, or precisely what is missing: IPVS itself, or
@@ -112,31 +155,102 @@ pub(crate) fn retransmit_offsets(rt: &Format, o: &mut StealOffsets) -> Result<()
     Ok(())
 }
 
-/// `struct ip_vs_conn_param` and `ip_vs_conn_new`, from the ip_vs module's
-/// BTF.
-pub(crate) fn ipvs_offsets(m: &Btf, o: &mut StealOffsets) -> Result<()> {
-    match m.func_params("ip_vs_conn_new") {
-        Some(7) => {}
+/// `struct ip_vs_conn_param` and `ip_vs_conn_new` (its arity returned),
+/// from the ip_vs module's BTF.
+pub(crate) fn ipvs_offsets(m: &Btf, o: &mut StealOffsets) -> Result<u32> {
+    let params = match m.func_params(IPVS_FN) {
+        Some(7) => 7,
         Some(n) => bail!("ip_vs_conn_new takes {n} arguments on this kernel, expected 7"),
         None => bail!("ip_vs_conn_new is not in the ip_vs module's BTF"),
-    }
+    };
     o.cp_af = m.offset_of("ip_vs_conn_param", "af")?;
     o.cp_caddr = m.offset_of("ip_vs_conn_param", "caddr")?;
     o.cp_vaddr = m.offset_of("ip_vs_conn_param", "vaddr")?;
     o.cp_cport = m.offset_of("ip_vs_conn_param", "cport")?;
     o.cp_vport = m.offset_of("ip_vs_conn_param", "vport")?;
     o.cp_protocol = m.offset_of("ip_vs_conn_param", "protocol")?;
-    Ok(())
+    Ok(params)
 }
 
-pub fn attach_nodeport() -> Result<StealAttached> {
+/// Why the fexit on `func` (of `params` arguments) did not attach, in
+/// words an operator can act on.
+pub(crate) fn fexit_reason(e: &anyhow::Error, func: &str, params: u32) -> String {
+    match errno_of(e) {
+        // Before 6.6, x86-64's BPF trampoline saves at most 6 arguments.
+        Some(ENOTSUPP) if params > 6 => format!(
+            "{e}: ENOTSUPP ({func} has {params} arguments; x86-64 fexit takes more than 6 from 6.6 on)"
+        ),
+        Some(ENOTSUPP) => format!("{e}: ENOTSUPP"),
+        _ => format!("{e:#}"),
+    }
+}
+
+/// The probe on `ip_vs_conn_new`: fexit, else the kprobe (unless `forced`
+/// names one). The error says why neither (or the forced one) attached.
+fn attach_ipvs(ebpf: &mut Ebpf, f: IpvsFn, forced: Option<Probe>) -> Result<IpvsProbe, String> {
+    let why_not_fexit = if forced == Some(Probe::Kprobe) {
+        "--ipvs-probe kprobe".to_string()
+    } else {
+        let target = modfexit::Target {
+            module: IPVS_MODULE,
+            func: IPVS_FN,
+            btf_id: f.btf_id,
+        };
+        match modfexit::load_attach(ebpf, STEAL_OBJECT, progs::FX_IPVS_CONN_NEW, &target) {
+            Ok(link) => {
+                log::info!(
+                    "fexit on {IPVS_FN}: relocation and BTF look-up took {:?}, BPF_PROG_LOAD {:?}, the attach {:?}",
+                    link.prepare_time,
+                    link.load_time,
+                    link.attach_time
+                );
+                return Ok(IpvsProbe {
+                    probe: Probe::Fexit,
+                    why_not_fexit: None,
+                    _fexit: Some(link),
+                });
+            }
+            Err(e) if forced == Some(Probe::Fexit) => {
+                return Err(fexit_reason(&e, IPVS_FN, f.params))
+            }
+            Err(e) => format!("fexit: {}", fexit_reason(&e, IPVS_FN, f.params)),
+        }
+    };
+    let res = (|| -> Result<()> {
+        let p = kprobe_mut(ebpf, progs::KP_IPVS_CONN_NEW)?;
+        p.load()
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("loading {}", progs::KP_IPVS_CONN_NEW))?;
+        p.attach(IPVS_FN, 0)
+            .map_err(|e| anyhow!(e))
+            .context("attaching a kprobe to ip_vs_conn_new")?;
+        Ok(())
+    })();
+    match res {
+        Ok(()) => Ok(IpvsProbe {
+            probe: Probe::Kprobe,
+            why_not_fexit: Some(why_not_fexit),
+            _fexit: None,
+        }),
+        Err(e) if forced.is_some() => Err(short_reason(Probe::Kprobe, &e)),
+        Err(e) => Err(format!(
+            "{why_not_fexit}; kprobe: {}",
+            short_reason(Probe::Kprobe, &e)
+        )),
+    }
+}
+
+/// Attaches nodeport-steal's programs but the SYN-ACK watch (`attach_tc`
+/// puts that on each interface). `ipvs_probe` forces the kind of probe on
+/// IPVS (`--ipvs-probe`); None: fexit, else kprobe.
+pub fn attach_nodeport(ipvs_probe: Option<Probe>) -> Result<StealAttached> {
     system::check_privileges()?;
     let mut notes = vec![];
     if let Some(n) = system::ensure_tracefs()? {
         notes.push(n);
     }
     let btf = Btf::from_sys_fs()?;
-    let (offs, mut ipvs_missing) = steal_offsets(&btf, &mut notes)?;
+    let (offs, ipvs_fn) = steal_offsets(&btf, &mut notes)?;
     let mut ebpf = load_object(STEAL_OBJECT, |l| {
         l.override_global(globals::STEAL_OFFSETS, &offs, true);
     })?;
@@ -155,23 +269,21 @@ pub fn attach_nodeport() -> Result<StealAttached> {
         .map_err(|e| anyhow!(e))
         .context("loading the tc SYN-ACK program")?;
 
-    let mut ipvs = None;
-    if ipvs_missing.is_none() {
-        let res = (|| -> Result<()> {
-            let p = kprobe_mut(&mut ebpf, progs::KP_IPVS_CONN_NEW)?;
-            p.load()
-                .map_err(|e| anyhow!(e))
-                .with_context(|| format!("loading {}", progs::KP_IPVS_CONN_NEW))?;
-            p.attach("ip_vs_conn_new", 0)
-                .map_err(|e| anyhow!(e))
-                .context("attaching a kprobe to ip_vs_conn_new")?;
-            Ok(())
-        })();
-        match res {
-            Ok(()) => ipvs = Some("kprobe on ip_vs_conn_new".to_string()),
-            Err(e) => ipvs_missing = Some(short_reason(Probe::Kprobe, &e)),
-        }
-    }
+    let (ipvs, ipvs_missing) = match ipvs_fn {
+        Ok(f) => match attach_ipvs(&mut ebpf, f, ipvs_probe) {
+            Ok(p) => (Some(p), None),
+            Err(why) => match ipvs_probe {
+                Some(p) => bail!(
+                    "--ipvs-probe {} is not available for {IPVS_FN} on this kernel ({why})",
+                    p.name()
+                ),
+                None => (None, Some(why)),
+            },
+        },
+        // No IPVS, or nothing to read its arguments with: the same whatever
+        // the choice (the packet path and IPVS's connection table remain).
+        Err(why) => (None, Some(why)),
+    };
     Ok(StealAttached {
         ebpf,
         ipvs,
@@ -226,6 +338,39 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no field family"));
+    }
+
+    /// The start-up line's words for each outcome, and why fexit failed
+    /// in an operator's words (errno 524 is unnamed in libc's text).
+    #[test]
+    fn says_which_probe_and_why_not_fexit() {
+        let p = |probe, why: Option<&str>| IpvsProbe {
+            probe,
+            why_not_fexit: why.map(str::to_string),
+            _fexit: None,
+        };
+        assert_eq!(p(Probe::Fexit, None).describe(), "fexit on ip_vs_conn_new");
+        assert_eq!(
+            p(Probe::Kprobe, Some("--ipvs-probe kprobe")).describe(),
+            "kprobe on ip_vs_conn_new (--ipvs-probe kprobe)"
+        );
+        let enotsupp = anyhow::Error::from(std::io::Error::from_raw_os_error(ENOTSUPP))
+            .context("attaching fexit to ip_vs_conn_new");
+        assert_eq!(
+            fexit_reason(&enotsupp, "ip_vs_conn_new", 7),
+            "attaching fexit to ip_vs_conn_new: ENOTSUPP (ip_vs_conn_new has 7 arguments; x86-64 fexit takes more than 6 from 6.6 on)"
+        );
+        assert_eq!(
+            fexit_reason(&enotsupp, "f", 2),
+            "attaching fexit to ip_vs_conn_new: ENOTSUPP"
+        );
+        let eperm = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::EPERM))
+            .context("listing the kernel's BTF objects (needs CAP_SYS_ADMIN)");
+        let why = fexit_reason(&eperm, "ip_vs_conn_new", 7);
+        assert!(
+            why.starts_with("listing the kernel's BTF objects (needs CAP_SYS_ADMIN): "),
+            "{why}"
+        );
     }
 
     #[test]

@@ -17,8 +17,8 @@ pub enum AttachReport {
     /// The trace pipeline: the kind of probe each hook got.
     Trace(Vec<(Hook, Probe)>),
     /// The nodeport-steal pipeline: the SYN-ACK watch (on tc) and, where
-    /// the kernel has IPVS, the kprobe on its scheduling path.
-    Steal { ipvs_kprobe: bool },
+    /// the kernel has IPVS, the kind of probe on its scheduling path.
+    Steal { ipvs: Option<Probe> },
 }
 
 /// Told, once, what a pipeline attached.

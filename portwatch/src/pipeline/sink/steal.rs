@@ -13,9 +13,9 @@ use crate::pipeline::{
 
 /// What every report of a run shares.
 pub struct Context {
-    /// What names the real server: "kprobe" when IPVS's scheduling path is
-    /// probed, "ip_vs_conn" when it is read from IPVS's connection table
-    /// (no module BTF); a report without one says "tc".
+    /// What names the real server: "fexit" or "kprobe" when IPVS's
+    /// scheduling path is probed, "ip_vs_conn" when it is read from IPVS's
+    /// connection table (no module BTF); a report without one says "tc".
     pub probe: &'static str,
     /// The sysctl that keeps the kernel from picking guarded source ports,
     /// when the node's range overlaps them.
