@@ -132,6 +132,10 @@ pub struct ServeArgs {
     /// Probe kind for the trace hooks: auto, fexit, kprobe, tracepoint.
     #[arg(long, value_name = "BACKEND", default_value = "auto", value_parser = parse_backend)]
     pub backend: BackendChoice,
+    /// Probe kind on IPVS's scheduling path, for the nodeport-steal
+    /// reports: auto (fexit, else kprobe), fexit, kprobe.
+    #[arg(long, value_name = "PROBE", default_value = "auto", value_parser = parse_ipvs_probe)]
+    pub ipvs_probe: BackendChoice,
     /// How long an event may wait for its detail before it goes out.
     #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_budget)]
     pub detail_budget: Duration,
@@ -162,6 +166,7 @@ pub fn nodeport_args_for_serve(s: &ServeArgs) -> NodeportArgs {
     NodeportArgs {
         json: true,
         nodeport_range: s.nodeport_range,
+        ipvs_probe: s.ipvs_probe,
         ..NodeportArgs::default()
     }
 }
@@ -218,6 +223,13 @@ pub struct NodeportArgs {
     /// reporting it (a final state reports at once): 5s, 500ms.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_follow)]
     pub follow: Duration,
+    /// Probe kind on IPVS's scheduling path (ip_vs_conn_new), which names
+    /// the real server: auto (fexit, else kprobe), fexit, kprobe. A forced
+    /// kind the kernel cannot attach is an error; where the ip_vs module
+    /// has no BTF (before 5.11) nothing is probed and the real server is
+    /// read from /proc/net/ip_vs_conn, whatever the choice.
+    #[arg(long, value_name = "PROBE", default_value = "auto", value_parser = parse_ipvs_probe)]
+    pub ipvs_probe: BackendChoice,
 }
 
 impl Default for NodeportArgs {
@@ -230,6 +242,7 @@ impl Default for NodeportArgs {
             ports: None,
             interface: vec![],
             follow: Duration::from_secs(5),
+            ipvs_probe: BackendChoice(None),
         }
     }
 }
@@ -379,6 +392,14 @@ pub(crate) fn parse_backend(s: &str) -> Result<BackendChoice, String> {
         "kprobe" => Ok(BackendChoice(Some(Probe::Kprobe))),
         "tracepoint" => Ok(BackendChoice(Some(Probe::Tracepoint))),
         _ => Err("expected one of: auto, fexit, kprobe, tracepoint".into()),
+    }
+}
+
+/// `--ipvs-probe`: a tracepoint cannot see IPVS's arguments.
+pub(crate) fn parse_ipvs_probe(s: &str) -> Result<BackendChoice, String> {
+    match s {
+        "tracepoint" => Err("expected one of: auto, fexit, kprobe (IPVS has no tracepoint)".into()),
+        _ => parse_backend(s).map_err(|_| "expected one of: auto, fexit, kprobe".into()),
     }
 }
 
@@ -561,8 +582,11 @@ mod tests {
         assert_eq!(n.nodeport_range, (30000, 32767));
         assert_eq!(n.follow, Duration::from_secs(5));
         assert!(n.ports.is_none() && n.interface.is_empty() && !n.json);
+        assert_eq!(n.ipvs_probe, BackendChoice(None));
         let Command::NodeportSteal(n) = parse(&[
             "nodeport-steal",
+            "--ipvs-probe",
+            "kprobe",
             "--json",
             "--ports",
             "8080,9000-9001",
@@ -579,13 +603,18 @@ mod tests {
         assert_eq!(n.ports.unwrap().to_string(), "8080,9000-9001");
         assert_eq!(n.interface, vec!["eth0"]);
         assert_eq!(n.follow, Duration::from_millis(500));
+        assert_eq!(n.ipvs_probe, BackendChoice(Some(Probe::Kprobe)));
         for bad in [
             &["nodeport-steal", "--ports", "x"][..],
             &["nodeport-steal", "--follow", "0"],
             &["nodeport-steal", "--nodeport-range", "5"],
+            &["nodeport-steal", "--ipvs-probe", "tracepoint"],
+            &["nodeport-steal", "--ipvs-probe", "uprobe"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+        let e = parse(&["nodeport-steal", "--ipvs-probe", "tracepoint"]).unwrap_err();
+        assert!(e.to_string().contains("IPVS has no tracepoint"), "{e}");
     }
 
     #[test]
@@ -610,6 +639,8 @@ mod tests {
             "5",
             "--backend",
             "tracepoint",
+            "--ipvs-probe",
+            "fexit",
             "--cri-endpoint",
             "/run/k3s/containerd/containerd.sock",
         ])
@@ -631,6 +662,7 @@ mod tests {
         );
         let n = nodeport_args_for_serve(&s);
         assert!(n.json && n.interface.is_empty());
+        assert_eq!(n.ipvs_probe, BackendChoice(Some(Probe::Fexit)));
         for bad in [
             &["serve", "--listen", "9477"][..],
             &["serve", "--listen", "nowhere:1"],

@@ -134,7 +134,7 @@ pub async fn pipeline(
         ipvs,
         ipvs_missing,
         notes,
-    } = steal::attach_nodeport(None)?;
+    } = steal::attach_nodeport(args.ipvs_probe.0)?;
     for n in &notes {
         eprintln!("portwatch: {n}");
     }
