@@ -182,20 +182,53 @@ fn packet_path_reports_an_ipv6_steal_and_near_miss() {
     assert!(t.stop().0.success());
 }
 
+/// What nodeport-steal must say at start-up about IPVS's scheduling path
+/// on this kernel (the line's end), and the `probe` its reports give, with
+/// `--ipvs-probe` `choice`. Where ip_vs has module BTF (5.11+) fexit on
+/// ip_vs_conn_new names the real server, or the kprobe where fexit cannot
+/// be had or is not wanted: x86-64 attaches fexit to a function of more
+/// than 6 arguments (ip_vs_conn_new has 7) from 6.6 on. Where ip_vs has no
+/// BTF (5.10) portwatch must say so, not that IPVS is missing, and name
+/// the real server from IPVS's connection table, whatever the choice.
+#[cfg(feature = "vm-tests")]
+fn expected_ipvs(choice: &str) -> (String, &'static str) {
+    if !std::path::Path::new("/sys/kernel/btf/ip_vs").exists() {
+        return (
+            "IPVS scheduling: not probed (no module BTF for ip_vs on this kernel (/sys/kernel/btf/ip_vs; kernels before 5.11 have none), so IPVS's arguments cannot be read); steals are seen on the packet path and the real server is read from /proc/net/ip_vs_conn".to_string(),
+            "ip_vs_conn",
+        );
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release
+        .split(['.', '-'])
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let fexit_7_args = (v.next().unwrap(), v.next().unwrap()) >= (6, 6);
+    match choice {
+        "kprobe" => (
+            "IPVS scheduling: kprobe on ip_vs_conn_new (--ipvs-probe kprobe)".to_string(),
+            "kprobe",
+        ),
+        _ if fexit_7_args => ("IPVS scheduling: fexit on ip_vs_conn_new".to_string(), "fexit"),
+        _ => (
+            "IPVS scheduling: kprobe on ip_vs_conn_new (fexit: attaching fexit to ip_vs_conn_new: ENOTSUPP (ip_vs_conn_new has 7 arguments; x86-64 fexit takes more than 6 from 6.6 on))".to_string(),
+            "kprobe",
+        ),
+    }
+}
+
 /// IPVS steals the SYN-ACK for real: a virtual service on the node address
 /// at 30080 with a real server that is not the pod (kube-proxy's NodePort),
 /// and a client on the node connecting from 30080 to pod:80. Port 30080 is
 /// guarded only because it is an IPVS service (read from the kernel);
 /// 30081 is guarded (--ports) without a service: a near miss at most.
-/// Where ip_vs has module BTF (5.11+) a kprobe on ip_vs_conn_new names the
-/// real server; where it has none (5.10) portwatch must say so, not that
-/// IPVS is missing, and name it from IPVS's connection table.
+/// `ipvs_probe`: nodeport-steal's `--ipvs-probe`; the start-up line and
+/// the report's `probe` as [`expected_ipvs`] says, the real server the same
+/// whichever names it.
 /// Needs a kernel with IPVS, which this machine's lacks: built only with the
 /// `vm-tests` feature, which the VM stage (`cargo xtask vm-test`, part of
 /// `cargo xtask test`) builds its test binaries with.
 #[cfg(feature = "vm-tests")]
-#[test]
-fn ipvs_steal_names_the_real_server() {
+fn ipvs_steal_names_the_real_server_with(ipvs_probe: &str) {
     let (node, _pod, _listener) = node_and_pod((32768, 60999));
     let rs = Netns::new("rs", (40000, 40999));
     link(&node, "r0", "10.0.1.1/24", &rs, "s0", "10.0.1.3/24");
@@ -215,17 +248,13 @@ fn ipvs_steal_names_the_real_server() {
             "31000-31001",
             "--ports",
             "30081",
+            "--ipvs-probe",
+            ipvs_probe,
         ],
     );
-    let module_btf = std::path::Path::new("/sys/kernel/btf/ip_vs").exists();
-    let probe = ipvs_probe();
+    let (says, probe) = expected_ipvs(ipvs_probe);
     {
         let err = t.stderr.lock().unwrap();
-        let says = if module_btf {
-            "IPVS scheduling: kprobe on ip_vs_conn_new".to_string()
-        } else {
-            "IPVS scheduling: not probed (no module BTF for ip_vs on this kernel (/sys/kernel/btf/ip_vs; kernels before 5.11 have none), so IPVS's arguments cannot be read); steals are seen on the packet path and the real server is read from /proc/net/ip_vs_conn".to_string()
-        };
         assert!(err.iter().any(|l| l.ends_with(&says)), "{says}: {err:?}");
         assert!(
             !err.iter().any(|l| l.contains("IPVS is not loaded")),
@@ -243,20 +272,8 @@ fn ipvs_steal_names_the_real_server() {
     assert_eq!(s["ipvs"]["vport"], 30080, "{s}");
     assert_eq!(s["ipvs"]["real_server"], "10.0.1.3:8080", "{s}");
     // Shown by the VM stage (--show-output): the example in docs/schema.md.
-    println!("steal report: {s}");
+    println!("steal report (--ipvs-probe {ipvs_probe}): {s}");
     assert!(t.stop().0.success());
-}
-
-/// The probe that names IPVS's real server on this kernel: where ip_vs has
-/// module BTF (5.11+) the probe on `ip_vs_conn_new`, elsewhere IPVS's
-/// connection table.
-#[cfg(feature = "vm-tests")]
-fn ipvs_probe() -> &'static str {
-    if std::path::Path::new("/sys/kernel/btf/ip_vs").exists() {
-        "kprobe"
-    } else {
-        "ip_vs_conn"
-    }
 }
 
 /// Dual stack, IPVS stealing over IPv6: a NodePort virtual service on the
@@ -321,12 +338,59 @@ fn ipvs_steals_over_ipv6_not_over_ipv4() {
     assert_eq!(s["port"], 30082, "{s}");
     assert_eq!(s["outcome"], "failed", "{s}");
     assert_victim(s, 30082, V6);
-    assert_eq!(s["probe"], ipvs_probe(), "{s}");
+    assert_eq!(s["probe"], expected_ipvs("auto").1, "{s}");
     assert_eq!(s["ipvs"]["vip"], "fd00::1", "{s}");
     assert_eq!(s["ipvs"]["vport"], 30082, "{s}");
     assert_eq!(s["ipvs"]["real_server"], "[fd01::3]:8080", "{s}");
     println!("IPv6 steal report: {s}");
     assert!(t.stop().0.success());
+}
+
+/// The automatic choice: fexit where the kernel attaches it to IPVS.
+#[cfg(feature = "vm-tests")]
+#[test]
+fn ipvs_steal_names_the_real_server() {
+    ipvs_steal_names_the_real_server_with("auto");
+}
+
+/// The fallback, forced: the kprobe names the same real server.
+#[cfg(feature = "vm-tests")]
+#[test]
+fn ipvs_steal_names_the_real_server_with_the_kprobe() {
+    ipvs_steal_names_the_real_server_with("kprobe");
+}
+
+/// `--ipvs-probe fexit` where the kernel cannot attach it is an error that
+/// says why (exit 1); where it can, it is what attaches; without module BTF
+/// nothing is probed, as with any choice.
+#[cfg(feature = "vm-tests")]
+#[test]
+fn ipvs_probe_fexit_forced_attaches_or_says_why_not() {
+    let node = Netns::new("node", (32768, 60999));
+    let (says, probe) = expected_ipvs("fexit");
+    if probe != "kprobe" {
+        let t = Tracer::start_in(
+            &node,
+            &["nodeport-steal", "--json", "--ipvs-probe", "fexit"],
+        );
+        {
+            let err = t.stderr.lock().unwrap();
+            assert!(err.iter().any(|l| l.ends_with(&says)), "{says}: {err:?}");
+        }
+        assert!(t.stop().0.success());
+        return;
+    }
+    let out = node
+        .cmd(portwatch_bin())
+        .args(["nodeport-steal", "--json", "--ipvs-probe", "fexit"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--ipvs-probe fexit is not available for ip_vs_conn_new on this kernel (attaching fexit to ip_vs_conn_new: ENOTSUPP (ip_vs_conn_new has 7 arguments; x86-64 fexit takes more than 6 from 6.6 on))"),
+        "{err}"
+    );
 }
 
 /// The node as kube-proxy in IPVS mode lays it out: the `kube-ipvs0` dummy
@@ -392,12 +456,14 @@ fn kube_proxy_ipvs_node_steal_and_the_check_fix() {
     kube_proxy_node(&node, &[32766, 32767]);
 
     let mut t = Tracer::start_in(&node, &["nodeport-steal", "--json", "--follow", "10s"]);
+    let (says, probe) = expected_ipvs("auto");
     {
         let err = t.stderr.lock().unwrap();
         assert!(
             err.iter().any(|l| l.contains("(3 IPVS virtual services)")),
             "the ClusterIP and both NodePorts read from the kernel: {err:?}"
         );
+        assert!(err.iter().any(|l| l.ends_with(&says)), "{says}: {err:?}");
     }
     // The kubelet's probe: no bind, the kernel picks the source port.
     let out = client_once(&node, "--syncnt 1 connect 10.0.0.2 80 4");
@@ -434,6 +500,7 @@ fn kube_proxy_ipvs_node_steal_and_the_check_fix() {
         assert_eq!(s["ipvs"]["vip"], "10.0.0.1", "{s}");
         assert_eq!(s["ipvs"]["vport"], port, "{s}");
         assert_eq!(s["ipvs"]["real_server"], "10.0.1.3:8080", "{s}");
+        assert_eq!(s["probe"], probe, "{s}");
         println!("kube-proxy node steal: {s}");
     }
 
