@@ -23,10 +23,10 @@ pub(crate) fn remove_stale_netns() {
     }
 }
 
-/// Pins the child to `cpu`, sets its nice value to NICE, and gives it default
+/// Pins the child to `cpu`, sets its nice value to `nice`, and gives it default
 /// SIGINT/SIGTERM handling (a shell's background job would otherwise pass
 /// SIGINT down ignored).
-pub(crate) fn pin_before_exec(cmd: &mut Command, cpu: usize) {
+pub(crate) fn pin_before_exec(cmd: &mut Command, cpu: usize, nice: i32) {
     // SAFETY: sched_setaffinity and signal are plain syscalls, fine between
     // fork and exec.
     unsafe {
@@ -34,7 +34,7 @@ pub(crate) fn pin_before_exec(cmd: &mut Command, cpu: usize) {
             libc::signal(libc::SIGINT, libc::SIG_DFL);
             libc::signal(libc::SIGTERM, libc::SIG_DFL);
             // Best effort: without CAP_SYS_NICE the run is merely noisier.
-            libc::setpriority(libc::PRIO_PROCESS, 0, NICE);
+            libc::setpriority(libc::PRIO_PROCESS, 0, nice);
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(cpu, &mut set);
             if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
@@ -86,7 +86,7 @@ pub(crate) fn start_tracer_with(
         Kind::None => bail!("no tracer to start"),
     };
     cmd.stdin(Stdio::null()).stdout(file).stderr(Stdio::piped());
-    pin_before_exec(&mut cmd, TRACER_CPU);
+    pin_before_exec(&mut cmd, TRACER_CPU, TRACER_NICE);
     let t0 = Instant::now();
     let mut child = cmd
         .spawn()
@@ -234,7 +234,7 @@ pub(crate) fn workload(bin: &Path, netns: &str, args: &[String]) -> Result<Work>
     .arg(bin)
     .args(args);
     // taskset does the pinning the output names; this adds the nice value.
-    pin_before_exec(&mut c, WORKLOAD_CPU);
+    pin_before_exec(&mut c, WORKLOAD_CPU, NICE);
     let out = c.output().with_context(|| crate::show(&c))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {

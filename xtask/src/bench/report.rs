@@ -152,6 +152,8 @@ impl Report {
         ratio(self.getppid[i]?, self.getppid[0]?)
     }
 
+    /// The targets, each against this run's own measures (and bpftrace's
+    /// in the same run where the target is relative to it).
     pub(crate) fn evaluate(&self) -> Vec<Target> {
         let pw_slow = self.connect_ratio(1).map(pct);
         let bt_slow = self.connect_ratio(2).map(pct);
@@ -163,22 +165,24 @@ impl Report {
             " %",
             1,
         )];
-        let mut below = target_at_most(
-            "… below bpftrace's slowdown",
+        // Half of bpftrace's slowdown; a bpftrace that costs nothing
+        // measurable leaves portwatch nothing to be half of.
+        let mut half = target_at_most(
+            "… at most half of bpftrace's slowdown",
             pw_slow,
-            bt_slow.unwrap_or(f64::NAN),
-            true,
+            bt_slow.map_or(f64::NAN, |b| (b / 2.0).max(0.0)),
+            false,
             " %",
             1,
         );
         if bt_slow.is_none() {
-            below.met = None;
-            below.verdict = "not measured".into();
+            half.met = None;
+            half.verdict = "not measured".into();
         }
-        t.push(below);
+        t.push(half);
         let lost = (self.storm_n[1] > 0).then_some(self.storm_lost[1] as f64);
         t.push(target_at_most(
-            "events lost in the storm (JSON to a file)",
+            "events lost in the storm (JSON to a file, tracer at normal priority)",
             lost,
             0.0,
             false,
@@ -186,19 +190,34 @@ impl Report {
             0,
         ));
         t.push(target_at_most(
+            "tracer CPU per storm event (utime+stime)",
+            self.storm_cpu_per_event_us[1],
+            2.0,
+            false,
+            " µs",
+            2,
+        ));
+        t.push(target_at_most(
             "start-up, exec -> attached (median)",
             median(&self.startup_ms[1]),
-            100.0,
-            true,
+            50.0,
+            false,
             " ms",
             0,
         ));
-        let hwm_mib = self.storm_hwm_kb[1].map(|kb| kb as f64 / 1024.0);
         t.push(target_at_most(
-            "peak RSS during the storm (VmHWM)",
-            hwm_mib,
-            20.0,
-            true,
+            "peak RSS at idle (VmHWM)",
+            self.idle_hwm_kb[1].map(|kb| kb as f64 / 1024.0),
+            15.0,
+            false,
+            " MiB",
+            1,
+        ));
+        t.push(target_at_most(
+            "peak RSS at the end of the storm (VmHWM)",
+            self.storm_hwm_kb[1].map(|kb| kb as f64 / 1024.0),
+            24.0,
+            false,
             " MiB",
             1,
         ));
@@ -215,7 +234,7 @@ impl Report {
         ));
         o.push(format!(
             "Workload pinned to CPU {WORKLOAD_CPU} (`taskset -c {WORKLOAD_CPU}`), tracer pinned to CPU {TRACER_CPU}, \
-             both at nice {NICE}; test netns, loopback only. Success path: {} interleaved rounds (order rotated) of \
+             the workload at nice {NICE}, the tracer at nice {TRACER_NICE} (normal priority, as on a node); test netns, loopback only. Success path: {} interleaved rounds (order rotated) of \
              {} getppid() and {} connect+accept+close; storm: {} round(s) of {} failing connects.",
             sz.rounds, sz.getppid_n, sz.connect_n, sz.storm_rounds, sz.storm_n
         ));
@@ -444,7 +463,7 @@ impl Report {
             "schema": 1,
             "date": date_utc(),
             "backend": self.backend,
-            "pinning": {"workload_cpu": WORKLOAD_CPU, "tracer_cpu": TRACER_CPU, "workload": "taskset", "tracer": "sched_setaffinity before exec", "nice": NICE},
+            "pinning": {"workload_cpu": WORKLOAD_CPU, "tracer_cpu": TRACER_CPU, "workload": "taskset", "tracer": "sched_setaffinity before exec", "nice": NICE, "tracer_nice": TRACER_NICE},
             "sizes": {"rounds": sz.rounds, "getppid_n": sz.getppid_n, "connect_n": sz.connect_n, "storm_rounds": sz.storm_rounds, "storm_n": sz.storm_n},
             "success_path": {
                 "connect_ns_per_op_median": per(&|i| json!(self.connect[i])),
@@ -526,20 +545,30 @@ mod tests {
     fn report_evaluates_targets_against_the_same_run() {
         let r = report([10_000.0, 10_100.0, 10_500.0], [100.0, 130.0, 131.0]);
         let verdicts: Vec<&str> = r.targets.iter().map(|t| t.verdict.as_str()).collect();
-        // +1 % (met), below bpftrace's +5 % (met), 0 lost, 50 ms, 30 MiB (missed by 10).
+        // +1 % (met), at most half of bpftrace's +5 % (met), 0 lost, 2 µs
+        // per event (met), 50 ms (met), idle RSS not measured, 30 MiB at the
+        // end of the storm (missed by 6).
         assert_eq!(
             verdicts,
-            ["met", "met", "met", "met", "missed by 10.0 MiB"],
+            [
+                "met",
+                "met",
+                "met",
+                "met",
+                "met",
+                "not measured",
+                "missed by 6.0 MiB"
+            ],
             "{:?}",
             r.targets
         );
         assert_eq!(r.storm_cpu_per_event_us[1], Some(2.0));
         let md = r.markdown(&Sizes::new(true), "test machine");
         assert!(md.contains("| … median time per connect (vs no tracer) | 10.00 µs | 10.10 µs (+1.0 %) | 10.50 µs (+5.0 %) |"), "{md}");
-        assert!(md.contains("| peak RSS during the storm (VmHWM) | < 20.0 MiB | 30.0 MiB | missed by 10.0 MiB |"), "{md}");
+        assert!(md.contains("| peak RSS at the end of the storm (VmHWM) | ≤ 24.0 MiB | 30.0 MiB | missed by 6.0 MiB |"), "{md}");
         let r = report([10_000.0, 10_600.0, 10_500.0], [100.0, 130.0, 131.0]);
         assert_eq!(r.targets[0].verdict, "missed by 4.0 pp");
-        assert_eq!(r.targets[1].verdict, "missed by 1.0 pp");
+        assert_eq!(r.targets[1].verdict, "missed by 3.5 pp");
         let j = r.json(&Sizes::new(true));
         assert_eq!(j["targets"][0]["met"], json!(false));
         assert_eq!(

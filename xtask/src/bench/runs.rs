@@ -155,6 +155,22 @@ pub(crate) fn detail_markdown(runs: &[DetailRun]) -> String {
         ]);
         s += "\n";
     }
+    let with: Vec<&DetailRun> = runs.iter().filter(|r| !r.no_detail).collect();
+    let share = (!with.is_empty()).then(|| {
+        100.0 * with.iter().map(|r| r.complete).sum::<u64>() as f64
+            / with.iter().map(|r| r.delivered).sum::<u64>().max(1) as f64
+    });
+    let t = target_at_least(
+        "complete detail within the 50 ms budget",
+        share,
+        99.0,
+        " %",
+        1,
+    );
+    s += &format!(
+        "\nTarget: {} {}; measured {} ({}).\n",
+        t.name, t.limit, t.measured, t.verdict
+    );
     s
 }
 

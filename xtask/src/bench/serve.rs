@@ -16,7 +16,7 @@ use xtask::testkit::{free_port, Netns};
 use super::{
     machine::*,
     stats::{median, mib_cell, ms_range_cell},
-    TRACER_CPU,
+    TRACER_CPU, TRACER_NICE,
 };
 
 /// Namespaces made before serve's memory is read, and how long it is
@@ -60,7 +60,7 @@ pub(crate) fn serve_run(pw: &Path, tag: &str) -> Result<ServeRun> {
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::null());
-    pin_before_exec(&mut cmd, TRACER_CPU);
+    pin_before_exec(&mut cmd, TRACER_CPU, TRACER_NICE);
     let t0 = Instant::now();
     let mut child = cmd.spawn().context("starting portwatch serve")?;
     let pid = child.id();

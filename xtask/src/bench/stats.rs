@@ -57,6 +57,38 @@ pub struct Target {
 
 /// A target `value <= limit` (or `< limit` when `strict`), in `unit`, shown
 /// with `decimals` decimals. The verdict says by how much it was missed.
+/// A target on a value that must reach `limit` (a share, say).
+pub fn target_at_least(
+    name: &str,
+    value: Option<f64>,
+    limit: f64,
+    unit: &str,
+    decimals: usize,
+) -> Target {
+    let limit_s = format!("≥ {limit:.decimals$}{unit}");
+    let u = if unit.trim() == "%" { " pp" } else { unit };
+    match value {
+        None => Target {
+            name: name.into(),
+            limit: limit_s,
+            measured: "–".into(),
+            met: None,
+            verdict: "not measured".into(),
+        },
+        Some(v) => Target {
+            name: name.into(),
+            limit: limit_s,
+            measured: format!("{v:.decimals$}{unit}"),
+            met: Some(v >= limit),
+            verdict: if v >= limit {
+                "met".into()
+            } else {
+                format!("missed by {:.decimals$}{u}", limit - v)
+            },
+        },
+    }
+}
+
 pub fn target_at_most(
     name: &str,
     value: Option<f64>,
@@ -190,6 +222,23 @@ mod tests {
                     {\"schema\":2,\"kind\":\"lost\",\"count\":3}\n";
         assert_eq!(count_complete(text, "pwbench"), 1);
         assert_eq!(count_portwatch(text, "pwbench"), (2, 3));
+    }
+
+    #[test]
+    fn shares_that_must_reach_a_limit() {
+        let t = target_at_least("detail", Some(98.5), 99.0, " %", 1);
+        assert_eq!(
+            (t.limit.as_str(), t.verdict.as_str()),
+            ("≥ 99.0 %", "missed by 0.5 pp")
+        );
+        assert_eq!(
+            target_at_least("detail", Some(99.0), 99.0, " %", 1).met,
+            Some(true)
+        );
+        assert_eq!(
+            target_at_least("detail", None, 99.0, " %", 1).verdict,
+            "not measured"
+        );
     }
 
     #[test]
