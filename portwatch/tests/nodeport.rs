@@ -216,6 +216,33 @@ fn expected_ipvs(choice: &str) -> (String, &'static str) {
     }
 }
 
+/// The node and pod of [`node_and_pod`] (ordinary range), with a veth to
+/// a "real server" netns at 10.0.1.3 routed through the node.
+#[cfg(feature = "vm-tests")]
+fn node_pod_and_real_server() -> (Netns, Netns, Client, Netns) {
+    let (node, pod, listener) = node_and_pod((32768, 60999));
+    let rs = Netns::new("rs", (40000, 40999));
+    link(&node, "r0", "10.0.1.1/24", &rs, "s0", "10.0.1.3/24");
+    rs.sh("ip route add default via 10.0.1.1");
+    (node, pod, listener, rs)
+}
+
+/// `nodeport-steal --json` in `node`, guarding 31000-31001 besides the
+/// IPVS services, with `extra` arguments.
+#[cfg(feature = "vm-tests")]
+fn steal_tracer(node: &Netns, extra: &[&str]) -> Tracer {
+    let mut args = vec![
+        "nodeport-steal",
+        "--json",
+        "--follow",
+        "10s",
+        "--nodeport-range",
+        "31000-31001",
+    ];
+    args.extend_from_slice(extra);
+    Tracer::start_in(node, &args)
+}
+
 /// IPVS steals the SYN-ACK for real: a virtual service on the node address
 /// at 30080 with a real server that is not the pod (kube-proxy's NodePort),
 /// and a client on the node connecting from 30080 to pod:80. Port 30080 is
@@ -229,29 +256,12 @@ fn expected_ipvs(choice: &str) -> (String, &'static str) {
 /// `cargo xtask test`) builds its test binaries with.
 #[cfg(feature = "vm-tests")]
 fn ipvs_steal_names_the_real_server_with(ipvs_probe: &str) {
-    let (node, _pod, _listener) = node_and_pod((32768, 60999));
-    let rs = Netns::new("rs", (40000, 40999));
-    link(&node, "r0", "10.0.1.1/24", &rs, "s0", "10.0.1.3/24");
-    rs.sh("ip route add default via 10.0.1.1");
+    let (node, _pod, _listener, _rs) = node_pod_and_real_server();
     node.sysctl("net/ipv4/ip_forward", "1");
     node.sh(
         "ipvsadm -A -t 10.0.0.1:30080 -s rr && ipvsadm -a -t 10.0.0.1:30080 -r 10.0.1.3:8080 -m",
     );
-    let mut t = Tracer::start_in(
-        &node,
-        &[
-            "nodeport-steal",
-            "--json",
-            "--follow",
-            "10s",
-            "--nodeport-range",
-            "31000-31001",
-            "--ports",
-            "30081",
-            "--ipvs-probe",
-            ipvs_probe,
-        ],
-    );
+    let mut t = steal_tracer(&node, &["--ports", "30081", "--ipvs-probe", ipvs_probe]);
     let (says, probe) = expected_ipvs(ipvs_probe);
     {
         let err = t.stderr.lock().unwrap();
@@ -285,27 +295,15 @@ fn ipvs_steal_names_the_real_server_with(ipvs_probe: &str) {
 #[cfg(feature = "vm-tests")]
 #[test]
 fn ipvs_steals_over_ipv6_not_over_ipv4() {
-    let (node, pod, _listener) = node_and_pod((32768, 60999));
+    let (node, pod, _listener, rs) = node_pod_and_real_server();
     let _listener6 = dual_stack(&node, &pod);
-    let rs = Netns::new("rs", (40000, 40999));
-    link(&node, "r0", "10.0.1.1/24", &rs, "s0", "10.0.1.3/24");
     node.sh("ip addr add fd01::1/64 dev r0 nodad");
     rs.sh("ip addr add fd01::3/64 dev s0 nodad && ip -6 route add default via fd01::1");
     node.sysctl("net/ipv6/conf/all/forwarding", "1");
     node.sh(
         "ipvsadm -A -t [fd00::1]:30082 -s rr && ipvsadm -a -t [fd00::1]:30082 -r [fd01::3]:8080 -m",
     );
-    let mut t = Tracer::start_in(
-        &node,
-        &[
-            "nodeport-steal",
-            "--json",
-            "--follow",
-            "10s",
-            "--nodeport-range",
-            "31000-31001",
-        ],
-    );
+    let mut t = steal_tracer(&node, &[]);
     {
         let err = t.stderr.lock().unwrap();
         assert!(

@@ -57,6 +57,16 @@ pub struct Target {
 
 /// A target `value <= limit` (or `< limit` when `strict`), in `unit`, shown
 /// with `decimals` decimals. The verdict says by how much it was missed.
+fn not_measured(name: &str, limit: String) -> Target {
+    Target {
+        name: name.into(),
+        limit,
+        measured: "–".into(),
+        met: None,
+        verdict: "not measured".into(),
+    }
+}
+
 /// A target on a value that must reach `limit` (a share, say).
 pub fn target_at_least(
     name: &str,
@@ -68,13 +78,7 @@ pub fn target_at_least(
     let limit_s = format!("≥ {limit:.decimals$}{unit}");
     let u = if unit.trim() == "%" { " pp" } else { unit };
     match value {
-        None => Target {
-            name: name.into(),
-            limit: limit_s,
-            measured: "–".into(),
-            met: None,
-            verdict: "not measured".into(),
-        },
+        None => not_measured(name, limit_s),
         Some(v) => Target {
             name: name.into(),
             limit: limit_s,
@@ -100,13 +104,7 @@ pub fn target_at_most(
     let sign = if strict { "<" } else { "≤" };
     let limit_s = format!("{sign} {limit:.decimals$}{unit}");
     match value {
-        None => Target {
-            name: name.into(),
-            limit: limit_s,
-            measured: "–".into(),
-            met: None,
-            verdict: "not measured".into(),
-        },
+        None => not_measured(name, limit_s),
         Some(v) => {
             let met = if strict { v < limit } else { v <= limit };
             let verdict = if met {
