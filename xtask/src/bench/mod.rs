@@ -334,6 +334,22 @@ pub fn bench(opts: Opts) -> Result<()> {
         &doc_path,
         vmreport::replace_between(&doc, HOST_BEGIN, HOST_END, &body),
     )?;
+    let mut targets = report.targets.clone();
+    targets.push(detail_target(&details));
+    targets.extend(serve_targets(&serves));
+    vmreport::write_readme_summary(
+        vmreport::README_HOST_BEGIN,
+        vmreport::README_HOST_END,
+        &vmreport::summary_markdown(
+            &format!(
+                "This machine ({}), `portwatch trace` on the {} backend next to bpftrace, {}:",
+                machine(),
+                report.backend,
+                date_utc()
+            ),
+            &targets,
+        ),
+    )?;
     let mut j = report.json(&sz);
     j["detail_storm"] = detail_json(&details);
     j["serve"] = serve_json(&serves);

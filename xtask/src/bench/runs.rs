@@ -174,6 +174,22 @@ pub(crate) fn detail_markdown(runs: &[DetailRun]) -> String {
     s
 }
 
+/// Complete detail in the runs with detail, against the target.
+pub(crate) fn detail_target(runs: &[DetailRun]) -> Target {
+    let with: Vec<&DetailRun> = runs.iter().filter(|r| !r.no_detail).collect();
+    let share = (!with.is_empty()).then(|| {
+        100.0 * with.iter().map(|r| r.complete).sum::<u64>() as f64
+            / with.iter().map(|r| r.delivered).sum::<u64>().max(1) as f64
+    });
+    target_at_least(
+        "complete detail, 50-destination storm (50 ms budget)",
+        share,
+        99.0,
+        " %",
+        1,
+    )
+}
+
 pub(crate) fn detail_json(runs: &[DetailRun]) -> Value {
     json!({
         "failures": SPREAD_N,
