@@ -235,6 +235,10 @@ pub const OFF_FILES: u32 = 1 << 1;
 pub const OFF_SOCK: u32 = 1 << 2;
 pub const OFF_SOCK_NET: u32 = 1 << 3;
 pub const OFF_TASK: u32 = 1 << 4;
+/// The syscall exit program may read the call's arguments from the task's
+/// saved user registers (x86-64's `struct pt_regs`, its layout checked
+/// against the kernel's BTF), given the syscall numbers below.
+pub const OFF_REGS: u32 = 1 << 5;
 
 /// Kernel struct member offsets (bytes), read by userspace from the running
 /// kernel's BTF at start-up and handed to the programs as a global.
@@ -275,6 +279,10 @@ pub struct Offsets {
     pub task_tgid: u32,
     pub task_pid: u32,
     pub task_comm: u32,
+    // the syscall numbers of connect() and bind(), which tell the two exit
+    // tracepoints apart (`__syscall_nr`) where nothing was remembered at enter
+    pub nr_connect: u32,
+    pub nr_bind: u32,
 }
 
 // ---------------------------------------------------------------------------
@@ -490,6 +498,9 @@ pub mod progs {
     /// `sys_exit_connect` and `sys_exit_bind`: one program for both (what
     /// enter remembered says which call it was), verified once.
     pub const TP_EXIT: &str = "pw_tp_exit";
+    /// `sys_exit_connect` and `sys_exit_bind` with no enter program: the
+    /// call's arguments from the task's saved registers (5.15+).
+    pub const TP_EXIT_REGS: &str = "pw_tp_exit_regs";
 
     // steal.
     /// tc ingress: SYN-ACKs for guarded ports.
@@ -525,6 +536,7 @@ pub mod progs {
         TP_CONN_ENTER,
         TP_BIND_ENTER,
         TP_EXIT,
+        TP_EXIT_REGS,
         SYSCTL,
         SYSCTL_GUARD,
     ];
@@ -583,7 +595,7 @@ mod tests {
         // wire-format change.
         assert_eq!(FAILURE_EVENT_SIZE, 104);
         assert_eq!(core::mem::align_of::<FailureEvent>(), 8);
-        assert_eq!(core::mem::size_of::<Offsets>(), 23 * 4);
+        assert_eq!(core::mem::size_of::<Offsets>(), 25 * 4);
         assert_eq!(STEAL_EVENT_SIZE, 96);
         assert_eq!(core::mem::size_of::<SynAckKey>(), 36);
         assert_eq!(core::mem::size_of::<StealOffsets>(), 27 * 4);

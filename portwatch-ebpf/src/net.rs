@@ -86,5 +86,7 @@ pub const SIN6_ADDR_OFF: usize = 8;
 /// Offset of `sys_enter_*`'s first argument; each argument takes 8 bytes.
 pub const SYS_ENTER_ARG0_OFF: usize = 16;
 pub const SYS_ENTER_ARG_SIZE: usize = 8;
+/// Offset of `sys_exit_*`'s syscall number (`__syscall_nr`, an int).
+pub const SYS_EXIT_NR_OFF: usize = 8;
 /// Offset of `sys_exit_*`'s return value.
 pub const SYS_EXIT_RET_OFF: usize = 16;

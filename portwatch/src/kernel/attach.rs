@@ -12,7 +12,7 @@ use aya::{
     Ebpf,
 };
 
-use portwatch_common::{globals, maps, progs};
+use portwatch_common::{globals, maps, progs, OFF_REGS};
 
 use crate::kernel::{
     btf::Btf,
@@ -103,6 +103,9 @@ impl HookPlan {
 struct Loaded {
     ebpf: Ebpf,
     plans: [(Hook, HookPlan); 2],
+    /// The syscall exit program can read the call's arguments from the
+    /// saved registers (as far as the BTF says; the kernel has the last word).
+    exit_regs: bool,
     notes: Vec<String>,
 }
 
@@ -125,13 +128,19 @@ fn load_failures(btf: Btf, ringbuf_bytes: u32) -> Result<Loaded> {
         l.override_global(globals::OFFSETS, &offs, true)
             .map_max_entries(maps::EVENTS, ringbuf_bytes);
     })?;
-    Ok(Loaded { ebpf, plans, notes })
+    Ok(Loaded {
+        ebpf,
+        plans,
+        exit_regs: offs.valid & OFF_REGS != 0,
+        notes,
+    })
 }
 
 pub fn attach(opts: &Options) -> Result<Attached> {
     let Loaded {
         mut ebpf,
         plans,
+        mut exit_regs,
         mut notes,
     } = {
         system::check_privileges()?;
@@ -145,6 +154,7 @@ pub fn attach(opts: &Options) -> Result<Attached> {
             plan,
             *hook,
             opts.backend,
+            &mut exit_regs,
             &mut notes,
         )?);
     }
@@ -216,6 +226,7 @@ fn attach_hook(
     plan: &HookPlan,
     hook: Hook,
     forced: Option<Probe>,
+    exit_regs: &mut bool,
     notes: &mut Vec<String>,
 ) -> Result<HookReport> {
     let order: &[Probe] = match forced {
@@ -231,7 +242,7 @@ fn attach_hook(
         let res = match probe {
             Probe::Fexit => attach_fexit(ebpf, plan),
             Probe::Kprobe => attach_kprobe(ebpf, plan),
-            Probe::Tracepoint => attach_tracepoint(ebpf, hook, notes),
+            Probe::Tracepoint => attach_tracepoint(ebpf, hook, exit_regs, notes),
         };
         match res {
             Ok(target) => {
@@ -260,6 +271,16 @@ fn attach_hook(
             "no backend could attach the {} hook on this kernel ({why})",
             hook.name()
         ),
+    }
+}
+
+/// An error up to the verifier's log, which aya appends to a refused load
+/// (the log is for a developer, not for a start-up line).
+fn without_verifier_log(e: &anyhow::Error) -> String {
+    let s = format!("{e:#}");
+    match s.find(". Verifier output") {
+        Some(i) => s[..i].to_string(),
+        None => s,
     }
 }
 
@@ -447,9 +468,17 @@ pub(crate) fn load_attach_tracepoint(
         .with_context(|| format!("attaching to tracepoint {category}:{name}"))
 }
 
-/// `sys_enter_*` with the hook's own program, `sys_exit_*` with the one
-/// exit program both hooks share (loaded by whichever hook comes first).
-fn attach_tracepoint(ebpf: &mut Ebpf, hook: Hook, notes: &mut Vec<String>) -> Result<String> {
+/// `sys_exit_*` alone, with the program that reads the call's arguments
+/// from the task's saved registers, where it loads (`exit_regs`; the first
+/// refusal turns it off for the other hook too). Else `sys_enter_*` with
+/// the hook's own program and `sys_exit_*` with the one exit program both
+/// hooks share (loaded by whichever hook comes first).
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    hook: Hook,
+    exit_regs: &mut bool,
+    notes: &mut Vec<String>,
+) -> Result<String> {
     if let Some(n) = system::ensure_tracefs()? {
         notes.push(n);
     }
@@ -457,6 +486,30 @@ fn attach_tracepoint(ebpf: &mut Ebpf, hook: Hook, notes: &mut Vec<String>) -> Re
         Hook::Connect => (progs::TP_CONN_ENTER, "connect"),
         Hook::Bind => (progs::TP_BIND_ENTER, "bind"),
     };
+    if hook == Hook::Connect {
+        notes.push(
+            "the connect() tracepoints do not see connects made through io_uring or \
+             TCP Fast Open (sendto with MSG_FASTOPEN); fexit and kprobe do"
+                .into(),
+        );
+    }
+    if *exit_regs {
+        let tp = format!("sys_exit_{sys}");
+        match load_attach_tracepoint(ebpf, progs::TP_EXIT_REGS, "syscalls", &tp) {
+            Ok(_) => {
+                return Ok(format!(
+                    "syscalls:{tp} (arguments from the saved registers)"
+                ))
+            }
+            Err(e) => {
+                *exit_regs = false;
+                notes.push(format!(
+                    "the syscall exit tracepoints cannot read the call's arguments from the task's saved registers on this kernel (bpf_task_pt_regs came with 5.15): {}; the enter tracepoints remember them",
+                    without_verifier_log(&e)
+                ));
+            }
+        }
+    }
     let exit_was_loaded = tracepoint_mut(ebpf, progs::TP_EXIT)?.fd().is_ok();
     let mut links = vec![];
     let mut res = Ok(());
@@ -489,13 +542,6 @@ fn attach_tracepoint(ebpf: &mut Ebpf, hook: Hook, notes: &mut Vec<String>) -> Re
             }
         }
         return Err(e);
-    }
-    if hook == Hook::Connect {
-        notes.push(
-            "the connect() tracepoints do not see connects made through io_uring or \
-             TCP Fast Open (sendto with MSG_FASTOPEN); fexit and kprobe do"
-                .into(),
-        );
     }
     Ok(format!("syscalls:sys_enter_{sys} + sys_exit_{sys}"))
 }

@@ -1,6 +1,6 @@
 //! Kernel struct offsets for the programs, from the running kernel's BTF.
 
-use portwatch_common::{Offsets, OFF_FILES, OFF_NETNS, OFF_SOCK, OFF_SOCK_NET, OFF_TASK};
+use portwatch_common::{Offsets, OFF_FILES, OFF_NETNS, OFF_REGS, OFF_SOCK, OFF_SOCK_NET, OFF_TASK};
 
 use crate::kernel::btf::Btf;
 
@@ -90,8 +90,31 @@ pub fn from_btf(btf: &Btf) -> (Offsets, Vec<String>) {
     if valid & OFF_SOCK == 0 {
         valid &= !OFF_SOCK_NET;
     }
+    if let Some((connect, bind)) = saved_registers(btf) {
+        t.nr_connect = connect;
+        t.nr_bind = bind;
+        valid |= OFF_REGS;
+    }
     t.valid = valid;
     (t, notes)
+}
+
+/// Where the syscall exit program may read a call's arguments from the
+/// task's saved user registers: on x86-64, whose `struct pt_regs` the
+/// program is built with (the first three arguments in di, si and dx),
+/// when the kernel's BTF has them at those offsets. The syscall numbers of
+/// connect() and bind() then tell the exit tracepoints apart.
+fn saved_registers(btf: &Btf) -> Option<(u32, u32)> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    // r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di: 8 bytes each.
+    for (reg, at) in [("dx", 96), ("si", 104), ("di", 112)] {
+        if btf.offset_of("pt_regs", reg).ok()? != at {
+            return None;
+        }
+    }
+    Some((libc::SYS_connect as u32, libc::SYS_bind as u32))
 }
 
 #[cfg(test)]
@@ -109,8 +132,9 @@ mod tests {
         assert!(notes.is_empty(), "missing offsets: {notes:?}");
         assert_eq!(
             o.valid,
-            OFF_NETNS | OFF_FILES | OFF_SOCK | OFF_SOCK_NET | OFF_TASK
+            OFF_NETNS | OFF_FILES | OFF_SOCK | OFF_SOCK_NET | OFF_TASK | OFF_REGS
         );
+        assert_eq!((o.nr_connect, o.nr_bind), (42, 49), "x86-64's numbers");
         // tgid follows pid in task_struct on every kernel since 2.6.
         assert_eq!(o.task_tgid, o.task_pid + 4);
         // skc_daddr starts struct sock on every kernel since 2.6.

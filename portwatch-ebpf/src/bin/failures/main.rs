@@ -65,6 +65,8 @@ static OFFSETS: Offsets = Offsets {
     task_tgid: 0,
     task_pid: 0,
     task_comm: 0,
+    nr_connect: 0,
+    nr_bind: 0,
 };
 
 /// Failure events (and sysctl writes, told apart by their `kind` byte) for

@@ -2,17 +2,21 @@
 //! kprobe backend's kretprobe and the tracepoint backend's `sys_exit_*`.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
     macros::{kretprobe, tracepoint},
     programs::{RetProbeContext, TracePointContext},
 };
-use portwatch_common::{lost, KIND_CONNECT, PROBE_KPROBE, PROBE_TRACEPOINT};
+use portwatch_common::{lost, KIND_BIND, KIND_CONNECT, OFF_REGS, PROBE_KPROBE, PROBE_TRACEPOINT};
 use portwatch_ebpf::{
-    net::{SYS_ENTER_ARG0_OFF, SYS_ENTER_ARG_SIZE, SYS_EXIT_RET_OFF},
+    net::{SYS_ENTER_ARG0_OFF, SYS_ENTER_ARG_SIZE, SYS_EXIT_NR_OFF, SYS_EXIT_RET_OFF},
     shared,
 };
 
-use crate::{bind, connect, report, LOST, PENDING};
+use crate::{bind, connect, offsets, report, LOST, PENDING};
 
 /// What an entry probe remembers for its return probe, keyed by thread id.
 #[repr(C)]
@@ -114,6 +118,58 @@ fn tp_report(p: &Pending, kind: u8, ret: i64, connect: bool) {
             shared::fill_from_sock(o, ev, sk, connect);
         }
     });
+}
+
+/// `sys_exit_connect` and `sys_exit_bind` alone, where the kernel lets a
+/// program read the task's saved user registers (`bpf_task_pt_regs`,
+/// 5.15+): the call's fd, sockaddr and length are still in them at exit
+/// (x86-64: rdi, rsi, rdx). No enter program runs and nothing is remembered
+/// per thread, so a connect()/bind() that succeeds costs one read of its
+/// return value here.
+#[tracepoint]
+pub fn pw_tp_exit_regs(ctx: TracePointContext) -> u32 {
+    // SAFETY: the syscall exit record's number and return value sit at
+    // these offsets (a stable ABI); the helper checks the reads.
+    let (nr, ret) = unsafe {
+        (
+            ctx.read_at::<i32>(SYS_EXIT_NR_OFF).unwrap_or(-1),
+            ctx.read_at::<i64>(SYS_EXIT_RET_OFF).unwrap_or(0),
+        )
+    };
+    if !shared::is_reported(ret) {
+        return 0;
+    }
+    let o = offsets();
+    if o.valid & OFF_REGS == 0 {
+        return 0;
+    }
+    // SAFETY: the helpers give the current task and its saved registers;
+    // the three reads go through the checking helper.
+    let (fd, addr, addrlen) = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        let arg = |r: *const u64| bpf_probe_read_kernel(r).unwrap_or(0);
+        (
+            arg(&raw const (*regs).rdi),
+            arg(&raw const (*regs).rsi),
+            arg(&raw const (*regs).rdx),
+        )
+    };
+    let mut p = Pending {
+        kind: KIND_CONNECT,
+        _pad: [0; 3],
+        fd: fd as i32,
+        addr,
+        addrlen: addrlen as u32,
+        _pad2: 0,
+        sk: 0,
+    };
+    if nr as u32 == o.nr_connect {
+        tp_report(&p, KIND_CONNECT, ret, true);
+    } else if nr as u32 == o.nr_bind {
+        p.kind = KIND_BIND;
+        tp_report(&p, KIND_BIND, ret, false);
+    }
+    0
 }
 
 /// Return of any of the kprobed functions (connect's and bind's).
