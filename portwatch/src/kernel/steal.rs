@@ -77,10 +77,7 @@ struct IpvsFn {
 /// Offsets for the nodeport-steal programs: tracepoint layouts from tracefs,
 /// `struct ip_vs_conn_param` from the ip_vs module's BTF when it is loaded,
 /// with `ip_vs_conn_new` there (or why IPVS cannot be probed).
-fn steal_offsets(
-    btf: &Btf,
-    notes: &mut Vec<String>,
-) -> Result<(StealOffsets, Result<IpvsFn, String>)> {
+fn steal_offsets(notes: &mut Vec<String>) -> Result<(StealOffsets, Result<IpvsFn, String>)> {
     let mut o = StealOffsets::default();
     let ss = Format::read("sock", "inet_sock_set_state")?;
     set_state_offsets(&ss, &mut o)?;
@@ -89,7 +86,7 @@ fn steal_offsets(
         Ok(()) => o.valid |= SOFF_RETRANS,
         Err(e) => notes.push(format!("SYN retransmissions will not be counted: {e:#}")),
     }
-    let ipvs = ipvs_module_btf(btf).and_then(|m| {
+    let ipvs = ipvs_module_btf().and_then(|m| {
         let params = ipvs_offsets(&m, &mut o)?;
         let btf_id = m.func_id(IPVS_FN).context("no BTF id for ip_vs_conn_new")?;
         Ok(IpvsFn { btf_id, params })
@@ -102,7 +99,9 @@ fn steal_offsets(
 
 /// The ip_vs module's BTF, or precisely what is missing: IPVS itself, or
 /// (before 5.11, which added module BTF) only the BTF to probe it with.
-fn ipvs_module_btf(btf: &Btf) -> Result<Btf> {
+/// vmlinux's BTF, which the module's continues, is read only then: without
+/// IPVS nodeport-steal needs none.
+fn ipvs_module_btf() -> Result<Btf> {
     let loaded = std::path::Path::new("/proc/net/ip_vs").exists()
         || std::path::Path::new("/sys/module/ip_vs").exists();
     if !loaded {
@@ -113,7 +112,7 @@ fn ipvs_module_btf(btf: &Btf) -> Result<Btf> {
             "no module BTF for ip_vs on this kernel (/sys/kernel/btf/ip_vs; kernels before 5.11 have none), so IPVS's arguments cannot be read"
         );
     }
-    btf.module_from_sys_fs("ip_vs")
+    Btf::from_sys_fs()?.module_from_sys_fs("ip_vs")
 }
 
 /// The socket and its 4-tuple (IPv4 and IPv6 addresses), named alike in
@@ -249,8 +248,9 @@ pub fn attach_nodeport(ipvs_probe: Option<Probe>) -> Result<StealAttached> {
     if let Some(n) = system::ensure_tracefs()? {
         notes.push(n);
     }
-    let btf = Btf::from_sys_fs()?;
-    let (offs, ipvs_fn) = steal_offsets(&btf, &mut notes)?;
+    let (offs, ipvs_fn) = steal_offsets(&mut notes)?;
+    // The BTF read for IPVS is gone: its memory goes back before the load.
+    system::release_free_memory();
     let mut ebpf = load_object(STEAL_OBJECT, |l| {
         l.override_global(globals::STEAL_OFFSETS, &offs, true);
     })?;
