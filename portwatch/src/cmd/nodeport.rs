@@ -99,6 +99,32 @@ fn overlap_warning(guarded: &PortSet) -> Option<(String, String)> {
     ))
 }
 
+/// The programs loaded and attached, and the SYN-ACK watch on each
+/// interface (`only`, or all but `lo`); notes and skipped interfaces said
+/// on stderr.
+fn attach_all(
+    probe: Option<crate::kernel::probe::Probe>,
+    only: &[String],
+) -> Result<(steal::StealAttached, BTreeSet<String>)> {
+    let mut a = steal::attach_nodeport(probe)?;
+    for n in &a.notes {
+        eprintln!("portwatch: {n}");
+    }
+    let mut watched = BTreeSet::new();
+    for i in interfaces(only)? {
+        match steal::attach_tc(&mut a.ebpf, &i) {
+            Ok(()) => {
+                watched.insert(i);
+            }
+            // A named interface must work; one found by the scan may be
+            // going away as we look.
+            Err(e) if !only.is_empty() => return Err(e),
+            Err(e) => eprintln!("portwatch: not watching {i}: {e:#}"),
+        }
+    }
+    Ok((a, watched))
+}
+
 /// `portwatch nodeport-steal`: reports as a table or JSON lines on stdout,
 /// until SIGINT/SIGTERM.
 pub async fn run(args: NodeportArgs) -> Result<()> {
@@ -127,29 +153,22 @@ pub async fn pipeline(
     if let Some(p) = &args.ports {
         statics = statics.union(p);
     }
+    // Loading and attaching are blocking system calls (verification, and a
+    // wait for RCU per interface's tc attach): on a thread of their own, so
+    // that in `serve` they overlap with the trace pipeline's.
+    let (probe, only) = (args.ipvs_probe.0, args.interface.clone());
+    let (attached, watched) = tokio::task::spawn_blocking(move || attach_all(probe, &only))
+        .await
+        .context("attaching nodeport-steal's programs")??;
     // `ipvs` holds the IPVS fexit's attachment: it lives as long as this
     // pipeline.
     let steal::StealAttached {
         mut ebpf,
         ipvs,
         ipvs_missing,
-        notes,
-    } = steal::attach_nodeport(args.ipvs_probe.0)?;
-    for n in &notes {
-        eprintln!("portwatch: {n}");
-    }
-    let mut watched = BTreeSet::new();
-    for i in interfaces(&args.interface)? {
-        match steal::attach_tc(&mut ebpf, &i) {
-            Ok(()) => {
-                watched.insert(i);
-            }
-            // A named interface must work; one found by the scan may be
-            // going away as we look.
-            Err(e) if !args.interface.is_empty() => return Err(e),
-            Err(e) => eprintln!("portwatch: not watching {i}: {e:#}"),
-        }
-    }
+        notes: _,
+    } = attached;
+    let mut watched = watched;
     let mut gmap: BpfHashMap<MapData, u16, u8> = BpfHashMap::try_from(
         ebpf.take_map(maps::GUARDED)
             .with_context(|| format!("{} map missing", maps::GUARDED))?,

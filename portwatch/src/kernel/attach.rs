@@ -48,6 +48,7 @@ pub struct HookReport {
     pub skipped: Vec<(Probe, String)>,
 }
 
+#[derive(Clone)]
 pub struct Options {
     /// `None`: automatic choice.
     pub backend: Option<Probe>,

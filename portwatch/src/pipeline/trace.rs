@@ -72,7 +72,14 @@ pub async fn pipeline(
         hooks,
         sysctl: sysctl_watch,
         notes,
-    } = attach::attach(&opts.attach)?;
+    } = {
+        // Blocking system calls (BTF, verification, attach): on a thread of
+        // their own, so that in `serve` they overlap with nodeport-steal's.
+        let o = opts.attach.clone();
+        tokio::task::spawn_blocking(move || attach::attach(&o))
+            .await
+            .context("attaching trace's programs")??
+    };
     for n in &notes {
         eprintln!("portwatch: {n}");
     }
