@@ -6,7 +6,7 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     programs::{
-        kprobe::KProbeLinkId, trace_point::TracePointLinkId, CgroupAttachMode, CgroupSysctl, FExit,
+        kprobe::KProbeLinkId, trace_point::TracePointLinkId, CgroupAttachMode, CgroupSysctl,
         KProbe, TracePoint,
     },
     Ebpf,
@@ -16,7 +16,8 @@ use portwatch_common::{globals, maps, progs, OFF_REGS};
 
 use crate::kernel::{
     btf::Btf,
-    load::{errno_of, fexit_btf, func_ids, load_object, program, FAILURES_OBJECT},
+    load::{errno_of, func_ids, load_object, program, FAILURES_OBJECT},
+    modfexit::{self, ModuleFexit},
     offsets,
     probe::Probe,
     system,
@@ -64,6 +65,9 @@ pub struct Options {
 
 pub struct Attached {
     pub ebpf: Ebpf,
+    /// The fexit attachments (loaded outside aya): they last as long as
+    /// this is kept.
+    pub fexits: Vec<ModuleFexit>,
     pub hooks: Vec<HookReport>,
     /// The sysctl-write watch: where it attached, or why it did not (the
     /// failure hooks work without it).
@@ -149,12 +153,14 @@ pub fn attach(opts: &Options) -> Result<Attached> {
         load_failures(btf, opts.ringbuf_bytes)?
     };
     let mut hooks = vec![];
+    let mut fexits = vec![];
     for (hook, plan) in &plans {
         hooks.push(attach_hook(
             &mut ebpf,
             plan,
             *hook,
             opts.backend,
+            &mut fexits,
             &mut exit_regs,
             &mut notes,
         )?);
@@ -170,6 +176,7 @@ pub fn attach(opts: &Options) -> Result<Attached> {
     system::release_free_memory();
     Ok(Attached {
         ebpf,
+        fexits,
         hooks,
         sysctl,
         notes,
@@ -222,11 +229,13 @@ pub fn set_sysctl_guard(ebpf: &mut Ebpf, guard: &portwatch_common::SysctlGuard) 
 /// there to attach).
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
+#[allow(clippy::too_many_arguments)]
 fn attach_hook(
     ebpf: &mut Ebpf,
     plan: &HookPlan,
     hook: Hook,
     forced: Option<Probe>,
+    fexits: &mut Vec<ModuleFexit>,
     exit_regs: &mut bool,
     notes: &mut Vec<String>,
 ) -> Result<HookReport> {
@@ -241,7 +250,7 @@ fn attach_hook(
     let mut skipped = vec![];
     for &probe in order {
         let res = match probe {
-            Probe::Fexit => attach_fexit(ebpf, plan),
+            Probe::Fexit => attach_fexit(ebpf, plan, fexits),
             Probe::Kprobe => attach_kprobe(ebpf, plan),
             Probe::Tracepoint => attach_tracepoint(ebpf, hook, exit_regs, notes),
         };
@@ -344,41 +353,31 @@ fn targets(btf: &Btf, hook: Hook) -> Result<Targets> {
     Ok(Targets { fns })
 }
 
-fn attach_fexit(ebpf: &mut Ebpf, plan: &HookPlan) -> Result<String> {
+/// fexit on each of the hook's functions, loaded by portwatch itself at the
+/// function's vmlinux BTF id (`modfexit`); the attachments go on `fexits`
+/// only when every one of the hook's is there.
+fn attach_fexit(ebpf: &mut Ebpf, plan: &HookPlan, fexits: &mut Vec<ModuleFexit>) -> Result<String> {
     let t = plan.targets()?;
-    let small = fexit_btf(plan.fexit.as_ref().map_err(|e| anyhow!("{e}"))?);
+    let ids = plan.fexit.as_ref().map_err(|e| anyhow!("{e}"))?;
+    let mut got = vec![];
     let mut names = vec![];
-    let mut loaded: Vec<&str> = vec![];
-    let mut res = Ok(());
     for (func, prog, _) in &t.fns {
-        res = (|| -> Result<()> {
-            let p: &mut FExit = program(ebpf, prog)?;
-            p.load(func, &small)
-                .map_err(|e| anyhow!(e))
-                .with_context(|| format!("loading fexit program for {func}"))?;
-            loaded.push(prog);
-            p.attach()
-                .map_err(|e| anyhow!(e))
-                .with_context(|| format!("attaching fexit to {func}"))?;
-            Ok(())
-        })();
-        if res.is_err() {
-            break;
-        }
+        let btf_id = ids
+            .iter()
+            .find(|(_, f)| f == func)
+            .map(|(id, _)| *id)
+            .with_context(|| format!("no BTF id for {func}"))?;
+        let target = modfexit::Target {
+            module: None,
+            func,
+            btf_id,
+        };
+        // On an error `got` is dropped, and with it what this hook had
+        // attached: never half a hook (the fallback would double-report).
+        got.push(modfexit::load_attach(ebpf, FAILURES_OBJECT, prog, &target)?);
         names.push(*func);
     }
-    if let Err(e) = res {
-        // Never leave half a hook attached: the fallback would double-report.
-        for prog in loaded {
-            if let Some(p) = ebpf.program_mut(prog) {
-                let p: Result<&mut FExit, _> = p.try_into();
-                if let Ok(p) = p {
-                    let _ = p.unload();
-                }
-            }
-        }
-        return Err(e);
-    }
+    fexits.extend(got);
     Ok(names.join(", "))
 }
 
@@ -578,7 +577,7 @@ mod tests {
 
     use super::{short_reason, Probe};
     use crate::kernel::load::{
-        errno_of, explain_load_error, fexit_btf, func_ids, FAILURES_OBJECT, STEAL_OBJECT,
+        errno_of, explain_load_error, func_ids, FAILURES_OBJECT, STEAL_OBJECT,
     };
     use anyhow::anyhow;
 
@@ -641,12 +640,11 @@ mod tests {
         }
     }
 
-    /// aya finds the function in the small BTF at the id the kernel's BTF
-    /// gives it, here read by portwatch's own reader from a built blob.
+    /// The hook's functions' ids, as portwatch's own reader finds them in a
+    /// built blob: what the fexit loads are given.
     #[test]
-    fn fexit_btf_names_each_function_at_its_kernel_id() {
+    fn fexit_targets_are_each_functions_kernel_id() {
         use crate::kernel::btf::{tests::Builder, Btf};
-        use aya_obj::btf::BtfKind;
         let mut b = Builder::new();
         let int = b.int("int", 4);
         let p = b.ptr(int);
@@ -654,20 +652,10 @@ mod tests {
         let want = b.func("inet_hash_connect", &[p, p]);
         let want6 = b.func("inet6_hash_connect", &[p, p]);
         let btf = Btf::parse(&b.build()).unwrap();
-        assert_eq!(btf.func_id("inet_hash_connect"), Some(want));
-        let small = fexit_btf(&func_ids(&btf, &["inet_hash_connect"]).unwrap());
         assert_eq!(
-            small
-                .id_by_type_name_kind("inet_hash_connect", BtfKind::Func)
-                .unwrap(),
-            want
+            func_ids(&btf, &["inet6_hash_connect", "inet_hash_connect"]).unwrap(),
+            [(want6, "inet6_hash_connect"), (want, "inet_hash_connect")]
         );
-        // One BTF for a hook's functions, in any order.
-        let both =
-            fexit_btf(&func_ids(&btf, &["inet6_hash_connect", "inet_hash_connect"]).unwrap());
-        for (f, id) in [("inet_hash_connect", want), ("inet6_hash_connect", want6)] {
-            assert_eq!(both.id_by_type_name_kind(f, BtfKind::Func).unwrap(), id);
-        }
         assert!(func_ids(&btf, &["no_such_function"]).is_err());
     }
 

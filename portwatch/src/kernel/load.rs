@@ -6,9 +6,8 @@
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     programs::{Program, ProgramError},
-    Btf as AyaBtf, Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader,
 };
-use aya_obj::btf::{BtfType, Func, FuncLinkage};
 
 use crate::kernel::{btf::Btf, system};
 
@@ -120,7 +119,7 @@ where
 }
 
 /// The vmlinux BTF ids of kernel functions `funcs`: all that loading fexit
-/// programs on them needs from the BTF (see [`fexit_btf`]).
+/// programs on them needs from the BTF (`modfexit` loads them at those ids).
 pub(crate) fn func_ids(btf: &Btf, funcs: &[&'static str]) -> Result<Vec<(u32, &'static str)>> {
     funcs
         .iter()
@@ -131,30 +130,4 @@ pub(crate) fn func_ids(btf: &Btf, funcs: &[&'static str]) -> Result<Vec<(u32, &'
             ))
         })
         .collect()
-}
-
-/// What aya needs to load fexit programs on some functions: a BTF in which
-/// each name is a function at the type id the kernel's vmlinux BTF gives it
-/// (`ids`, from [`func_ids`]; aya only looks the id up by name and hands it
-/// to the kernel, which checks it against its own BTF). Built from the ids
-/// portwatch's own reader found, instead of a second, full parse of vmlinux
-/// BTF by aya; one for all of a hook's functions, built when fexit is tried
-/// and dropped once it is loaded (its placeholders take a few MiB).
-pub(crate) fn fexit_btf(ids: &[(u32, &str)]) -> AyaBtf {
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    let mut b = AyaBtf::new();
-    // aya's own Btf starts with id 0 (void); the ids in between are
-    // placeholders.
-    let mut next = 1;
-    for (id, func) in ids {
-        while next < id {
-            next = b.add_type(BtfType::Unknown) + 1;
-        }
-        let name = b.add_string(func);
-        let got = b.add_type(BtfType::Func(Func::new(name, 0, FuncLinkage::Global)));
-        debug_assert_eq!(got, id);
-        next = got + 1;
-    }
-    b
 }

@@ -13,6 +13,11 @@
 //! `BPF_RAW_TRACEPOINT_OPEN`. The kernel structures come from `aya_obj`'s
 //! bindings of the kernel's UAPI. The attachment lasts as long as the
 //! [`ModuleFexit`] holding its fds.
+//!
+//! `trace` loads its fexit programs on vmlinux's functions the same way
+//! (no BTF object fd: the id is vmlinux's): aya's loader would want a BTF in
+//! which the function sits at its id, a placeholder per type below it,
+//! some 130,000 of them and 6 MiB of start-up memory.
 
 use std::{
     collections::HashSet,
@@ -48,10 +53,11 @@ pub struct ModuleFexit {
     pub attach_time: Duration,
 }
 
-/// Where an fexit goes: `func`, of kernel module `module`, whose BTF id
-/// (in the module's BTF, whose ids continue vmlinux's) is `btf_id`.
+/// Where an fexit goes: `func`, of kernel module `module` (None: of the
+/// kernel itself), whose BTF id (in vmlinux's BTF, or in the module's, whose
+/// ids continue vmlinux's) is `btf_id`.
 pub struct Target<'a> {
-    pub module: &'a str,
+    pub module: Option<&'a str>,
     pub func: &'a str,
     pub btf_id: u32,
 }
@@ -67,12 +73,23 @@ pub fn load_attach(ebpf: &Ebpf, object: &[u8], prog: &str, target: &Target) -> R
         let fd = map_fd(m).with_context(|| format!("map {name}: unexpected kind"))?;
         Ok(fd.as_raw_fd())
     })?;
-    let btf = find_btf_object(&SysBtfObjects, target.module)
-        .with_context(|| format!("finding the {} module's BTF object", target.module))?;
+    let btf = match target.module {
+        Some(m) => Some(
+            find_btf_object(&SysBtfObjects, m)
+                .with_context(|| format!("finding the {m} module's BTF object"))?,
+        ),
+        None => None,
+    };
     let prepare_time = started.elapsed();
     let started = Instant::now();
-    let prog_fd = prog_load(prog, &insns, &license, target.btf_id, btf.as_fd())
-        .with_context(|| format!("loading {prog} for {}", target.func))?;
+    let prog_fd = prog_load(
+        prog,
+        &insns,
+        &license,
+        target.btf_id,
+        btf.as_ref().map(|b| b.as_fd()),
+    )
+    .with_context(|| format!("loading {prog} for {}", target.func))?;
     let load_time = started.elapsed();
     // The program holds its own references to the module and its BTF now.
     drop(btf);
@@ -185,7 +202,7 @@ fn prog_load(
     insns: &[bpf_insn],
     license: &CString,
     btf_id: u32,
-    btf: BorrowedFd,
+    btf: Option<BorrowedFd>,
 ) -> Result<OwnedFd> {
     let load = |log: Option<&mut Vec<u8>>| {
         let mut attr = zeroed_attr();
@@ -197,7 +214,9 @@ fn prog_load(
         a.insn_cnt = insns.len() as u32;
         a.license = license.as_ptr() as u64;
         a.attach_btf_id = btf_id;
-        a.__bindgen_anon_1.attach_btf_obj_fd = btf.as_raw_fd() as u32;
+        if let Some(btf) = btf {
+            a.__bindgen_anon_1.attach_btf_obj_fd = btf.as_raw_fd() as u32;
+        }
         // The kernel's names take 15 bytes and a NUL.
         for (d, s) in a.prog_name.iter_mut().zip(name.bytes().take(15)) {
             *d = s as libc::c_char;

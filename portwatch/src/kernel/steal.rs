@@ -191,7 +191,7 @@ fn attach_ipvs(ebpf: &mut Ebpf, f: IpvsFn, forced: Option<Probe>) -> Result<Ipvs
         "--ipvs-probe kprobe".to_string()
     } else {
         let target = modfexit::Target {
-            module: IPVS_MODULE,
+            module: Some(IPVS_MODULE),
             func: IPVS_FN,
             btf_id: f.btf_id,
         };

@@ -67,8 +67,11 @@ pub async fn pipeline(
     mut ctl: Control,
 ) -> Result<End> {
     let node = NodeNetns::from_env()?;
+    // `_fexits` holds the fexit attachments: they last as long as this
+    // pipeline.
     let Attached {
         mut ebpf,
+        fexits: _fexits,
         hooks,
         sysctl: sysctl_watch,
         notes,
