@@ -327,12 +327,20 @@ impl Tracer {
 
     fn start_cmd(mut cmd: Command, read_stdout: bool) -> Tracer {
         require_root();
+        // serve attaches trace and nodeport-steal side by side, each saying
+        // "attached;" when it is: it is ready once it says both are.
+        let serve = cmd.get_args().any(|a| a == "serve");
+        let ready = if serve {
+            "every probe attached; ready"
+        } else {
+            "attached;"
+        };
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let err = xtask::testkit::watch_stderr(&mut child, Some("attached;"));
+        let err = xtask::testkit::watch_stderr(&mut child, Some(ready));
         let rx = if read_stdout {
             lines_of(child.stdout.take().unwrap())
         } else {
