@@ -347,16 +347,9 @@ async fn scanner(
             _ = stop.wait_for(|s| *s) => return Ok(()),
         };
         let o = opts.clone();
-        let pass = tokio::task::spawn_blocking(move || {
-            let pass = scan::pass(&o, with_check);
-            // A pass allocates per netns and frees it all: with the one
-            // malloc arena, hand the freed pages back so that a node's churn
-            // does not leave the agent's resident set where its peak was.
-            crate::kernel::system::release_free_memory();
-            pass
-        })
-        .await
-        .context("netns scan")?;
+        let pass = tokio::task::spawn_blocking(move || scan::pass(&o, with_check))
+            .await
+            .context("netns scan")?;
         let mut usage = Vec::with_capacity(pass.netns.len());
         for n in &pass.netns {
             let mut pod = n.pod.clone();
