@@ -11,7 +11,6 @@ use clap::Parser as _;
 use portwatch::cmd::{check, cli, generate, nodeport, serve, top, trace};
 
 fn main() -> ExitCode {
-    portwatch::cmd::one_heap();
     // Bad arguments: clap prints its message and exits 2.
     let cli = cli::Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();

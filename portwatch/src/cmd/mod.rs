@@ -8,9 +8,3 @@ pub mod nodeport;
 pub mod serve;
 pub mod top;
 pub mod trace;
-
-/// One malloc arena for the process (see `kernel::system::one_heap`):
-/// called by `main` before anything else.
-pub fn one_heap() {
-    crate::kernel::system::one_heap();
-}

@@ -116,17 +116,6 @@ pub fn raise_memlock() {
     }
 }
 
-/// One malloc arena for the whole process. glibc gives each thread that
-/// allocates an arena of its own (start-up's loading threads, the detail
-/// workers, the runtime client): memory freed in one stays resident there,
-/// out of reach of the trim after start-up. portwatch's threads allocate
-/// little and seldom at once; one arena keeps its resident set small.
-pub fn one_heap() {
-    // SAFETY: mallopt only sets an allocator parameter; called first thing,
-    // before any other thread exists.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-}
-
 /// Hands memory the allocator holds but no longer uses back to the system,
 /// after a large start-up buffer (the kernel BTF) is freed: otherwise it
 /// stays in the process's resident set for as long as it runs.
