@@ -3,11 +3,13 @@
 
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray},
     Ebpf,
 };
 use portwatch_common::{lost, maps};
 use tokio::io::unix::AsyncFd;
+
+use super::ring::Ring;
 
 /// Records handed out per call of `next_batch`: a storm is read in slices,
 /// so the caller's batch stays this small however full the ring is.
@@ -22,7 +24,7 @@ pub const MAX_BATCH: usize = 1024;
 const COALESCE: std::time::Duration = std::time::Duration::from_millis(1);
 
 pub struct Source {
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: AsyncFd<Ring>,
     lost: PerCpuArray<MapData, u64>,
     /// The LOST counters that belong to this ring.
     lost_idx: &'static [u32],
@@ -39,15 +41,16 @@ impl Source {
     /// Ring buffer `ring`, whose losses the kernel side counts in `LOST` at
     /// `lost_idx`.
     pub fn named(ebpf: &mut Ebpf, ring: &str, lost_idx: &'static [u32]) -> Result<Source> {
-        let ring = RingBuf::try_from(
+        let ring = Ring::new(
             ebpf.take_map(ring)
                 .with_context(|| format!("{ring} map missing"))?,
-        )?;
+        )
+        .with_context(|| format!("reading the {ring} ring buffer"))?;
         let lost = PerCpuArray::try_from(
             ebpf.take_map(maps::LOST)
                 .with_context(|| format!("{} map missing", maps::LOST))?,
         )?;
-        // SAFETY: the AsyncFd owns the RingBuf, which owns the fd: it stays open
+        // SAFETY: the AsyncFd owns the Ring, which owns the fd: it stays open
         // for as long as it is registered.
         let ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e))?;
@@ -65,18 +68,7 @@ impl Source {
             tokio::time::sleep_until(t + COALESCE).await;
         }
         let mut guard = self.ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        let mut emptied = false;
-        for _ in 0..MAX_BATCH {
-            match ring.next() {
-                Some(item) => f(&item),
-                None => {
-                    emptied = true;
-                    break;
-                }
-            }
-        }
-        if emptied {
+        if guard.get_inner_mut().read(MAX_BATCH, &mut f) {
             guard.clear_ready();
             self.emptied_at = Some(tokio::time::Instant::now());
             return Ok(());
@@ -89,10 +81,7 @@ impl Source {
 
     /// Hands every record ready now to `f`, without waiting.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) {
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            f(&item);
-        }
+        while !self.ring.get_mut().read(MAX_BATCH, &mut f) {}
     }
 
     /// Events the kernel side dropped since start (ring buffer full, or no
