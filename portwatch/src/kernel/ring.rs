@@ -53,6 +53,7 @@ impl Reader {
     fn new(view: View) -> Reader {
         // SAFETY: the positions are live, aligned words for the reader's life.
         let pos = unsafe { view.consumer.as_ref() }.load(Ordering::Acquire);
+        // SAFETY: as above.
         let producer_seen = unsafe { view.producer.as_ref() }.load(Ordering::Acquire);
         Reader {
             view,
@@ -263,6 +264,7 @@ mod tests {
 
         fn bytes(&mut self) -> &mut [u8] {
             let n = self.size;
+            // SAFETY: `data` holds `size` bytes, borrowed mutably here.
             unsafe { std::slice::from_raw_parts_mut(self.data.as_mut_ptr().cast(), n) }
         }
 
@@ -307,7 +309,7 @@ mod tests {
             }
             let (got, emptied) = read_all(&mut r, usize::MAX);
             assert!(emptied);
-            assert_eq!(got, want.drain(..).collect::<Vec<_>>(), "lap {lap}");
+            assert_eq!(got, std::mem::take(&mut want), "lap {lap}");
             assert_eq!(
                 fake.consumer.load(Ordering::Relaxed),
                 fake.producer.load(Ordering::Relaxed)
