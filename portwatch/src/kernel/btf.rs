@@ -87,11 +87,17 @@ impl Blob {
     }
 }
 
+/// A look-up made: (is a function, name, id found).
+type LookedUp = (bool, Box<str>, Option<u32>);
+
 /// Parsed kernel BTF: enough to find offsets and functions.
 pub struct Btf {
     /// vmlinux's, under a module's.
     base: Option<std::sync::Arc<Blob>>,
     own: std::sync::Arc<Blob>,
+    /// Look-ups made so far (is-function, name, id): the offsets ask for
+    /// the same dozen structs some thirty times.
+    looked_up: std::sync::Mutex<Vec<LookedUp>>,
 }
 
 /// The bytes a type takes after its 12-byte header, and how many members
@@ -219,6 +225,7 @@ impl Btf {
                 structs,
                 funcs,
             }),
+            looked_up: Default::default(),
         })
     }
 
@@ -245,28 +252,79 @@ impl Btf {
     }
 
     /// The id of the struct (or function) named `name`: the first of that
-    /// name. Names are found in the string sections (as `\0name\0`), then
-    /// their offsets in the sorted indexes.
+    /// name, remembered for the next look-up of it.
     fn lookup(&self, func: bool, name: &str) -> Option<u32> {
         if name.is_empty() {
             return None;
         }
-        let mut needle = Vec::with_capacity(name.len() + 2);
-        needle.push(0);
+        let mut memo = self
+            .looked_up
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, _, id)) = memo.iter().find(|(f, n, _)| *f == func && &**n == name) {
+            return *id;
+        }
+        let id = if func {
+            self.lookup_func(name)
+        } else {
+            self.lookup_struct(name)
+        };
+        memo.push((func, name.into(), id));
+        id
+    }
+
+    /// Whether the string at `off` is `name`.
+    fn is_named(&self, off: u32, name: &[u8]) -> bool {
+        let Some(b) = self.blobs().filter(|b| off >= b.str_base).last() else {
+            return false;
+        };
+        let s = b.data[b.strings.clone()]
+            .get((off - b.str_base) as usize..)
+            .unwrap_or(&[]);
+        s.len() > name.len() && s[name.len()] == 0 && &s[..name.len()] == name
+    }
+
+    /// A struct by name: the named structs (some ten thousand) compared
+    /// one by one, most of them rejected at the first byte. Far less work
+    /// than a search of the 2.5 MB string section, which under emulation
+    /// was a million instructions a look-up.
+    fn lookup_struct(&self, name: &str) -> Option<u32> {
+        self.blobs()
+            .flat_map(|b| b.structs.iter())
+            .filter(|&&(n, _)| self.is_named(n, name.as_bytes()))
+            .map(|&(_, id)| id)
+            .min()
+    }
+
+    /// A function by name (there are some sixty thousand): found in the
+    /// string sections (as `name\0` after a `\0`), then its offset in the
+    /// sorted index.
+    ///
+    /// The needle does not start with the NUL: memmem's prefilter keys on
+    /// the needle's rarest bytes by a table made for text, where NUL is
+    /// rare, while every string here ends in one.
+    fn lookup_func(&self, name: &str) -> Option<u32> {
+        let mut needle = Vec::with_capacity(name.len() + 1);
         needle.extend_from_slice(name.as_bytes());
         needle.push(0);
         let mut offs = vec![];
         for b in self.blobs() {
             let sec = &b.data[b.strings.clone()];
-            offs.extend(memchr::memmem::find_iter(sec, &needle).map(|i| b.str_base + i as u32 + 1));
+            offs.extend(
+                memchr::memmem::find_iter(sec, &needle)
+                    .filter(|&i| i == 0 || sec[i - 1] == 0)
+                    .map(|i| b.str_base + i as u32),
+            );
         }
         let mut best: Option<u32> = None;
         for b in self.blobs() {
-            let ix = if func { &b.funcs } else { &b.structs };
             for &off in &offs {
-                let from = ix.partition_point(|&(n, _)| n < off);
-                if let Some(&(n, id)) = ix.get(from) {
-                    if n == off && best.is_none_or(|b| id < b) {
+                let from = b.funcs.partition_point(|&(n, _)| n < off);
+                for &(n, id) in &b.funcs[from..] {
+                    if n != off {
+                        break;
+                    }
+                    if best.is_none_or(|b| id < b) {
                         best = Some(id);
                     }
                 }
