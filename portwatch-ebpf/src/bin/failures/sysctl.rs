@@ -94,22 +94,24 @@ fn which_of(name: &[u64; SYSCTL_NAME_WORDS]) -> Option<u8> {
 }
 
 /// The watch, for `trace` and a `serve` without the guard: reports every
-/// write; the range guard only (SYSCTL_GUARD stays off unless filled).
+/// write, refuses none. Without the guard's checks, whose parses of the
+/// values were most of its verification (start-up) time.
 #[cgroup_sysctl]
 pub fn pw_sysctl(ctx: SysctlContext) -> i32 {
     watch::<false>(&ctx)
 }
 
 /// The watch for `serve --guard-port-range`: also checks writes of the
-/// reserved ports. Its own program, loaded only with the guard, because
-/// the list parse costs tens of ms of verification at start-up.
+/// port range and the reserved ports. Its own program, loaded only with
+/// the guard (the only time SYSCTL_GUARD is filled), because the parses
+/// cost tens of ms of verification at start-up.
 #[cgroup_sysctl]
 pub fn pw_sysctl_guard(ctx: SysctlContext) -> i32 {
     watch::<true>(&ctx)
 }
 
 #[inline(always)]
-fn watch<const RESERVED: bool>(ctx: &SysctlContext) -> i32 {
+fn watch<const GUARD: bool>(ctx: &SysctlContext) -> i32 {
     // SAFETY: the kernel hands the program a valid `struct bpf_sysctl`;
     // `write` is a field the verifier lets it read.
     if unsafe { (*ctx.sysctl).write } == 0 {
@@ -135,8 +137,9 @@ fn watch<const RESERVED: bool>(ctx: &SysctlContext) -> i32 {
     };
     let o = offsets();
     let netns = shared::task_netns(&o);
-    let refuse = (which == SYSCTL_PORT_RANGE && exposes_guarded(ctx, netns))
-        || (RESERVED && which == SYSCTL_RESERVED_PORTS && drops_kept(ctx, netns));
+    let refuse = GUARD
+        && ((which == SYSCTL_PORT_RANGE && exposes_guarded(ctx, netns))
+            || (which == SYSCTL_RESERVED_PORTS && drops_kept(ctx, netns)));
     report(ctx, which, netns, shared::task_ids(&o), refuse);
     if refuse {
         REFUSE
