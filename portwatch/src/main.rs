@@ -12,8 +12,10 @@ use portwatch::cmd::{check, cli, generate, nodeport, serve, top, trace};
 
 fn main() -> ExitCode {
     // Bad arguments: clap prints its message and exits 2.
+    portwatch::cmd::startup_mark("main");
     let cli = cli::Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    portwatch::cmd::startup_mark("arguments parsed");
     if let cli::Command::Generate(args) = &cli.command {
         return match generate::run(&args.what) {
             Ok(()) => ExitCode::SUCCESS,

@@ -8,3 +8,6 @@ pub mod nodeport;
 pub mod serve;
 pub mod top;
 pub mod trace;
+
+/// Start-up phases, logged at debug (`RUST_LOG=portwatch::startup=debug`).
+pub use crate::kernel::system::startup_mark;

@@ -129,10 +129,12 @@ fn load_failures(btf: Btf, ringbuf_bytes: u32) -> Result<Loaded> {
     let plans = [Hook::Connect, Hook::Bind].map(|h| (h, HookPlan::new(&btf, h)));
     drop(btf);
     system::release_free_memory();
+    system::startup_mark("offsets and hook plans from the BTF");
     let ebpf = load_object(FAILURES_OBJECT, |l| {
         l.override_global(globals::OFFSETS, &offs, true)
             .map_max_entries(maps::EVENTS, ringbuf_bytes);
     })?;
+    system::startup_mark("object loaded (maps created)");
     Ok(Loaded {
         ebpf,
         plans,
@@ -150,10 +152,12 @@ pub fn attach(opts: &Options) -> Result<Attached> {
     } = {
         system::check_privileges()?;
         let btf = Btf::from_sys_fs()?;
+        system::startup_mark("kernel BTF read and indexed");
         load_failures(btf, opts.ringbuf_bytes)?
     };
     let mut hooks = vec![];
     let mut fexits = vec![];
+    let mut relocated = None;
     for (hook, plan) in &plans {
         hooks.push(attach_hook(
             &mut ebpf,
@@ -161,16 +165,20 @@ pub fn attach(opts: &Options) -> Result<Attached> {
             *hook,
             opts.backend,
             &mut fexits,
+            &mut relocated,
             &mut exit_regs,
             &mut notes,
         )?);
+        system::startup_mark(&format!("{} hook attached", hook.name()));
     }
+    drop(relocated);
     let sysctl = match &opts.cgroup2 {
         Some(root) => {
             attach_sysctl(&mut ebpf, root, opts.guard_port_range).map_err(|e| format!("{e:#}"))
         }
         None => Err("no cgroup2 mount in /proc/self/mountinfo".into()),
     };
+    system::startup_mark("sysctl watch attached");
     // What loading took (the fexit attempt's small BTF, aya's parse of
     // the object) goes back before the ring buffer is mapped.
     system::release_free_memory();
@@ -236,6 +244,7 @@ fn attach_hook(
     hook: Hook,
     forced: Option<Probe>,
     fexits: &mut Vec<ModuleFexit>,
+    relocated: &mut Option<modfexit::Relocated>,
     exit_regs: &mut bool,
     notes: &mut Vec<String>,
 ) -> Result<HookReport> {
@@ -250,7 +259,7 @@ fn attach_hook(
     let mut skipped = vec![];
     for &probe in order {
         let res = match probe {
-            Probe::Fexit => attach_fexit(ebpf, plan, fexits),
+            Probe::Fexit => attach_fexit(ebpf, plan, fexits, relocated),
             Probe::Kprobe => attach_kprobe(ebpf, plan),
             Probe::Tracepoint => attach_tracepoint(ebpf, hook, exit_regs, notes),
         };
@@ -356,7 +365,12 @@ fn targets(btf: &Btf, hook: Hook) -> Result<Targets> {
 /// fexit on each of the hook's functions, loaded by portwatch itself at the
 /// function's vmlinux BTF id (`modfexit`); the attachments go on `fexits`
 /// only when every one of the hook's is there.
-fn attach_fexit(ebpf: &mut Ebpf, plan: &HookPlan, fexits: &mut Vec<ModuleFexit>) -> Result<String> {
+fn attach_fexit(
+    ebpf: &mut Ebpf,
+    plan: &HookPlan,
+    fexits: &mut Vec<ModuleFexit>,
+    relocated: &mut Option<modfexit::Relocated>,
+) -> Result<String> {
     let t = plan.targets()?;
     let ids = plan.fexit.as_ref().map_err(|e| anyhow!("{e}"))?;
     let mut got = vec![];
@@ -374,7 +388,19 @@ fn attach_fexit(ebpf: &mut Ebpf, plan: &HookPlan, fexits: &mut Vec<ModuleFexit>)
         };
         // On an error `got` is dropped, and with it what this hook had
         // attached: never half a hook (the fallback would double-report).
-        got.push(modfexit::load_attach(ebpf, FAILURES_OBJECT, prog, &target)?);
+        // The object is parsed and relocated once, for every fexit.
+        let obj = match relocated {
+            Some(o) => o,
+            None => relocated.insert(modfexit::Relocated::for_loaded(ebpf, FAILURES_OBJECT)?),
+        };
+        let link = obj.load_attach(prog, &target)?;
+        log::debug!(
+            target: "portwatch::startup",
+            "fexit on {func}: BPF_PROG_LOAD {:?}, the attach {:?}",
+            link.load_time,
+            link.attach_time
+        );
+        got.push(link);
         names.push(*func);
     }
     fexits.extend(got);

@@ -66,43 +66,99 @@ pub struct Target<'a> {
 /// and attaches it to `target`.
 pub fn load_attach(ebpf: &Ebpf, object: &[u8], prog: &str, target: &Target) -> Result<ModuleFexit> {
     let started = Instant::now();
-    let (insns, license) = relocated(object, prog, |name| {
-        let m = ebpf
-            .map(name)
-            .with_context(|| format!("map {name} was not created by the loader"))?;
-        let fd = map_fd(m).with_context(|| format!("map {name}: unexpected kind"))?;
-        Ok(fd.as_raw_fd())
-    })?;
-    let btf = match target.module {
-        Some(m) => Some(
-            find_btf_object(&SysBtfObjects, m)
-                .with_context(|| format!("finding the {m} module's BTF object"))?,
-        ),
-        None => None,
-    };
-    let prepare_time = started.elapsed();
-    let started = Instant::now();
-    let prog_fd = prog_load(
-        prog,
-        &insns,
-        &license,
-        target.btf_id,
-        btf.as_ref().map(|b| b.as_fd()),
-    )
-    .with_context(|| format!("loading {prog} for {}", target.func))?;
-    let load_time = started.elapsed();
-    // The program holds its own references to the module and its BTF now.
-    drop(btf);
-    let started = Instant::now();
-    let link = raw_tracepoint_open(prog_fd.as_fd())
-        .with_context(|| format!("attaching fexit to {}", target.func))?;
-    Ok(ModuleFexit {
-        _link: link,
-        _prog: prog_fd,
-        prepare_time,
-        load_time,
-        attach_time: started.elapsed(),
-    })
+    let obj = Relocated::for_loaded(ebpf, object)?;
+    let relocation = started.elapsed();
+    let mut link = obj.load_attach(prog, target)?;
+    link.prepare_time += relocation;
+    Ok(link)
+}
+
+/// An object parsed and relocated against the maps aya created for it,
+/// once for all the fexit programs loaded from it.
+pub struct Relocated {
+    obj: aya_obj::Object,
+}
+
+impl Relocated {
+    /// `object`, which `ebpf` was loaded from, relocated against its maps.
+    pub fn for_loaded(ebpf: &Ebpf, object: &[u8]) -> Result<Relocated> {
+        Relocated::new(object, |name| {
+            let m = ebpf
+                .map(name)
+                .with_context(|| format!("map {name} was not created by the loader"))?;
+            let fd = map_fd(m).with_context(|| format!("map {name}: unexpected kind"))?;
+            Ok(fd.as_raw_fd())
+        })
+    }
+
+    /// `object` relocated against the maps `map_fd` gives each one's fd
+    /// by name (`.rodata` too).
+    fn new(object: &[u8], map_fd: impl Fn(&str) -> Result<RawFd>) -> Result<Relocated> {
+        let mut obj = aya_obj::Object::parse(object).context("parsing the eBPF object")?;
+        let maps = std::mem::take(&mut obj.maps);
+        let mut fds: Vec<(&str, RawFd, &aya_obj::Map)> = vec![];
+        for (name, m) in &maps {
+            fds.push((name, map_fd(name)?, m));
+        }
+        let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
+        obj.relocate_maps(fds.into_iter(), &text_sections)
+            .context("relocating the object's map references")?;
+        obj.relocate_calls(&text_sections)
+            .context("relocating the object's calls")?;
+        Ok(Relocated { obj })
+    }
+
+    /// Fexit program `prog`: its instructions and the object's license.
+    fn program(&self, prog: &str) -> Result<(Vec<bpf_insn>, CString)> {
+        let obj = &self.obj;
+        match obj.programs.get(prog).map(|p| &p.section) {
+            Some(ProgramSection::FExit { .. }) => {}
+            Some(s) => bail!("{prog} is not an fexit program ({s:?})"),
+            None => bail!("program {prog} missing from the object"),
+        }
+        let key = obj.programs[prog].function_key();
+        let f = obj
+            .functions
+            .get(&key)
+            .with_context(|| format!("no code for {prog}"))?;
+        Ok((f.instructions.clone(), obj.license.clone()))
+    }
+
+    /// Loads fexit program `prog` and attaches it to `target`.
+    pub fn load_attach(&self, prog: &str, target: &Target) -> Result<ModuleFexit> {
+        let started = Instant::now();
+        let (insns, license) = self.program(prog)?;
+        let btf = match target.module {
+            Some(m) => Some(
+                find_btf_object(&SysBtfObjects, m)
+                    .with_context(|| format!("finding the {m} module's BTF object"))?,
+            ),
+            None => None,
+        };
+        let prepare_time = started.elapsed();
+        let started = Instant::now();
+        let prog_fd = prog_load(
+            prog,
+            &insns,
+            &license,
+            target.btf_id,
+            btf.as_ref().map(|b| b.as_fd()),
+        )
+        .with_context(|| format!("loading {prog} for {}", target.func))?;
+        let load_time = started.elapsed();
+        // The program holds its own references to the module and its BTF now.
+        drop(btf);
+        let started = Instant::now();
+        let link = raw_tracepoint_open(prog_fd.as_fd())
+            .with_context(|| format!("attaching fexit to {}", target.func))?;
+        Ok(ModuleFexit {
+            _link: link,
+            _prog: prog_fd,
+            prepare_time,
+            load_time,
+            attach_time: started.elapsed(),
+        })
+    }
 }
 
 /// The fd of one of aya's maps (the kinds the objects have).
@@ -118,36 +174,14 @@ fn map_fd(m: &Map) -> Option<BorrowedFd<'_>> {
     }
 }
 
-/// Program `prog` of `object`, relocated against the maps aya created for
-/// the object (`map_fd` gives each one's fd by name, `.rodata` too): its
-/// instructions and the object's license.
+/// Program `prog` of `object`, relocated against the maps `map_fd` names.
+#[cfg(test)]
 fn relocated(
     object: &[u8],
     prog: &str,
     map_fd: impl Fn(&str) -> Result<RawFd>,
 ) -> Result<(Vec<bpf_insn>, CString)> {
-    let mut obj = aya_obj::Object::parse(object).context("parsing the eBPF object")?;
-    match obj.programs.get(prog).map(|p| &p.section) {
-        Some(ProgramSection::FExit { .. }) => {}
-        Some(s) => bail!("{prog} is not an fexit program ({s:?})"),
-        None => bail!("program {prog} missing from the object"),
-    }
-    let maps = std::mem::take(&mut obj.maps);
-    let mut fds: Vec<(&str, RawFd, &aya_obj::Map)> = vec![];
-    for (name, m) in &maps {
-        fds.push((name, map_fd(name)?, m));
-    }
-    let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
-    obj.relocate_maps(fds.into_iter(), &text_sections)
-        .context("relocating the object's map references")?;
-    obj.relocate_calls(&text_sections)
-        .context("relocating the object's calls")?;
-    let key = obj.programs[prog].function_key();
-    let f = obj
-        .functions
-        .get(&key)
-        .with_context(|| format!("no code for {prog}"))?;
-    Ok((f.instructions.clone(), obj.license.clone()))
+    Relocated::new(object, map_fd)?.program(prog)
 }
 
 /// `bpf(cmd, attr)`, retried while the kernel says EAGAIN (as it may for

@@ -116,6 +116,31 @@ pub fn raise_memlock() {
     }
 }
 
+/// When `main` began, for [`startup_mark`].
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Logs (at debug, target `portwatch::startup`) that start-up reached
+/// `phase`, with the time since `main` began and the resident set then:
+/// `RUST_LOG=portwatch::startup=debug` shows where a slow start goes. The
+/// first call (from `main`) starts the clock.
+pub fn startup_mark(phase: &str) {
+    let t0 = *STARTED.get_or_init(std::time::Instant::now);
+    if log::log_enabled!(target: "portwatch::startup", log::Level::Debug) {
+        let rss = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or_else(
+                || "?".into(),
+                |p| format!("{:.1}", p as f64 * 4096.0 / 1048576.0),
+            );
+        log::debug!(
+            target: "portwatch::startup",
+            "{phase}: {:.1} ms, RSS {rss} MiB",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
+
 /// Hands memory the allocator holds but no longer uses back to the system,
 /// after a large start-up buffer (the kernel BTF) is freed: otherwise it
 /// stays in the process's resident set for as long as it runs.

@@ -152,12 +152,14 @@ pub async fn pipeline(
         }
     };
     let mut source = Source::new(&mut ebpf)?;
+    crate::kernel::system::startup_mark("ring buffer mapped");
     let clock = Clock::now();
     let mut enricher = Enricher::new(
         opts.cri_endpoint.clone(),
         opts.cri.as_ref(),
         opts.netns_sweep,
     )?;
+    crate::kernel::system::startup_mark("pod enrichment ready");
     eprintln!("portwatch: {}", enricher.pods_note());
     let names_wake = enricher.names_wake();
     if opts.detail.lookups {
@@ -168,6 +170,7 @@ pub async fn pipeline(
         }
     }
     let (mut detailer, mut detail_done) = Detailer::new(opts.detail)?;
+    crate::kernel::system::startup_mark("socket-table look-ups ready");
     let filter = &opts.filter;
     let mut lost_tick = tokio::time::interval(Duration::from_millis(500));
     let mut lost_seen = 0u64;
