@@ -242,6 +242,11 @@ stop_pw() {
     let tc_start = format!(
         "echo \"PWB-STARTUP tool=tcpconnect i=$i $(/pw/pwbench startup DPORT {HOLD_MS} {TCPCONNECT})\""
     );
+    // One more start, with portwatch's own account of its phases.
+    s += "RUST_LOG=portwatch::startup=debug /pw/portwatch trace --backend fexit > /dev/null 2> /tmp/phases.err & P=$!\n";
+    s += "i=0; while ! grep -q 'portwatch: attached' /tmp/phases.err 2>/dev/null && [ $i -lt 3000 ]; do i=$((i+1)); sleep 0.01; done\n";
+    s += "kill -INT $P; wait $P\n";
+    s += "grep 'portwatch::startup' /tmp/phases.err | grep ' ms, RSS ' | while read -r l; do echo \"PWB-PHASE $l\"; done\n";
     for i in 1..=sz.startups {
         s += &format!("i={i}\n");
         if i % 2 == 1 {

@@ -77,6 +77,9 @@ pub(crate) struct VmReport {
     /// (config, VmHWM of portwatch at the end of a cost round)
     pub(crate) hwm_kb: Vec<(String, u64)>,
     pub(crate) startups: Vec<Startup>,
+    /// Where one `trace --backend fexit` start-up went, as portwatch logs
+    /// it (`RUST_LOG=portwatch::startup=debug`): (phase, ms since main).
+    pub(crate) phases: Vec<(String, f64)>,
     pub(crate) problems: Vec<String>,
     pub(crate) done: bool,
 }
@@ -144,6 +147,14 @@ impl VmReport {
                 _ => self
                     .problems
                     .push(format!("{tool} did not reach its ready point: {rest}")),
+            }
+        } else if let Some(rest) = l.strip_prefix("PWB-PHASE ") {
+            // "[... DEBUG portwatch::startup] object loaded (maps created): 65.7 ms, RSS 7.2 MiB"
+            let rest = rest.rsplit_once("] ").map_or(rest, |(_, r)| r);
+            if let Some((phase, tail)) = rest.rsplit_once(": ") {
+                if let Some(ms) = tail.split(" ms").next().and_then(|v| v.parse::<f64>().ok()) {
+                    self.phases.push((phase.to_string(), ms));
+                }
             }
         } else if let Some(rest) = l.strip_prefix("PWB-FAIL ") {
             self.problems.push(rest.to_string());
@@ -449,6 +460,27 @@ pub(crate) fn markdown(rep: &VmReport, m: &Meta) -> String {
          Wall times are in the JSON.",
         wait * 100.0
     ));
+    if !rep.phases.is_empty() {
+        o.push(String::new());
+        o.push(
+            "Where one `portwatch trace --backend fexit` start-up goes, as it logs it \
+             (`RUST_LOG=portwatch::startup=debug`; icount ms since `main`, so instructions):"
+                .into(),
+        );
+        o.push(String::new());
+        o.push(md_row(&["phase done".into(), "at".into(), "step".into()]));
+        o.push("|---|---:|---:|".into());
+        let mut last = 0.0;
+        for (phase, ms) in &rep.phases {
+            o.push(md_row(&[
+                phase.clone(),
+                format!("{ms:.1} ms"),
+                format!("{:.1} ms", ms - last),
+            ]));
+            last = *ms;
+        }
+        o.push(String::new());
+    }
     o.push(format!(
         "- Start-up: {} starts of each tool, alternating, each run by `pwbench startup` with its \
          output on a pseudo-terminal (as in a terminal: a C tool's stdout is line-buffered there) \
@@ -747,8 +779,13 @@ mod tests {
 
     #[test]
     fn the_table_shows_medians_ratios_and_the_icount_caveat() {
-        let lines = complete();
+        let mut lines = complete();
+        let done = lines.pop().unwrap();
+        lines.push("PWB-PHASE [2026-12-06T12:00:00Z DEBUG portwatch::startup] kernel BTF read and indexed: 42.7 ms, RSS 10.9 MiB".into());
+        lines.push("PWB-PHASE [2026-12-06T12:00:00Z DEBUG portwatch::startup] object loaded (maps created): 65.7 ms, RSS 7.2 MiB".into());
+        lines.push(done);
         let r = feed(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(r.phases.len(), 2);
         let m = Meta {
             date: "2026-12-02 00:00 UTC".into(),
             host: "kernel 6.18, 2 CPUs (X)".into(),
@@ -782,6 +819,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| bpftrace | not run | – | too big |"), "{md}");
+        assert!(
+            md.contains("| kernel BTF read and indexed | 42.7 ms | 42.7 ms |\n| object loaded (maps created) | 65.7 ms | 23.0 ms |"),
+            "{md}"
+        );
         let j = json(&r, &m);
         assert_eq!(j["peak_rss_kb"]["tcpconnect"], 11776);
         assert_eq!(j["runs"][0]["kept"], false);
