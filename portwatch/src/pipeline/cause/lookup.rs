@@ -105,7 +105,7 @@ pub fn lookup(key: &Key, ns: &NsHandle, holders: &Holders, tables: &Tables) -> R
                 .iter()
                 .filter_map(|s| Some((s.inode, t.owners.get(&s.inode)?.clone())))
                 .collect();
-            return Ok(Snapshot { socks, owners });
+            return Ok(Snapshot::new(socks, owners));
         }
         // A 4-tuple, a port, a range: read fresh, filtered in the kernel.
         Scope::Tuple(_, dport, sport) => PortFilter::SportDport(sport, dport),
@@ -119,7 +119,7 @@ pub fn lookup(key: &Key, ns: &NsHandle, holders: &Holders, tables: &Tables) -> R
     }
     let inodes: HashSet<u32> = socks.iter().map(|s| s.inode).collect();
     let owners = holders.resolve(Some(key.netns), &inodes);
-    Ok(Snapshot { socks, owners })
+    Ok(Snapshot::new(socks, owners))
 }
 
 type Outcome = Result<Arc<Snapshot>, String>;
