@@ -35,7 +35,7 @@ const MAX_LOOKS: usize = 1 << 20;
 /// One BTF blob as the kernel gives it (vmlinux's, or a module's split BTF
 /// on top of it), kept as read: types and members are read from its bytes
 /// when asked for. What parsing builds is small: where each type starts, and
-/// the named structs and functions sorted by name offset. vmlinux has some
+/// the named structs and functions with their name offsets. vmlinux has some
 /// 150,000 types and 600,000 members; copying them into tables (and
 /// hashing every name) was most of portwatch's start-up and of its peak
 /// memory, for the twenty-odd look-ups it makes.
@@ -49,7 +49,8 @@ struct Blob {
     /// Where this blob's strings start in the combined string space.
     str_base: u32,
     /// (name offset, id) of every named struct/union with members, and of
-    /// every function, sorted.
+    /// every function, in id order (sorting them cost more than the few
+    /// look-ups that scan them).
     structs: Vec<(u32, u32)>,
     funcs: Vec<(u32, u32)>,
 }
@@ -211,8 +212,6 @@ impl Btf {
                 bail!("BTF truncated");
             }
         }
-        structs.sort_unstable();
-        funcs.sort_unstable();
         Ok(Btf {
             base,
             own: std::sync::Arc::new(Blob {
@@ -297,8 +296,8 @@ impl Btf {
     }
 
     /// A function by name (there are some sixty thousand): found in the
-    /// string sections (as `name\0` after a `\0`), then its offset in the
-    /// sorted index.
+    /// string sections (as `name\0` after a `\0`), then its offset among
+    /// the functions'.
     ///
     /// The needle does not start with the NUL: memmem's prefilter keys on
     /// the needle's rarest bytes by a table made for text, where NUL is
@@ -316,21 +315,14 @@ impl Btf {
                     .map(|i| b.str_base + i as u32),
             );
         }
-        let mut best: Option<u32> = None;
-        for b in self.blobs() {
-            for &off in &offs {
-                let from = b.funcs.partition_point(|&(n, _)| n < off);
-                for &(n, id) in &b.funcs[from..] {
-                    if n != off {
-                        break;
-                    }
-                    if best.is_none_or(|b| id < b) {
-                        best = Some(id);
-                    }
-                }
-            }
+        if offs.is_empty() {
+            return None;
         }
-        best
+        self.blobs()
+            .flat_map(|b| b.funcs.iter())
+            .filter(|(n, _)| offs.contains(n))
+            .map(|&(_, id)| id)
+            .min()
     }
 
     /// Follows typedefs and qualifiers.
