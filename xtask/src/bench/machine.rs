@@ -78,7 +78,7 @@ pub(crate) fn start_tracer_with(
             c.args(["trace", "--json"]).args(extra);
             c
         }
-        Kind::Bpftrace => {
+        Kind::Bpftrace | Kind::Floor => {
             let mut c = Command::new("bpftrace");
             c.arg(script);
             c

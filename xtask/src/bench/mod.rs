@@ -64,6 +64,13 @@ tracepoint:syscalls:sys_exit_connect, tracepoint:syscalls:sys_exit_bind /@pendin
 }
 "#;
 
+/// The floor under any tracer on portwatch's tracepoints: empty programs on
+/// the two exit tracepoints portwatch's tracepoint backend attaches to
+/// (5.15+; before, it also has the enter ones). What the kernel costs for a
+/// syscall tracepoint with a program at all, whatever the program does.
+const FLOOR_SCRIPT: &str =
+    "tracepoint:syscalls:sys_exit_connect, tracepoint:syscalls:sys_exit_bind { }\n";
+
 mod machine;
 mod report;
 mod runs;
@@ -132,6 +139,9 @@ enum Kind {
     None,
     Portwatch,
     Bpftrace,
+    /// Empty programs on portwatch's tracepoints (`FLOOR_SCRIPT`), loaded
+    /// by bpftrace: the success path only.
+    Floor,
 }
 
 impl Kind {
@@ -140,6 +150,7 @@ impl Kind {
             Kind::None => "none",
             Kind::Portwatch => "portwatch",
             Kind::Bpftrace => "bpftrace",
+            Kind::Floor => "floor",
         }
     }
 }
@@ -179,6 +190,8 @@ pub fn bench(opts: Opts) -> Result<()> {
     fs::create_dir_all(&dir)?;
     let script = dir.join("portwatch-equivalent.bt");
     fs::write(&script, BPFTRACE_SCRIPT)?;
+    let floor_script = dir.join("floor.bt");
+    fs::write(&floor_script, FLOOR_SCRIPT)?;
     let json_path = opts.out.clone().unwrap_or_else(|| dir.join("results.json"));
 
     remove_stale_netns();
@@ -195,7 +208,7 @@ pub fn bench(opts: Opts) -> Result<()> {
     let mut idle_hwm: Vec<(Kind, u64)> = Vec::new();
 
     // --- 1. success path, interleaved -----------------------------------
-    let kinds = [Kind::None, Kind::Portwatch, Kind::Bpftrace];
+    let kinds = [Kind::None, Kind::Portwatch, Kind::Bpftrace, Kind::Floor];
     let mut runs: Vec<(Kind, SuccessRun)> = Vec::new();
     for round in 0..sz.rounds {
         for i in 0..kinds.len() {
@@ -210,7 +223,12 @@ pub fn bench(opts: Opts) -> Result<()> {
             let live = match kind {
                 Kind::None => None,
                 k => {
-                    let l = start_tracer(k, &pw, &script, &dir.join(format!("{}.out", k.name())))?;
+                    let s = if k == Kind::Floor {
+                        &floor_script
+                    } else {
+                        &script
+                    };
+                    let l = start_tracer(k, &pw, s, &dir.join(format!("{}.out", k.name())))?;
                     startups.push((k, l.startup_ms));
                     Some(l)
                 }
@@ -357,6 +375,7 @@ pub fn bench(opts: Opts) -> Result<()> {
     j["loadavg"] = json!({"start": loadavg_start.trim(), "end": loadavg_end.trim()});
     j["duration_s"] = json!(t_all.elapsed().as_secs_f64());
     j["bpftrace_script"] = json!(BPFTRACE_SCRIPT);
+    j["floor_script"] = json!(FLOOR_SCRIPT);
     fs::write(&json_path, serde_json::to_string_pretty(&j)? + "\n")?;
     eprintln!(
         "xtask: bench: wrote {}, and the generated section of {} ({:.0} s in all)",
