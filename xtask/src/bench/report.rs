@@ -462,14 +462,16 @@ impl Report {
             median(v).map(|m| (hi - lo) / m * 100.0).unwrap_or(0.0)
         };
         n.push(format!(
-            "Noise: connect per-run spread (max-min over median) {:.1} % / {:.1} % / {:.1} % \
-             (none / portwatch / bpftrace); getppid {:.1} % / {:.1} % / {:.1} %.",
+            "Noise: connect per-run spread (max-min over median) {:.1} % / {:.1} % / {:.1} % / {:.1} % \
+             (none / portwatch / bpftrace / floor); getppid {:.1} % / {:.1} % / {:.1} % / {:.1} %.",
             spread(&self.connect_all[0]),
             spread(&self.connect_all[1]),
             spread(&self.connect_all[2]),
+            spread(&self.connect_all[3]),
             spread(&self.getppid_all[0]),
             spread(&self.getppid_all[1]),
             spread(&self.getppid_all[2]),
+            spread(&self.getppid_all[3]),
         ));
         n.push(format!(
             "Other processes on CPU {WORKLOAD_CPU} (run-queue wait of the workload): at most {:.1} % \
