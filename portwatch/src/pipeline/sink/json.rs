@@ -169,6 +169,21 @@ impl<'a> Obj<'a> {
             None => out.extend_from_slice(b"null"),
         }
     }
+    /// Two ports as `[a,b]`, or null.
+    fn opt_pair(&mut self, name: &str, v: Option<(u16, u16)>) {
+        let out = self.key(name);
+        match v {
+            Some((a, b)) => {
+                let mut buf = itoa::Buffer::new();
+                out.push(b'[');
+                out.extend_from_slice(buf.format(a).as_bytes());
+                out.push(b',');
+                out.extend_from_slice(buf.format(b).as_bytes());
+                out.push(b']');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+    }
     fn opt_bool(&mut self, name: &str, v: Option<bool>) {
         let out = self.key(name);
         out.extend_from_slice(match v {
@@ -269,17 +284,7 @@ fn detail(out: &mut Vec<u8>, d: &Detail) {
     let mut o = Obj::new(out);
     match d {
         Detail::Exhausted(x) => {
-            match x.range {
-                Some([a, b]) => {
-                    let out = o.key("range");
-                    out.push(b'[');
-                    out.extend_from_slice(itoa::Buffer::new().format(a).as_bytes());
-                    out.push(b',');
-                    out.extend_from_slice(itoa::Buffer::new().format(b).as_bytes());
-                    out.push(b']');
-                }
-                None => o.key("range").extend_from_slice(b"null"),
-            }
+            o.opt_pair("range", x.range.map(|[a, b]| (a, b)));
             o.opt_str("reserved", x.reserved.as_deref());
             o.opt_num("usable", x.usable);
             o.opt_num("in_use", x.in_use);
@@ -343,17 +348,7 @@ fn write_event(out: &mut Vec<u8>, ev: &Event) -> io::Result<()> {
     o.opt_ip("daddr", ev.daddr);
     o.opt_num("dport", ev.dport);
     o.word("probe", ev.probe.name());
-    match ev.port_range {
-        Some((a, b)) => {
-            let out = o.key("port_range");
-            out.push(b'[');
-            out.extend_from_slice(itoa::Buffer::new().format(a).as_bytes());
-            out.push(b',');
-            out.extend_from_slice(itoa::Buffer::new().format(b).as_bytes());
-            out.push(b']');
-        }
-        None => o.key("port_range").extend_from_slice(b"null"),
-    }
+    o.opt_pair("port_range", ev.port_range);
     o.opt("pod", ev.pod.as_ref(), pod);
     // Bind events only: what the caller asked for.
     if ev.kind == Kind::Bind {
