@@ -60,13 +60,15 @@ impl Tables {
     fn get(&self, key: &Key, ns: Option<&std::fs::File>, holders: &Holders) -> Result<Arc<Table>> {
         let slot = {
             let mut slots = self.slots.lock().unwrap();
-            if slots.len() > 256 {
-                slots.retain(|_, s| {
-                    s.try_lock()
-                        .map(|t| t.as_ref().is_some_and(|t| t.at.elapsed() < TABLE_FRESH))
-                        .unwrap_or(true)
-                });
-            }
+            // A table past its freshness is never read again: let it go
+            // now, not when some later storm fills the map (a node netns's
+            // table can be tens of thousands of sockets). One being read
+            // (locked) stays.
+            slots.retain(|_, s| {
+                s.try_lock()
+                    .map(|t| t.as_ref().is_some_and(|t| t.at.elapsed() < TABLE_FRESH))
+                    .unwrap_or(true)
+            });
             slots.entry((key.netns, key.proto)).or_default().clone()
         };
         let mut t = slot.lock().unwrap();
@@ -457,6 +459,19 @@ mod tests {
         std::thread::sleep(TABLE_FRESH + Duration::from_millis(20));
         let c = tables.get(&key(p1), None, &holders).unwrap();
         assert!(!Arc::ptr_eq(&a, &c), "read again once stale");
+        // A stale table is let go at the next look-up of any netns.
+        std::thread::sleep(TABLE_FRESH + Duration::from_millis(20));
+        let other = Key {
+            netns: 2,
+            ..key(p1)
+        };
+        tables.get(&other, None, &holders).unwrap();
+        let slots = tables.slots.lock().unwrap();
+        assert_eq!(
+            slots.keys().collect::<Vec<_>>(),
+            vec![&(2, libc::IPPROTO_TCP as u8)],
+            "only the fresh table is kept"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
