@@ -347,9 +347,18 @@ async fn scanner(
             _ = stop.wait_for(|s| *s) => return Ok(()),
         };
         let o = opts.clone();
-        let pass = tokio::task::spawn_blocking(move || scan::pass(&o, with_check))
-            .await
-            .context("netns scan")?;
+        let pass = tokio::task::spawn_blocking(move || {
+            let pass = scan::pass(&o, with_check);
+            // A pass allocates per netns and frees it all, and stale socket
+            // tables are let go meanwhile, in the blocking and look-up
+            // threads' malloc arenas: hand the freed pages of every arena
+            // back, so that a node's churn of pods and netns does not leave
+            // the agent's resident set at its peak.
+            crate::kernel::system::release_free_memory();
+            pass
+        })
+        .await
+        .context("netns scan")?;
         let mut usage = Vec::with_capacity(pass.netns.len());
         for n in &pass.netns {
             let mut pod = n.pod.clone();
