@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     kernel::{
         attach::{self, Attached},
-        source::Source,
+        source::{Source, MAX_BATCH},
     },
     pipeline::{
         cause::{self, Detailer},
@@ -255,7 +255,10 @@ pub async fn pipeline(
     let end = loop {
         let deadline = next_deadline(&detailer, &sysctls);
         let res = tokio::select! {
-            r = source.next_batch(|b| decode_into(&mut batch, b)) => {
+            // The detailer's queue is bounded: while it is full, records
+            // wait in the ring buffer, and the queue drains as look-ups
+            // finish or deadlines pass.
+            r = source.next_batch(|b| decode_into(&mut batch, b)), if detailer.has_room(MAX_BATCH) => {
                 r?;
                 process(&mut batch, &mut detailer, &mut sysctls, &mut enricher);
                 if sysctls.node_written() {

@@ -30,6 +30,14 @@ const LOOKUP_EVERY: Duration = Duration::from_secs(1);
 /// Look-ups queued beyond this are not started (the events go out without detail).
 const MAX_QUEUED: usize = 256;
 const WORKERS: usize = 2;
+/// Events that may wait for their detail at once. The queue is the one
+/// buffer of the event path that a storm could grow: without a bound, a
+/// ring buffer's worth of records (tens of thousands, 440 bytes each plus
+/// their strings) waited at once behind the first look-ups, and the queue
+/// kept that capacity for good. At the bound the reader leaves records in
+/// the kernel's ring buffer (already paid for) until the front of the
+/// queue has gone out.
+pub const MAX_WAITING: usize = 4096;
 
 /// How long a whole netns's socket table answers look-ups toward any of its
 /// destinations: a storm toward many destinations of one netns reads the
@@ -326,6 +334,11 @@ impl Detailer {
         self.queue.is_empty()
     }
 
+    /// Whether `n` more events may wait without passing `MAX_WAITING`.
+    pub fn has_room(&self, n: usize) -> bool {
+        self.queue.len() + n <= MAX_WAITING
+    }
+
     /// The next event that may go out now, finished; events leave in the
     /// order they came.
     pub fn pop_ready(&mut self, now: Instant) -> Option<Event> {
@@ -373,6 +386,33 @@ mod tests {
         let ev = d.pop_ready(dl).expect("out at the deadline");
         assert_eq!(ev.cause, Some(Cause::PortsExhausted));
         assert!(d.is_empty());
+    }
+
+    /// The queue says when it is full (the reader then leaves records in
+    /// the ring buffer), and has room again once its front has gone out.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_waiting_queue_is_bounded() {
+        let (mut d, _rx) = Detailer::new(Options {
+            budget: Duration::from_millis(30),
+            lookups: true,
+        })
+        .unwrap();
+        let mut pushed = 0;
+        while d.has_room(1000) {
+            let mut ev = sample_event();
+            ev.dport = Some(7101);
+            d.push(ev, |_, _| Some(NsHandle::Own));
+            pushed += 1;
+        }
+        assert_eq!(pushed, MAX_WAITING - 999);
+        assert!(d.has_room(999) && !d.has_room(1000));
+        assert!(
+            d.pop_ready(Instant::now()).is_none(),
+            "waits for its look-up"
+        );
+        let dl = d.next_deadline().unwrap();
+        assert!(d.pop_ready(dl).is_some());
+        assert!(d.has_room(1000));
     }
 
     /// An event whose pod names are being looked up waits for them (in
