@@ -49,11 +49,12 @@ use metrics::Metrics;
 const STOP_GRACE: Duration = Duration::from_millis(1500);
 
 /// Trace events: counted, then out as JSON lines; sysctl writes also
-/// kept in the journal of last writes.
+/// kept in the journal of last writes (when there is a state file to keep
+/// it in).
 struct TraceTee<S> {
     inner: S,
     shared: Arc<Shared>,
-    journal: Arc<Mutex<Journal>>,
+    journal: Option<Arc<Mutex<Journal>>>,
 }
 
 impl<S: Sink<Event>> Sink<Event> for TraceTee<S> {
@@ -73,10 +74,9 @@ impl<S: Sink<Event>> Sink<Event> for TraceTee<S> {
 impl<S: TraceSink> TraceSink for TraceTee<S> {
     fn sysctl(&mut self, w: &SysctlWrite) -> io::Result<()> {
         self.shared.metrics.sysctl_write(w);
-        self.journal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(w);
+        if let Some(j) = &self.journal {
+            j.lock().unwrap_or_else(|e| e.into_inner()).record(w);
+        }
         self.inner.sysctl(w)
     }
 }
@@ -200,8 +200,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     } else {
         Cri::off()
     };
-    let journal = Arc::new(Mutex::new(Journal::default()));
+    // The journal of last writes exists only with a file to save it in:
+    // `check` reads that file, nothing in serve reads the journal.
     let writes_file = state_file(&args.state_dir);
+    let journal = writes_file
+        .as_ref()
+        .map(|_| Arc::new(Mutex::new(Journal::default())));
     let mut trace_opts = options(&cli::trace_args_for_serve(&args));
     trace_opts.cri = Some(cri.handle());
     trace_opts.attach.guard_port_range = args.guard_port_range;
@@ -239,7 +243,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
     };
 
-    let keeping = keep_writes(journal.clone(), writes_file, stop_rx.clone());
+    let keeping = keep_writes(journal.clone().zip(writes_file), stop_rx.clone());
 
     let scanning = async {
         match scanner(&args, shared.clone(), cri, journal.clone(), stop_rx.clone()).await {
@@ -289,11 +293,12 @@ fn state_file(dir: &std::path::Path) -> Option<PathBuf> {
 /// Saves the journal of last writes when it changed, at most once a
 /// second, and once more on the way out.
 async fn keep_writes(
-    journal: Arc<Mutex<Journal>>,
-    file: Option<PathBuf>,
+    journal_file: Option<(Arc<Mutex<Journal>>, PathBuf)>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(file) = file else { return };
+    let Some((journal, file)) = journal_file else {
+        return;
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
@@ -329,7 +334,7 @@ async fn scanner(
     args: &ServeArgs,
     shared: Arc<Shared>,
     mut cri: Cri,
-    journal: Arc<Mutex<Journal>>,
+    journal: Option<Arc<Mutex<Journal>>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let opts = Arc::new(scan::Options {
@@ -379,9 +384,8 @@ async fn scanner(
         shared.metrics.set_usage(&usage);
         // The kernel reuses a gone netns's inode: its writes go with it.
         let live: std::collections::HashSet<u32> = pass.netns.iter().map(|n| n.ino).collect();
-        if pass.errors == 0 {
-            journal
-                .lock()
+        if let (0, Some(j)) = (pass.errors, &journal) {
+            j.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .retain_netns(|ns| live.contains(&ns));
         }
