@@ -169,7 +169,7 @@ pub fn attach(opts: &Options) -> Result<Attached> {
             &mut exit_regs,
             &mut notes,
         )?);
-        system::startup_mark(&format!("{} hook attached", hook.name()));
+        system::startup_mark(format_args!("{} hook attached", hook.name()));
     }
     drop(relocated);
     let sysctl = match &opts.cgroup2 {

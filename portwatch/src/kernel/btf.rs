@@ -240,14 +240,20 @@ impl Btf {
     }
 
     fn str_at(&self, off: u32) -> &[u8] {
+        let s = self.tail_at(off);
+        let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
+        &s[..end]
+    }
+
+    /// The string section from `off` to its end (`off` counts across the
+    /// base BTF's strings and a split BTF's own).
+    fn tail_at(&self, off: u32) -> &[u8] {
         let Some(b) = self.blobs().filter(|b| off >= b.str_base).last() else {
             return &[];
         };
-        let s = b.data[b.strings.clone()]
+        b.data[b.strings.clone()]
             .get((off - b.str_base) as usize..)
-            .unwrap_or(&[]);
-        let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
-        &s[..end]
+            .unwrap_or(&[])
     }
 
     /// The id of the struct (or function) named `name`: the first of that
@@ -274,12 +280,7 @@ impl Btf {
 
     /// Whether the string at `off` is `name`.
     fn is_named(&self, off: u32, name: &[u8]) -> bool {
-        let Some(b) = self.blobs().filter(|b| off >= b.str_base).last() else {
-            return false;
-        };
-        let s = b.data[b.strings.clone()]
-            .get((off - b.str_base) as usize..)
-            .unwrap_or(&[]);
+        let s = self.tail_at(off);
         s.len() > name.len() && s[name.len()] == 0 && &s[..name.len()] == name
     }
 

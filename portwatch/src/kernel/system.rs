@@ -123,7 +123,7 @@ static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::n
 /// `phase`, with the time since `main` began and the resident set then:
 /// `RUST_LOG=portwatch::startup=debug` shows where a slow start goes. The
 /// first call (from `main`) starts the clock.
-pub fn startup_mark(phase: &str) {
+pub fn startup_mark(phase: impl std::fmt::Display) {
     let t0 = *STARTED.get_or_init(std::time::Instant::now);
     if log::log_enabled!(target: "portwatch::startup", log::Level::Debug) {
         let rss = std::fs::read_to_string("/proc/self/statm")
