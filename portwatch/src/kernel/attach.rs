@@ -126,6 +126,7 @@ fn load_failures(btf: Btf, ringbuf_bytes: u32) -> Result<Loaded> {
             "kernel BTF lacks a field, some event details will be null: {m}"
         ));
     }
+    btf.remember_funcs(&HOOK_FUNCS);
     let plans = [Hook::Connect, Hook::Bind].map(|h| (h, HookPlan::new(&btf, h)));
     drop(btf);
     system::release_free_memory();
@@ -321,6 +322,16 @@ struct Targets {
     /// (function, fexit program, kprobe entry program)
     fns: Vec<(&'static str, &'static str, &'static str)>,
 }
+
+/// Every function `targets` asks the BTF about, looked up in one pass
+/// before it asks.
+const HOOK_FUNCS: [&str; 5] = [
+    "inet_hash_connect",
+    "inet6_hash_connect",
+    "__inet_bind",
+    "inet_bind_sk",
+    "inet6_bind",
+];
 
 fn targets(btf: &Btf, hook: Hook) -> Result<Targets> {
     let mut fns = vec![];
