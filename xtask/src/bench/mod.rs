@@ -306,10 +306,10 @@ pub fn bench(opts: Opts) -> Result<()> {
     }
     // --- 5. cause detail under a storm from many destinations ---------------
     let mut details: Vec<DetailRun> = Vec::new();
-    for round in 0..2 {
+    for round in 0..DETAIL_ROUNDS {
         for no_detail in [round % 2 == 0, round % 2 == 1] {
             eprintln!(
-                "xtask: bench: detail storm ({} failures, {SPREAD_DESTS} destinations), round {}/2, {}",
+                "xtask: bench: detail storm ({} failures, {SPREAD_DESTS} destinations), round {}/{DETAIL_ROUNDS}, {}",
                 SPREAD_N,
                 round + 1,
                 if no_detail { "--no-detail" } else { "with detail" }
@@ -353,7 +353,7 @@ pub fn bench(opts: Opts) -> Result<()> {
         vmreport::replace_between(&doc, HOST_BEGIN, HOST_END, &body),
     )?;
     let mut targets = report.targets.clone();
-    targets.push(detail_target(&details));
+    targets.extend(detail_targets(&details));
     targets.extend(serve_targets(&serves));
     vmreport::write_readme_summary(
         vmreport::README_HOST_BEGIN,

@@ -456,11 +456,7 @@ impl Report {
                 ));
             }
         }
-        let spread = |v: &[f64]| {
-            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = v.iter().copied().fold(0.0, f64::max);
-            median(v).map(|m| (hi - lo) / m * 100.0).unwrap_or(0.0)
-        };
+        let spread = |v: &[f64]| spread_pct(v).unwrap_or(0.0);
         n.push(format!(
             "Noise: connect per-run spread (max-min over median) {:.1} % / {:.1} % / {:.1} % / {:.1} % \
              (none / portwatch / bpftrace / floor); getppid {:.1} % / {:.1} % / {:.1} % / {:.1} %.",

@@ -33,6 +33,15 @@ pub fn median(xs: &[f64]) -> Option<f64> {
     })
 }
 
+/// How far a set of measurements spreads: (max - min) over the median, in
+/// percent; None for none.
+pub fn spread_pct(xs: &[f64]) -> Option<f64> {
+    let m = median(xs)?;
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Some((hi - lo) / m * 100.0)
+}
+
 /// `x / base`, None when the base is missing or zero.
 pub fn ratio(x: f64, base: f64) -> Option<f64> {
     (base != 0.0 && x.is_finite() && base.is_finite()).then(|| x / base)

@@ -224,11 +224,7 @@ impl VmReport {
 
     /// (max - min) / median of the kept rounds, in percent.
     pub(crate) fn spread_pct(&self, config: &str, op: &str, first_round: usize) -> Option<f64> {
-        let v = self.samples(config, op, first_round);
-        let m = median(&v)?;
-        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        Some((hi - lo) / m * 100.0)
+        spread_pct(&self.samples(config, op, first_round))
     }
 
     pub(crate) fn startup_ms(&self, tool: &str) -> Vec<f64> {
