@@ -347,6 +347,9 @@ struct Waiting {
     deadline: Instant,
 }
 
+/// Writes that may wait for their pod's names at once.
+pub const MAX_WAITING: usize = 4096;
+
 /// Enrich -> filter -> wait for the pod's names, for sysctl writes. Writes
 /// leave in the order they came (among themselves; failures have their own
 /// queue).
@@ -428,6 +431,13 @@ impl Stage {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// Whether `n` more writes may wait without passing `MAX_WAITING`: a
+    /// loop of writes from a pod whose names are being looked up waits in
+    /// the ring buffer beyond that, as failures do behind their own bound.
+    pub fn has_room(&self, n: usize) -> bool {
+        self.queue.len() + n <= MAX_WAITING
     }
 
     /// The next write that may go out now: its pod's names are in, or its
@@ -735,6 +745,32 @@ pub(crate) mod tests {
                 hi: 30078
             }
         );
+    }
+
+    #[test]
+    fn the_waiting_writes_are_bounded() {
+        let node = NodeNetns::from_env().unwrap();
+        let mut st = Stage::new(
+            node,
+            PortSet::range(30000, 32767),
+            Duration::from_millis(30),
+        );
+        while st.has_room(1000) {
+            st.queue.push_back(Waiting {
+                w: sample_write(),
+                names: Some(Default::default()),
+                deadline: Instant::now() + Duration::from_secs(1),
+            });
+        }
+        assert_eq!(st.queue.len(), MAX_WAITING - 999);
+        assert!(
+            st.pop_ready(Instant::now()).is_none(),
+            "waits for its names"
+        );
+        assert!(st
+            .pop_ready(Instant::now() + Duration::from_secs(2))
+            .is_some());
+        assert!(st.has_room(1000));
     }
 
     #[test]

@@ -255,10 +255,11 @@ pub async fn pipeline(
     let end = loop {
         let deadline = next_deadline(&detailer, &sysctls);
         let res = tokio::select! {
-            // The detailer's queue is bounded: while it is full, records
-            // wait in the ring buffer, and the queue drains as look-ups
-            // finish or deadlines pass.
-            r = source.next_batch(|b| decode_into(&mut batch, b)), if detailer.has_room(MAX_BATCH) => {
+            // The detailer's and the sysctl stage's queues are bounded:
+            // while one is full, records wait in the ring buffer, and the
+            // queue drains as look-ups finish or deadlines pass.
+            r = source.next_batch(|b| decode_into(&mut batch, b)),
+                if detailer.has_room(MAX_BATCH) && sysctls.has_room(MAX_BATCH) => {
                 r?;
                 process(&mut batch, &mut detailer, &mut sysctls, &mut enricher);
                 if sysctls.node_written() {
