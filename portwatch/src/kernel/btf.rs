@@ -121,6 +121,13 @@ fn u32_at(b: &[u8], off: usize) -> Result<u32> {
     Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
+/// Whether `tail` (a string section from some offset on) starts with the
+/// string `name`, its NUL included: the whole name, not a prefix of a longer
+/// one.
+fn starts_string(tail: &[u8], name: &[u8]) -> bool {
+    tail.len() > name.len() && tail[name.len()] == 0 && &tail[..name.len()] == name
+}
+
 impl Btf {
     pub fn from_sys_fs() -> Result<Btf> {
         let path = "/sys/kernel/btf/vmlinux";
@@ -280,8 +287,7 @@ impl Btf {
 
     /// Whether the string at `off` is `name`.
     fn is_named(&self, off: u32, name: &[u8]) -> bool {
-        let s = self.tail_at(off);
-        s.len() > name.len() && s[name.len()] == 0 && &s[..name.len()] == name
+        starts_string(self.tail_at(off), name)
     }
 
     /// A struct by name: the named structs (some ten thousand) compared
@@ -310,14 +316,11 @@ impl Btf {
         let mut ids = vec![None::<u32>; names.len()];
         for &(off, id) in self.blobs().flat_map(|b| b.funcs.iter()) {
             let s = self.tail_at(off);
+            // Most names differ at the first byte: tested before the rest.
             let Some(&first) = s.first() else { continue };
             for (want, got) in names.iter().zip(ids.iter_mut()) {
                 let w = want.as_bytes();
-                if w.first() == Some(&first)
-                    && s.len() > w.len()
-                    && s[w.len()] == 0
-                    && &s[..w.len()] == w
-                {
+                if w.first() == Some(&first) && starts_string(s, w) {
                     *got = Some(got.map_or(id, |g| g.min(id)));
                 }
             }
