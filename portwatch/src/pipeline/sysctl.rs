@@ -30,7 +30,7 @@ use crate::{
         sysctl::{read_ports, PortSysctls},
     },
     k8s::{cri, pods::Pod},
-    pipeline::{enrich::Enricher, filter::Filter},
+    pipeline::{enrich::Enricher, filter::Filter, MAX_WAITING},
 };
 
 /// Names the node's network namespace (a path to a netns file) instead of
@@ -347,9 +347,6 @@ struct Waiting {
     deadline: Instant,
 }
 
-/// Writes that may wait for their pod's names at once.
-pub const MAX_WAITING: usize = 4096;
-
 /// Enrich -> filter -> wait for the pod's names, for sysctl writes. Writes
 /// leave in the order they came (among themselves; failures have their own
 /// queue).
@@ -435,7 +432,7 @@ impl Stage {
 
     /// Whether `n` more writes may wait without passing `MAX_WAITING`: a
     /// loop of writes from a pod whose names are being looked up waits in
-    /// the ring buffer beyond that, as failures do behind their own bound.
+    /// the ring buffer beyond that, as failures do behind the same bound.
     pub fn has_room(&self, n: usize) -> bool {
         self.queue.len() + n <= MAX_WAITING
     }

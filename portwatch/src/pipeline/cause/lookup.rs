@@ -22,7 +22,7 @@ use crate::{
         sockdiag::{self, NsHandle, PortFilter, Sock},
     },
     k8s::cri,
-    pipeline::event::Event,
+    pipeline::{event::Event, MAX_WAITING},
 };
 
 /// One look-up per netns x destination per this long.
@@ -30,14 +30,6 @@ const LOOKUP_EVERY: Duration = Duration::from_secs(1);
 /// Look-ups queued beyond this are not started (the events go out without detail).
 const MAX_QUEUED: usize = 256;
 const WORKERS: usize = 2;
-/// Events that may wait for their detail at once. The queue is the one
-/// buffer of the event path that a storm could grow: without a bound, a
-/// ring buffer's worth of records (tens of thousands, 440 bytes each plus
-/// their strings) waited at once behind the first look-ups, and the queue
-/// kept that capacity for good. At the bound the reader leaves records in
-/// the kernel's ring buffer (already paid for) until the front of the
-/// queue has gone out.
-pub const MAX_WAITING: usize = 4096;
 
 /// How long a whole netns's socket table answers look-ups toward any of its
 /// destinations: a storm toward many destinations of one netns reads the
