@@ -66,8 +66,8 @@ impl Report {
         }
         let mut r = Report {
             backend,
-            getppid: [0, 1, 2, 3].map(|i| median(&getppid_all[i])),
-            connect: [0, 1, 2, 3].map(|i| median(&connect_all[i])),
+            getppid: std::array::from_fn(|i| median(&getppid_all[i])),
+            connect: std::array::from_fn(|i| median(&connect_all[i])),
             connect_all,
             getppid_all,
             max_wait_share: runs.iter().map(|(_, r)| r.wait_share).fold(0.0, f64::max),
@@ -188,33 +188,16 @@ impl Report {
         // uses, in the same rounds: the floor a tracepoint tool cannot go
         // under, and how far above it portwatch is.
         let floor = self.connect_ratio(3).map(pct);
-        t.push(Target {
-            name: "… the floor: empty programs on the same tracepoints, same rounds".into(),
-            limit: "–".into(),
-            measured: floor.map_or("–".into(), |f| format!("{f:.1} %")),
-            met: None,
-            verdict: if floor.is_some() {
-                "the kernel's own cost"
-            } else {
-                "not measured"
-            }
-            .into(),
-        });
-        t.push(Target {
-            name: "… portwatch above that floor".into(),
-            limit: "–".into(),
-            measured: match (pw_slow, floor) {
-                (Some(p), Some(f)) => format!("{:+.1} pp", p - f),
-                _ => "–".into(),
-            },
-            met: None,
-            verdict: if floor.is_some() {
-                "measured"
-            } else {
-                "not measured"
-            }
-            .into(),
-        });
+        t.push(measured_only(
+            "… the floor: empty programs on the same tracepoints, same rounds",
+            floor.map(|f| format!("{f:.1} %")),
+            "the kernel's own cost",
+        ));
+        t.push(measured_only(
+            "… portwatch above that floor",
+            pw_slow.zip(floor).map(|(p, f)| format!("{:+.1} pp", p - f)),
+            "measured",
+        ));
         let lost = (self.storm_n[1] > 0).then_some(self.storm_lost[1] as f64);
         t.push(target_at_most(
             "events lost in the storm (JSON to a file, tracer at normal priority)",

@@ -76,6 +76,23 @@ fn not_measured(name: &str, limit: String) -> Target {
     }
 }
 
+/// A row without a limit: what was measured (None: "–", "not measured"),
+/// and what it is (`what`) when it was.
+pub fn measured_only(name: &str, measured: Option<String>, what: &str) -> Target {
+    Target {
+        name: name.into(),
+        limit: "–".into(),
+        verdict: if measured.is_some() {
+            what
+        } else {
+            "not measured"
+        }
+        .into(),
+        measured: measured.unwrap_or_else(|| "–".into()),
+        met: None,
+    }
+}
+
 /// A target on a value that must reach `limit` (a share, say).
 pub fn target_at_least(
     name: &str,
