@@ -355,9 +355,9 @@ pub fn bench(opts: Opts) -> Result<()> {
     let mut targets = report.targets.clone();
     targets.extend(detail_targets(&details));
     targets.extend(serve_targets(&serves));
-    vmreport::write_readme_summary(
-        vmreport::README_HOST_BEGIN,
-        vmreport::README_HOST_END,
+    vmreport::write_summary(
+        vmreport::SUMMARY_HOST_BEGIN,
+        vmreport::SUMMARY_HOST_END,
         &vmreport::summary_markdown(
             &format!(
                 "This machine ({}), `portwatch trace` on the {} backend next to bpftrace, {}:",

@@ -149,9 +149,9 @@ pub fn bench_vm(opts: Opts) -> Result<()> {
     let body =
         format!("## What `trace` costs on a production kernel (VM, instruction counts)\n\n{md}\n");
     fs::write(&doc_path, replace_section(&doc, &body))?;
-    vmreport::write_readme_summary(
-        vmreport::README_VM_BEGIN,
-        vmreport::README_VM_END,
+    vmreport::write_summary(
+        vmreport::SUMMARY_VM_BEGIN,
+        vmreport::SUMMARY_VM_END,
         &vmreport::summary_markdown(
             &format!(
                 "A Debian guest (kernel {}, QEMU TCG with `-icount`: instruction counts), `portwatch trace --backend fexit` next to libbpf-tools' `tcpconnect`, {}:",
